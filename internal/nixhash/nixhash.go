@@ -147,7 +147,8 @@ func Parse(s string) (Hash, error) {
 		if err != nil {
 			return Hash{}, fmt.Errorf("%w %q: %w", ErrInvalid, s, err)
 		}
-		d, err := base64.StdEncoding.DecodeString(s[i+1:])
+		// Like Nix, accept SRI digests with or without '=' padding.
+		d, err := base64.RawStdEncoding.DecodeString(strings.TrimRight(s[i+1:], "="))
 		if err != nil || len(d) != a.Size() {
 			return Hash{}, fmt.Errorf("%w: SRI hash %q is not %d bytes of base64", ErrInvalid, s, a.Size())
 		}
@@ -198,6 +199,10 @@ func ParseDigest(a Algo, s string) (Hash, error) {
 		d, err := base64.StdEncoding.DecodeString(s)
 		if err != nil {
 			return Hash{}, fmt.Errorf("%w: %s base64 digest %q: %w", ErrInvalid, a, s, err)
+		}
+		// Without its '=' padding, a string of this length holds more bytes.
+		if len(d) != size {
+			return Hash{}, fmt.Errorf("%w: %s base64 digest %q is %d bytes, want %d", ErrInvalid, a, s, len(d), size)
 		}
 		return Hash{Algo: a, Digest: d}, nil
 	}

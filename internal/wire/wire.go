@@ -60,6 +60,14 @@ func (r *Reader) Read(p []byte) (int, error) { return r.r.Read(p) }
 // underlying stream.
 func (r *Reader) Buffered() int { return r.r.Buffered() }
 
+// AtEOF waits until data arrives or the stream ends, and reports whether
+// it ended. It lets a server tell a clean end between messages from a
+// message cut short.
+func (r *Reader) AtEOF() bool {
+	_, err := r.r.Peek(1)
+	return errors.Is(err, io.EOF)
+}
+
 // Uint64 reads a little-endian unsigned 64-bit integer.
 func (r *Reader) Uint64() (uint64, error) {
 	if _, err := io.ReadFull(r.r, r.buf[:]); err != nil {
@@ -92,12 +100,42 @@ func (r *Reader) Bytes(max uint64) ([]byte, error) {
 	if n > max {
 		return nil, fmt.Errorf("string of %d bytes: %w of %d", n, ErrTooLong, max)
 	}
-	b := make([]byte, n)
-	if _, err := io.ReadFull(r.r, b); err != nil {
-		return nil, unexpectedEOF(err)
+	b, err := r.readN(n)
+	if err != nil {
+		return nil, err
 	}
 	if err := r.padding(n); err != nil {
 		return nil, err
+	}
+	return b, nil
+}
+
+// chunk is how much a read allocates before seeing the data: a peer that
+// announces a long string but sends nothing costs at most this much.
+const chunk = 64 << 10
+
+// readN reads exactly n bytes. Memory grows with the data that actually
+// arrives rather than with the announced length.
+func (r *Reader) readN(n uint64) ([]byte, error) {
+	if n <= chunk {
+		b := make([]byte, n)
+		if _, err := io.ReadFull(r.r, b); err != nil {
+			return nil, unexpectedEOF(err)
+		}
+		return b, nil
+	}
+	b := make([]byte, 0, chunk)
+	for uint64(len(b)) < n {
+		if len(b) == cap(b) {
+			nb := make([]byte, len(b), min(n, 2*uint64(cap(b))))
+			copy(nb, b)
+			b = nb
+		}
+		m, err := io.ReadFull(r.r, b[len(b):cap(b)])
+		b = b[:len(b)+m]
+		if err != nil {
+			return nil, unexpectedEOF(err)
+		}
 	}
 	return b, nil
 }
@@ -163,8 +201,12 @@ func (r *Reader) Discard(max uint64) error {
 	if n > max {
 		return fmt.Errorf("string of %d bytes: %w of %d", n, ErrTooLong, max)
 	}
-	if _, err := r.r.Discard(int(n)); err != nil {
-		return unexpectedEOF(err)
+	for left := n; left > 0; {
+		m := int(min(left, chunk))
+		if _, err := r.r.Discard(m); err != nil {
+			return unexpectedEOF(err)
+		}
+		left -= uint64(m)
 	}
 	return r.padding(n)
 }

@@ -1,0 +1,118 @@
+// Command nixfarm is the nixfarm build farm: one binary for the SSH
+// endpoint that stock Nix clients build through, the farm store and the
+// built-in worker.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/nixfarm/nixfarm/internal/server"
+)
+
+const usage = `nixfarm is an open, self-hostable build farm for Nix.
+
+Usage:
+  nixfarm serve [flags]     run the farm: SSH endpoint, farm store, built-in worker
+  nixfarm version           print the version
+  nixfarm help [command]    show help
+
+Run "nixfarm serve --help" for the serve flags.
+`
+
+var version = "dev"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "serve":
+		return serve(args[1:], stdout, stderr)
+	case "version", "--version":
+		fmt.Fprintln(stdout, "nixfarm", version)
+		return 0
+	case "help", "-h", "--help":
+		if len(args) > 1 {
+			return run([]string{args[1], "--help"}, stdout, stderr)
+		}
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
+	fmt.Fprintf(stderr, "nixfarm: unknown command %q\n\n%s", args[0], usage)
+	return 2
+}
+
+func serve(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("nixfarm serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var cfg server.Config
+	fs.StringVar(&cfg.StateDir, "state-dir", defaultStateDir(), "directory for the database, NARs, logs and host key")
+	fs.StringVar(&cfg.SSHListen, "ssh-listen", ":2222", "address the SSH endpoint listens on")
+	fs.StringVar(&cfg.AuthorizedKeys, "authorized-keys", "", "OpenSSH authorized_keys file; each key's comment names its account (default STATE-DIR/authorized_keys)")
+	fs.BoolVar(&cfg.LocalWorker, "local-worker", true, "run the built-in worker, which builds with this machine's Nix")
+	fs.StringVar(&cfg.LocalStore, "local-store", "", "Nix store URI the built-in worker builds in (default STATE-DIR/worker-store, a chroot store; \"daemon\" or \"auto\" for the machine's store)")
+	fs.IntVar(&cfg.LocalJobs, "local-jobs", 4, "builds the built-in worker runs at once; more wait their turn")
+	fs.StringVar(&cfg.NixStore, "nix-store", "nix-store", "nix-store binary the built-in worker runs")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: nixfarm serve [flags]\n\nRuns the farm. Stock Nix clients build through it with an ssh:// builder.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "nixfarm serve: unexpected arguments: %s\n", strings.Join(fs.Args(), " "))
+		return 2
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		fmt.Fprintf(stderr, "nixfarm serve: --log-level: %v\n", err)
+		return 2
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	slog.SetDefault(log)
+	cfg.Log = log
+	cfg.Out = stdout
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	farm, err := server.Start(ctx, cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "nixfarm serve: %v\n", err)
+		return 1
+	}
+	if err := farm.Serve(ctx); err != nil {
+		fmt.Fprintf(stderr, "nixfarm serve: %v\n", err)
+		return 1
+	}
+	log.Info("nixfarm stopped")
+	return 0
+}
+
+func defaultStateDir() string {
+	if os.Geteuid() == 0 {
+		return "/var/lib/nixfarm"
+	}
+	if d, err := os.UserHomeDir(); err == nil {
+		return d + "/.local/state/nixfarm"
+	}
+	return ".nixfarm"
+}

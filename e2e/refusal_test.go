@@ -1,0 +1,247 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"encoding/binary"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/nixfarm/nixfarm/internal/nar"
+	"github.com/nixfarm/nixfarm/internal/nixhash"
+	"github.com/nixfarm/nixfarm/internal/serveproto"
+	"github.com/nixfarm/nixfarm/internal/store"
+	"github.com/nixfarm/nixfarm/internal/storepath"
+)
+
+// sshCmd runs the OpenSSH client with the farm's config.
+func sshCmd(f *farm, extra ...string) (stdout, stderr string, code int) {
+	args := append([]string{"-F", f.sshConfig, "-o", "UserKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=no"}, extra...)
+	cmd := exec.Command("ssh", args...)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	cmd.Stdin = strings.NewReader("")
+	err := cmd.Run()
+	code = 0
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		code = exit.ExitCode()
+	} else if err != nil {
+		code = -1
+	}
+	return o.String(), e.String(), code
+}
+
+func TestUnknownKeyRefused(t *testing.T) {
+	f := startFarm(t)
+	other := filepath.Join(f.dir, "stranger_ed25519")
+	pub := writeKey(t, other)
+	cfg, err := os.ReadFile(f.sshConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stranger := *f
+	stranger.sshConfig = filepath.Join(f.dir, "stranger_ssh_config")
+	if err := os.WriteFile(stranger.sshConfig, []byte(strings.Replace(string(cfg), f.clientKey, other, 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, stderr, code := sshCmd(&stranger, "nixfarm", "nix-store", "--serve", "--write")
+	if code != 255 {
+		t.Errorf("ssh exit status %d, want 255", code)
+	}
+	fp := ssh.FingerprintSHA256(pub)
+	for _, want := range []string{"is not authorized", fp} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("ssh stderr lacks %q:\n%s", want, stderr)
+		}
+	}
+	// A stock Nix client with that key fails, and shows why.
+	c := newClient(t)
+	file := c.expr("stranger", `mk { name = "stranger"; args = ["-c" "echo > $out"]; }`)
+	r := c.build(&stranger, "ssh", file)
+	if r.err == nil {
+		t.Fatal("a stranger built on the farm")
+	}
+	if !strings.Contains(r.stderr, "is not authorized") || !strings.Contains(r.stderr, fp) {
+		t.Errorf("nix-build output does not say the key is not authorized:\n%s", r.stderr)
+	}
+	// The authorized key still works.
+	assertServes(t, f)
+}
+
+func TestExecRefused(t *testing.T) {
+	f := startFarm(t)
+	for _, cmd := range [][]string{{"ls"}, {"nix-store", "--serve", "--write;", "ls"}, {"nix-store", "--query", "--references", "/"}, {"sh", "-c", "nix-store --serve"}} {
+		_, stderr, code := sshCmd(f, append([]string{"nixfarm"}, cmd...)...)
+		if code == 0 {
+			t.Errorf("%v: exit status 0", cmd)
+		}
+		if !strings.Contains(stderr, "refused") || !strings.Contains(stderr, "nix-store --serve") {
+			t.Errorf("%v: stderr does not explain the refusal:\n%s", cmd, stderr)
+		}
+	}
+	// An interactive shell is refused too, with words.
+	_, stderr, code := sshCmd(f, "-T", "nixfarm")
+	if code == 0 || !strings.Contains(stderr, "no shell") {
+		t.Errorf("shell: exit %d, stderr:\n%s", code, stderr)
+	}
+}
+
+// dial opens an SSH session running command with the client's key.
+func dial(t *testing.T, f *farm, command string) (*ssh.Session, *bytes.Buffer, func() error) {
+	t.Helper()
+	keyData, err := os.ReadFile(f.clientKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := ssh.ParsePrivateKey(keyData)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := ssh.Dial("tcp", f.addr(), &ssh.ClientConfig{
+		User:            "alice",
+		Auth:            []ssh.AuthMethod{ssh.PublicKeys(signer)},
+		HostKeyCallback: ssh.InsecureIgnoreHostKey(),
+		Timeout:         10 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	sess, err := conn.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stderr := &bytes.Buffer{}
+	sess.Stderr = stderr
+	return sess, stderr, func() error { return sess.Wait() }
+}
+
+func exitStatus(err error) int {
+	var exit *ssh.ExitError
+	if errors.As(err, &exit) {
+		return exit.ExitStatus()
+	}
+	if err == nil {
+		return 0
+	}
+	return -1
+}
+
+func TestAddToStoreNarWrongHashRejected(t *testing.T) {
+	f := startFarm(t)
+	sess, stderr, wait := dial(t, f, "")
+	stdin, _ := sess.StdinPipe()
+	stdout, _ := sess.StdoutPipe()
+	if err := sess.Start("nix-store --serve --write"); err != nil {
+		t.Fatal(err)
+	}
+	c, err := serveproto.NewClient(stdout, stdin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var narBuf bytes.Buffer
+	w := nar.NewWriter(&narBuf)
+	contents := []byte("the real contents\n")
+	w.WriteHeader(&nar.Header{Path: "/", Type: nar.TypeRegular, Size: int64(len(contents))})
+	w.Write(contents)
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	lie := nixhash.SHA256Of([]byte("some other NAR"))
+	p := storepath.Path("/nix/store/" + strings.Repeat("1", 32) + "-lying-upload")
+	info := &store.PathInfo{Path: p, NarHash: lie, NarSize: uint64(narBuf.Len())}
+	err = c.AddToStoreNar(info, bytes.NewReader(narBuf.Bytes()))
+	if err == nil {
+		t.Fatal("the farm accepted a NAR that does not match its narHash")
+	}
+	stdin.Close()
+	if code := exitStatus(wait()); code == 0 {
+		t.Errorf("exit status 0 after a rejected upload")
+	}
+	if msg := stderr.String(); !strings.Contains(msg, "NAR hash mismatch") || !strings.Contains(msg, string(p)) {
+		t.Errorf("stderr does not name the problem:\n%s", msg)
+	}
+	var n int
+	if err := f.db().QueryRow(`SELECT count(*) FROM paths WHERE path = ?`, string(p)).Scan(&n); err != nil && err != sql.ErrNoRows {
+		t.Fatal(err)
+	}
+	if n != 0 {
+		t.Errorf("the lying upload was registered")
+	}
+	assertNoBlobs(t, f)
+	assertServes(t, f)
+}
+
+// assertNoBlobs checks that no NAR blob or upload file was left behind.
+func assertNoBlobs(t *testing.T, f *farm) {
+	t.Helper()
+	filepath.Walk(filepath.Join(f.stateDir, "nar"), func(path string, info os.FileInfo, err error) error {
+		if err == nil && !info.IsDir() {
+			t.Errorf("file left in the blob store: %s", path)
+		}
+		return nil
+	})
+}
+
+// assertServes checks that the farm still answers a fresh connection.
+func assertServes(t *testing.T, f *farm) {
+	t.Helper()
+	sess, stderr, wait := dial(t, f, "")
+	stdin, _ := sess.StdinPipe()
+	stdout, _ := sess.StdoutPipe()
+	if err := sess.Start("nix-store --serve"); err != nil {
+		t.Fatal(err)
+	}
+	c, err := serveproto.NewClient(stdout, stdin)
+	if err != nil {
+		t.Fatalf("handshake after bad input: %v", err)
+	}
+	if _, err := c.QueryValidPaths([]storepath.Path{storepath.Path("/nix/store/" + strings.Repeat("2", 32) + "-x")}, false, false); err != nil {
+		t.Fatalf("query after bad input: %v", err)
+	}
+	stdin.Close()
+	if err := wait(); err != nil {
+		t.Errorf("clean session ended with %v; stderr:\n%s", err, stderr)
+	}
+}
+
+func TestGarbageAfterHandshake(t *testing.T) {
+	f := startFarm(t)
+	sess, stderr, wait := dial(t, f, "")
+	stdin, _ := sess.StdinPipe()
+	stdout, _ := sess.StdoutPipe()
+	if err := sess.Start("nix-store --serve --write"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := serveproto.NewClient(stdout, stdin); err != nil {
+		t.Fatal(err)
+	}
+	garbage := make([]byte, 64)
+	binary.LittleEndian.PutUint64(garbage, 0xdeadbeefcafe)
+	copy(garbage[8:], "this is not the serve protocol")
+	stdin.Write(garbage)
+	done := make(chan error, 1)
+	go func() { done <- wait() }()
+	select {
+	case err := <-done:
+		if exitStatus(err) == 0 {
+			t.Errorf("garbage: exit status 0")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the farm did not close a connection that sent garbage")
+	}
+	if !strings.Contains(stderr.String(), "unknown serve command") {
+		t.Errorf("stderr does not name the problem:\n%s", stderr)
+	}
+	assertServes(t, f)
+	_ = context.Background
+}

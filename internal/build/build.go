@@ -1,0 +1,99 @@
+// Package build defines what a build is, independent of who runs it: a
+// request to realise a BasicDerivation, its options, its result, and the
+// Builder interface that workers implement. Protocol servers and the
+// coordinator speak these types; workers turn them into real builds.
+package build
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/nixfarm/nixfarm/internal/derivation"
+	"github.com/nixfarm/nixfarm/internal/storepath"
+)
+
+// Status is Nix's BuildResult status, with Nix's numbering (the protocols
+// send it as is).
+type Status uint64
+
+// The statuses, numbered as in Nix's build-result.hh.
+const (
+	Built Status = iota
+	Substituted
+	AlreadyValid
+	PermanentFailure
+	InputRejected
+	OutputRejected
+	TransientFailure
+	CachedFailure
+	TimedOut
+	MiscFailure
+	DependencyFailed
+	LogLimitExceeded
+	NotDeterministic
+	ResolvesToAlreadyValid
+	NoSubstituters
+)
+
+var statusNames = [...]string{
+	"Built", "Substituted", "AlreadyValid", "PermanentFailure", "InputRejected",
+	"OutputRejected", "TransientFailure", "CachedFailure", "TimedOut", "MiscFailure",
+	"DependencyFailed", "LogLimitExceeded", "NotDeterministic", "ResolvesToAlreadyValid",
+	"NoSubstituters",
+}
+
+func (s Status) String() string {
+	if int(s) < len(statusNames) {
+		return statusNames[s]
+	}
+	return fmt.Sprintf("Status(%d)", uint64(s))
+}
+
+// Success reports whether the outputs are valid after a build with this status.
+func (s Status) Success() bool {
+	return s == Built || s == Substituted || s == AlreadyValid || s == ResolvesToAlreadyValid
+}
+
+// Options are the per-build limits a client may set. Zero means no limit.
+type Options struct {
+	MaxSilentTime time.Duration
+	Timeout       time.Duration
+	MaxLogSize    uint64
+	KeepFailed    bool
+}
+
+// Request asks for one derivation to be built.
+type Request struct {
+	DrvPath storepath.Path
+	Drv     *derivation.Basic
+	Options Options
+	// Account is the account on whose behalf the build runs.
+	Account string
+	// Log receives the build log as the builder produces it. It may be nil.
+	Log io.Writer
+}
+
+// Result is the outcome of a build. A build that ran and failed is a
+// Result with a failure status, not an error.
+type Result struct {
+	Status     Status
+	ErrorMsg   string
+	TimesBuilt uint64
+	StartTime  time.Time
+	StopTime   time.Time
+	// Outputs maps output names to their paths, for successful builds.
+	Outputs map[string]storepath.Path
+	// Worker names the worker that built it ("" if none did).
+	Worker string
+}
+
+// Builder realises a BasicDerivation. The request's inputs (the closure of
+// Drv.InputSrcs) are in the farm store when Build is called; on success the
+// outputs are in the farm store when it returns. Build returns an error only
+// when it could not run the build at all (an infrastructure failure);
+// failures of the build itself are reported in the Result.
+type Builder interface {
+	Build(ctx context.Context, req *Request) (*Result, error)
+}

@@ -1,0 +1,527 @@
+package serveproto
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/nixfarm/nixfarm/internal/build"
+	"github.com/nixfarm/nixfarm/internal/derivation"
+	"github.com/nixfarm/nixfarm/internal/nar"
+	"github.com/nixfarm/nixfarm/internal/nixhash"
+	"github.com/nixfarm/nixfarm/internal/store"
+	"github.com/nixfarm/nixfarm/internal/storepath"
+	"github.com/nixfarm/nixfarm/internal/wire"
+)
+
+// Builds is what the server needs from the coordinator.
+type Builds interface {
+	// BuildDerivation builds a BasicDerivation whose inputs are in the
+	// farm store.
+	BuildDerivation(ctx context.Context, req *build.Request) (*build.Result, error)
+	// BuildPaths builds derivations whose .drv closures are in the farm
+	// store, dependencies first. Each target is "drvPath!out1,out2" or a
+	// plain path that must be valid.
+	BuildPaths(ctx context.Context, targets []Target, opts build.Options, account string, log io.Writer) (*build.Result, error)
+}
+
+// Target is one element of a BuildPaths request.
+type Target struct {
+	Path    storepath.Path // a .drv, or a path that should be valid
+	Outputs []string       // wanted outputs of a .drv; empty means all
+}
+
+// Server answers the serve protocol from the farm store.
+type Server struct {
+	Store  store.Store
+	Builds Builds
+	Log    *slog.Logger
+	// TempDir holds spooled ImportPaths NARs ("" = os.TempDir()).
+	TempDir string
+}
+
+// Session is one client connection.
+type Session struct {
+	// Account is the authenticated account.
+	Account string
+	// Write allows commands that change the store or build
+	// (`nix-store --serve --write`).
+	Write bool
+	// Stderr receives build logs and error messages; for ssh:// clients it
+	// becomes the build log.
+	Stderr io.Writer
+}
+
+// ErrProtocol is wrapped by errors caused by what the client sent.
+var ErrProtocol = errors.New("serve protocol error")
+
+// Serve runs one session until the client closes its side (a nil error) or
+// something fails. The caller reports a non-nil error to the client (on
+// stderr) and ends the session, as `nix-store --serve` does.
+func (s *Server) Serve(ctx context.Context, in io.Reader, out io.Writer, sess *Session) error {
+	r := wire.NewReader(in)
+	w := wire.NewWriter(out)
+	magic, err := r.Uint64()
+	if err != nil {
+		return fmt.Errorf("%w: reading handshake: %w", ErrProtocol, err)
+	}
+	if magic != Magic1 {
+		return fmt.Errorf("%w: bad magic number 0x%x (want 0x%x): the client is not speaking the serve protocol", ErrProtocol, magic, Magic1)
+	}
+	w.Uint64(Magic2)
+	w.Uint64(Version)
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	clientVersion, err := r.Uint64()
+	if err != nil {
+		return fmt.Errorf("%w: reading client version: %w", ErrProtocol, err)
+	}
+	if major(clientVersion) != major(Version) || clientVersion < MinVersion {
+		return fmt.Errorf("%w: client speaks serve protocol %d.%d; nixfarm supports 2.5 to 2.7 (Nix 2.3 or newer)",
+			ErrProtocol, clientVersion>>8, minor(clientVersion))
+	}
+	c := &serveConn{s: s, r: r, w: w, sess: sess, ver: min(clientVersion, Version)}
+	log := s.logger().With("account", sess.Account, "version", fmt.Sprintf("2.%d", minor(c.ver)))
+	for {
+		if r.AtEOF() {
+			return nil // clean end between commands
+		}
+		cmd, err := r.Uint64()
+		if err != nil {
+			return fmt.Errorf("reading command: %w", err)
+		}
+		name, ok := commandNames[cmd]
+		if !ok {
+			return fmt.Errorf("%w: unknown serve command %d (0x%x)", ErrProtocol, cmd, cmd)
+		}
+		start := time.Now()
+		if err := c.dispatch(ctx, cmd); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		if err := w.Flush(); err != nil {
+			return fmt.Errorf("%s: writing reply: %w", name, err)
+		}
+		log.Debug("serve command", "cmd", name, "duration", time.Since(start))
+	}
+}
+
+func (s *Server) logger() *slog.Logger {
+	if s.Log != nil {
+		return s.Log
+	}
+	return slog.Default()
+}
+
+type serveConn struct {
+	s    *Server
+	r    *wire.Reader
+	w    *wire.Writer
+	sess *Session
+	ver  uint64
+}
+
+func (c *serveConn) requireWrite(what string) error {
+	if !c.sess.Write {
+		return fmt.Errorf("%s is not allowed on a read-only connection (use `nix-store --serve --write`)", what)
+	}
+	return nil
+}
+
+func (c *serveConn) dispatch(ctx context.Context, cmd uint64) error {
+	switch cmd {
+	case cmdQueryValidPaths:
+		return c.queryValidPaths(ctx)
+	case cmdQueryPathInfos:
+		return c.queryPathInfos(ctx)
+	case cmdDumpStorePath:
+		return c.dumpStorePath(ctx)
+	case cmdImportPaths:
+		return c.importPaths(ctx)
+	case cmdExportPaths:
+		return c.exportPaths(ctx)
+	case cmdBuildPaths:
+		return c.buildPaths(ctx)
+	case cmdQueryClosure:
+		return c.queryClosure(ctx)
+	case cmdBuildDerivation:
+		return c.buildDerivation(ctx)
+	case cmdAddToStoreNar:
+		return c.addToStoreNar(ctx)
+	}
+	return fmt.Errorf("%w: unknown command %d", ErrProtocol, cmd)
+}
+
+func (c *serveConn) queryValidPaths(ctx context.Context) error {
+	if _, err := c.r.Uint64(); err != nil { // lock: the farm store never collects garbage under a session
+		return fmt.Errorf("reading lock flag: %w", err)
+	}
+	if _, err := c.r.Uint64(); err != nil { // substitute: the farm has no substituters yet
+		return fmt.Errorf("reading substitute flag: %w", err)
+	}
+	paths, err := readPaths(c.r, "paths")
+	if err != nil {
+		return err
+	}
+	valid, err := c.s.Store.ValidPaths(ctx, paths)
+	if err != nil {
+		return err
+	}
+	return c.w.Strings(storepath.Strings(valid))
+}
+
+func (c *serveConn) queryPathInfos(ctx context.Context) error {
+	paths, err := readPaths(c.r, "paths")
+	if err != nil {
+		return err
+	}
+	for _, p := range paths {
+		info, err := c.s.Store.QueryPathInfo(ctx, p)
+		if errors.Is(err, store.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		c.w.String(string(info.Path))
+		c.w.String(string(info.Deriver))
+		c.w.Strings(storepath.Strings(info.References))
+		c.w.Uint64(info.NarSize) // download size: NARs are sent uncompressed
+		c.w.Uint64(info.NarSize)
+		if minor(c.ver) >= 4 {
+			c.w.String(info.NarHash.String())
+			c.w.String(info.CA)
+			c.w.Strings(info.Sigs)
+		}
+	}
+	return c.w.String("")
+}
+
+func (c *serveConn) readPath(what string) (storepath.Path, error) {
+	s, err := c.r.String(wire.MaxPathLen)
+	if err != nil {
+		return "", fmt.Errorf("reading %s: %w", what, err)
+	}
+	p, err := storepath.Parse(s)
+	if err != nil {
+		return "", fmt.Errorf("%w: %s: %w", ErrProtocol, what, err)
+	}
+	return p, nil
+}
+
+func (c *serveConn) dumpStorePath(ctx context.Context) error {
+	p, err := c.readPath("path")
+	if err != nil {
+		return err
+	}
+	return c.writeNar(ctx, p)
+}
+
+func (c *serveConn) writeNar(ctx context.Context, p storepath.Path) error {
+	rc, _, err := c.s.Store.NarFromPath(ctx, p)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	if _, err := c.w.ReadFrom(rc); err != nil {
+		return fmt.Errorf("sending NAR of %s: %w", p, err)
+	}
+	return nil
+}
+
+func (c *serveConn) addToStoreNar(ctx context.Context) error {
+	if err := c.requireWrite("AddToStoreNar"); err != nil {
+		return err
+	}
+	p, err := c.readPath("path")
+	if err != nil {
+		return err
+	}
+	info := &store.PathInfo{Path: p, Account: c.sess.Account}
+	if info.Deriver, err = readOptionalPath(c.r, "deriver"); err != nil {
+		return err
+	}
+	hashStr, err := c.r.String(256)
+	if err != nil {
+		return fmt.Errorf("reading narHash: %w", err)
+	}
+	if info.NarHash, err = nixhash.ParseAs(nixhash.SHA256, hashStr); err != nil {
+		return fmt.Errorf("%w: narHash of %s: %w", ErrProtocol, p, err)
+	}
+	if info.References, err = readPaths(c.r, "references"); err != nil {
+		return err
+	}
+	regTime, err := c.r.Uint64()
+	if err != nil {
+		return fmt.Errorf("reading registrationTime: %w", err)
+	}
+	_ = regTime // the farm records when it registered the path
+	if info.NarSize, err = c.r.Uint64(); err != nil {
+		return fmt.Errorf("reading narSize: %w", err)
+	}
+	if _, err = c.r.Uint64(); err != nil {
+		return fmt.Errorf("reading ultimate: %w", err)
+	}
+	if info.Sigs, err = c.r.Strings(1024, 1024); err != nil {
+		return fmt.Errorf("reading sigs: %w", err)
+	}
+	if info.CA, err = c.r.String(1024); err != nil {
+		return fmt.Errorf("reading ca: %w", err)
+	}
+	if info.NarSize == 0 {
+		return fmt.Errorf("%w: AddToStoreNar of %s has narSize 0", ErrProtocol, p)
+	}
+	src := &io.LimitedReader{R: c.r, N: int64(info.NarSize)}
+	if err := c.s.Store.AddToStore(ctx, info, src); err != nil {
+		return fmt.Errorf("rejected %s: %w", p, err)
+	}
+	if src.N != 0 {
+		return fmt.Errorf("%w: NAR of %s ended %d bytes before its declared narSize", ErrProtocol, p, src.N)
+	}
+	return c.w.Uint64(1)
+}
+
+func (c *serveConn) importPaths(ctx context.Context) error {
+	if err := c.requireWrite("ImportPaths"); err != nil {
+		return err
+	}
+	for {
+		n, err := c.r.Uint64()
+		if err != nil {
+			return fmt.Errorf("reading export stream: %w", err)
+		}
+		if n == 0 {
+			break
+		}
+		if n != 1 {
+			return fmt.Errorf("%w: input does not look like `nix-store --export` output (marker %d)", ErrProtocol, n)
+		}
+		if err := c.importOne(ctx); err != nil {
+			return err
+		}
+	}
+	return c.w.Uint64(1)
+}
+
+// importOne reads one exported path. The NAR comes before the path's
+// metadata, so it is spooled to a temporary file first.
+func (c *serveConn) importOne(ctx context.Context) error {
+	spool, err := os.CreateTemp(c.s.TempDir, "import-*.nar")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(spool.Name())
+	defer spool.Close()
+	if _, err := nar.Copy(spool, c.r); err != nil {
+		return fmt.Errorf("%w: reading exported NAR: %w", ErrProtocol, err)
+	}
+	magic, err := c.r.Uint64()
+	if err != nil {
+		return fmt.Errorf("reading export trailer: %w", err)
+	}
+	if magic != exportMagic {
+		return fmt.Errorf("%w: export trailer magic 0x%x (want 0x%x)", ErrProtocol, magic, exportMagic)
+	}
+	p, err := c.readPath("path")
+	if err != nil {
+		return err
+	}
+	info := &store.PathInfo{Path: p, Account: c.sess.Account}
+	if info.References, err = readPaths(c.r, "references"); err != nil {
+		return err
+	}
+	if info.Deriver, err = readOptionalPath(c.r, "deriver"); err != nil {
+		return err
+	}
+	hasSig, err := c.r.Uint64()
+	if err != nil {
+		return fmt.Errorf("reading legacy signature flag: %w", err)
+	}
+	if hasSig == 1 {
+		if err := c.r.Discard(4096); err != nil {
+			return fmt.Errorf("reading legacy signature: %w", err)
+		}
+	}
+	if _, err := spool.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	if err := c.s.Store.AddToStore(ctx, info, spool); err != nil {
+		return fmt.Errorf("rejected %s: %w", p, err)
+	}
+	return nil
+}
+
+func (c *serveConn) exportPaths(ctx context.Context) error {
+	if _, err := c.r.Uint64(); err != nil {
+		return fmt.Errorf("reading sign flag: %w", err)
+	}
+	paths, err := readPaths(c.r, "paths")
+	if err != nil {
+		return err
+	}
+	infos := make([]*store.PathInfo, 0, len(paths))
+	for _, p := range paths {
+		info, err := c.s.Store.QueryPathInfo(ctx, p)
+		if err != nil {
+			return err
+		}
+		infos = append(infos, info)
+	}
+	sorted, err := store.TopoSort(infos)
+	if err != nil {
+		return err
+	}
+	for _, info := range sorted {
+		c.w.Uint64(1)
+		if err := c.writeNar(ctx, info.Path); err != nil {
+			return err
+		}
+		c.w.Uint64(exportMagic)
+		c.w.String(string(info.Path))
+		c.w.Strings(storepath.Strings(info.References))
+		c.w.String(string(info.Deriver))
+		c.w.Uint64(0)
+	}
+	return c.w.Uint64(0)
+}
+
+func (c *serveConn) queryClosure(ctx context.Context) error {
+	includeOutputs, err := c.r.Bool()
+	if err != nil {
+		return fmt.Errorf("reading includeOutputs: %w", err)
+	}
+	paths, err := readPaths(c.r, "paths")
+	if err != nil {
+		return err
+	}
+	closure, err := c.s.Store.Closure(ctx, paths)
+	if err != nil {
+		return err
+	}
+	if includeOutputs {
+		if closure, err = c.withOutputs(ctx, closure); err != nil {
+			return err
+		}
+	}
+	return c.w.Strings(storepath.Strings(closure))
+}
+
+// withOutputs adds to a closure the valid outputs of the derivations in it,
+// and their closures.
+func (c *serveConn) withOutputs(ctx context.Context, closure []storepath.Path) ([]storepath.Path, error) {
+	var outs []storepath.Path
+	for _, p := range closure {
+		if !p.IsDerivation() {
+			continue
+		}
+		drv, err := store.ReadDerivation(ctx, c.s.Store, p)
+		if err != nil {
+			return nil, err
+		}
+		for _, o := range drv.Outputs {
+			if op, err := storepath.Parse(o.Path); err == nil {
+				outs = append(outs, op)
+			}
+		}
+	}
+	valid, err := c.s.Store.ValidPaths(ctx, outs)
+	if err != nil || len(valid) == 0 {
+		return closure, err
+	}
+	return c.s.Store.Closure(ctx, append(closure, valid...))
+}
+
+func (c *serveConn) buildPaths(ctx context.Context) error {
+	if err := c.requireWrite("BuildPaths"); err != nil {
+		return err
+	}
+	ss, err := c.r.Strings(wire.MaxListLen, wire.MaxPathLen)
+	if err != nil {
+		return fmt.Errorf("reading paths: %w", err)
+	}
+	targets := make([]Target, 0, len(ss))
+	for _, s := range ss {
+		t, err := ParseTarget(s)
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrProtocol, err)
+		}
+		targets = append(targets, t)
+	}
+	opts, err := readOptions(c.r, c.ver)
+	if err != nil {
+		return err
+	}
+	res, err := c.s.Builds.BuildPaths(ctx, targets, opts, c.sess.Account, c.sess.Stderr)
+	if err != nil {
+		res = &build.Result{Status: build.MiscFailure, ErrorMsg: err.Error()}
+	}
+	if res.Status.Success() {
+		return c.w.Uint64(0)
+	}
+	c.w.Uint64(uint64(res.Status))
+	return c.w.String(res.ErrorMsg)
+}
+
+func (c *serveConn) buildDerivation(ctx context.Context) error {
+	if err := c.requireWrite("BuildDerivation"); err != nil {
+		return err
+	}
+	drvPath, err := c.readPath("drvPath")
+	if err != nil {
+		return err
+	}
+	if !drvPath.IsDerivation() {
+		return fmt.Errorf("%w: drvPath %s does not end in .drv", ErrProtocol, drvPath)
+	}
+	drv, err := derivation.ReadBasic(c.r, drvPath.Name()[:len(drvPath.Name())-len(".drv")])
+	if err != nil {
+		return fmt.Errorf("%w: derivation %s: %w", ErrProtocol, drvPath, err)
+	}
+	opts, err := readOptions(c.r, c.ver)
+	if err != nil {
+		return err
+	}
+	res, err := c.s.Builds.BuildDerivation(ctx, &build.Request{
+		DrvPath: drvPath, Drv: drv, Options: opts, Account: c.sess.Account, Log: c.sess.Stderr,
+	})
+	if err != nil {
+		// The build could not run at all. Report it as a build failure
+		// with the reason, so the client prints it, and keep serving.
+		res = &build.Result{Status: build.MiscFailure, ErrorMsg: fmt.Sprintf("nixfarm could not build %s: %v", drvPath, err)}
+	}
+	return c.writeResult(drv, res)
+}
+
+func (c *serveConn) writeResult(drv *derivation.Basic, res *build.Result) error {
+	c.w.Uint64(uint64(res.Status))
+	c.w.String(res.ErrorMsg)
+	if minor(c.ver) >= 3 {
+		c.w.Uint64(res.TimesBuilt)
+		c.w.Bool(false) // isNonDeterministic
+		c.w.Uint64(unixTime(res.StartTime))
+		c.w.Uint64(unixTime(res.StopTime))
+	}
+	if minor(c.ver) >= 6 {
+		return writeBuiltOutputs(c.w, drv, res)
+	}
+	return c.w.Err()
+}
+
+func unixTime(t time.Time) uint64 {
+	if t.IsZero() {
+		return 0
+	}
+	return uint64(t.Unix())
+}
+
+func seconds(s uint64) time.Duration {
+	const maxSeconds = uint64(1<<63-1) / uint64(time.Second)
+	if s > maxSeconds {
+		s = maxSeconds
+	}
+	return time.Duration(s) * time.Second
+}

@@ -1,0 +1,165 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path"
+	"strings"
+
+	"github.com/nixfarm/nixfarm/internal/serveproto"
+	"github.com/nixfarm/nixfarm/internal/sshd"
+)
+
+// command is an exec request nixfarm understands.
+type command struct {
+	kind  commandKind
+	write bool
+	store string // --store argument, accepted and ignored
+}
+
+type commandKind int
+
+const (
+	cmdServe commandKind = iota + 1
+	cmdDaemon
+)
+
+// parseCommand matches an exec request exactly against the commands stock
+// Nix sends: `nix-store --serve [--write] [--store URI]` for ssh:// and
+// `nix-daemon --stdio [--store URI]` for ssh-ng://. The program may be given
+// as a path (remote-program=/run/current-system/sw/bin/nix-store).
+func parseCommand(line string) (command, error) {
+	words, err := splitWords(line)
+	if err != nil {
+		return command{}, err
+	}
+	if len(words) == 0 {
+		return command{}, errors.New("empty command")
+	}
+	var c command
+	switch path.Base(words[0]) {
+	case "nix-store":
+		c.kind = cmdServe
+	case "nix-daemon":
+		c.kind = cmdDaemon
+	default:
+		return command{}, fmt.Errorf("unknown program %q", words[0])
+	}
+	seen := map[string]bool{}
+	for i := 1; i < len(words); i++ {
+		w := words[i]
+		if seen[w] {
+			return command{}, fmt.Errorf("%s given twice", w)
+		}
+		seen[w] = true
+		switch {
+		case w == "--serve" && c.kind == cmdServe:
+		case w == "--write" && c.kind == cmdServe:
+			c.write = true
+		case w == "--stdio" && c.kind == cmdDaemon:
+		case w == "--store" && i+1 < len(words):
+			i++
+			c.store = words[i]
+		default:
+			return command{}, fmt.Errorf("unexpected argument %q", w)
+		}
+	}
+	if c.kind == cmdServe && !seen["--serve"] {
+		return command{}, errors.New("nix-store without --serve")
+	}
+	if c.kind == cmdDaemon && !seen["--stdio"] {
+		return command{}, errors.New("nix-daemon without --stdio")
+	}
+	return c, nil
+}
+
+// splitWords splits a command line as a POSIX shell would for plain words
+// and single- or double-quoted strings (Nix shell-escapes --store values).
+func splitWords(s string) ([]string, error) {
+	var words []string
+	var cur strings.Builder
+	inWord := false
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == ' ' || c == '\t' || c == '\n':
+			if inWord {
+				words = append(words, cur.String())
+				cur.Reset()
+				inWord = false
+			}
+		case c == '\'':
+			j := strings.IndexByte(s[i+1:], '\'')
+			if j < 0 {
+				return nil, errors.New("unterminated single quote")
+			}
+			cur.WriteString(s[i+1 : i+1+j])
+			i += j + 1
+			inWord = true
+		case c == '"':
+			i++
+			for ; i < len(s) && s[i] != '"'; i++ {
+				if s[i] == '\\' && i+1 < len(s) && strings.IndexByte("\"\\$`", s[i+1]) >= 0 {
+					i++
+				}
+				cur.WriteByte(s[i])
+			}
+			if i >= len(s) {
+				return nil, errors.New("unterminated double quote")
+			}
+			inWord = true
+		case c == '\\' && i+1 < len(s):
+			i++
+			cur.WriteByte(s[i])
+			inWord = true
+		case strings.IndexByte("|&;<>()$`*?[#~", c) >= 0:
+			return nil, fmt.Errorf("shell syntax %q is not supported", c)
+		default:
+			cur.WriteByte(c)
+			inWord = true
+		}
+	}
+	if inWord {
+		words = append(words, cur.String())
+	}
+	return words, nil
+}
+
+// execHandler routes SSH exec requests to the protocol servers.
+type execHandler struct {
+	serve *serveproto.Server
+	log   *slog.Logger
+}
+
+var _ sshd.Handler = (*execHandler)(nil)
+
+const supportedCommands = "nixfarm: this endpoint runs only what Nix sends for remote builds:\n" +
+	"nixfarm:   nix-store --serve [--write]    (ssh:// builders and stores)\n"
+
+// Exec implements sshd.Handler.
+func (h *execHandler) Exec(ctx context.Context, s *sshd.Session) uint32 {
+	c, err := parseCommand(s.Command)
+	if err != nil {
+		h.log.Info("command refused", "account", s.Account, "command", s.Command, "err", err)
+		fmt.Fprintf(s.Stderr, "nixfarm: command %q refused: %v\n%s", s.Command, err, supportedCommands)
+		return 127
+	}
+	switch c.kind {
+	case cmdDaemon:
+		fmt.Fprintf(s.Stderr, "nixfarm: ssh-ng:// (nix-daemon --stdio) is not available on this farm yet; use an ssh:// builder.\n")
+		return 1
+	case cmdServe:
+		err := h.serve.Serve(ctx, s.Stdin, s.Stdout, &serveproto.Session{Account: s.Account, Write: c.write, Stderr: s.Stderr})
+		if err != nil {
+			if !errors.Is(err, context.Canceled) {
+				h.log.Warn("serve session failed", "account", s.Account, "err", err)
+			}
+			fmt.Fprintf(s.Stderr, "error: nixfarm: %v\n", err)
+			return 1
+		}
+		return 0
+	}
+	return 1
+}

@@ -1,0 +1,41 @@
+package server
+
+import "testing"
+
+func TestParseCommand(t *testing.T) {
+	ok := []struct {
+		line  string
+		kind  commandKind
+		write bool
+		store string
+	}{
+		{"nix-store --serve --write", cmdServe, true, ""},
+		{"nix-store --serve", cmdServe, false, ""},
+		{"nix-store --serve --write --store /tmp/x", cmdServe, true, "/tmp/x"},
+		{"nix-store --serve --write --store '/tmp/with space'", cmdServe, true, "/tmp/with space"},
+		{"/run/current-system/sw/bin/nix-store --serve --write", cmdServe, true, ""},
+		{"nix-daemon --stdio", cmdDaemon, false, ""},
+		{"nix-daemon --stdio --store \"local?root=/x\"", cmdDaemon, false, "local?root=/x"},
+	}
+	for _, tc := range ok {
+		c, err := parseCommand(tc.line)
+		if err != nil {
+			t.Errorf("%q: %v", tc.line, err)
+			continue
+		}
+		if c.kind != tc.kind || c.write != tc.write || c.store != tc.store {
+			t.Errorf("%q: got %+v", tc.line, c)
+		}
+	}
+	bad := []string{
+		"", "ls", "nix-store", "nix-store --serve --write; rm -rf /", "nix-store --serve --write && ls",
+		"nix-store --query --references /", "nix-store --serve --serve", "nix-store --serve --store",
+		"nix-daemon", "nix-daemon --stdio --write", "sh -c 'nix-store --serve'", "nix-store --serve 'unterminated",
+		"nix-store --serve $(id)", "nix-store-evil --serve", "nix-store --serve --write `id`",
+	}
+	for _, line := range bad {
+		if c, err := parseCommand(line); err == nil {
+			t.Errorf("%q accepted as %+v", line, c)
+		}
+	}
+}

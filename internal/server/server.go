@@ -1,0 +1,250 @@
+// Package server assembles a running farm from its parts: the state
+// directory, the database, the farm store, the coordinator, the built-in
+// worker and the SSH front end. cmd/nixfarm's serve command is a thin layer
+// over it.
+package server
+
+import (
+	"context"
+	"database/sql"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/nixfarm/nixfarm/internal/blob"
+	"github.com/nixfarm/nixfarm/internal/build"
+	"github.com/nixfarm/nixfarm/internal/coordinator"
+	"github.com/nixfarm/nixfarm/internal/db"
+	"github.com/nixfarm/nixfarm/internal/localworker"
+	"github.com/nixfarm/nixfarm/internal/serveproto"
+	"github.com/nixfarm/nixfarm/internal/sshd"
+	"github.com/nixfarm/nixfarm/internal/store"
+)
+
+// Config is the configuration of `nixfarm serve`.
+type Config struct {
+	// StateDir holds the database, NAR blobs, logs and the host key.
+	StateDir string
+	// SSHListen is the SSH address, such as ":2222".
+	SSHListen string
+	// AuthorizedKeys is an OpenSSH authorized_keys file ("" =
+	// <StateDir>/authorized_keys).
+	AuthorizedKeys string
+	// LocalWorker enables the built-in worker.
+	LocalWorker bool
+	// LocalStore is the Nix store URI the built-in worker builds in (""
+	// = <StateDir>/worker-store, a chroot store).
+	LocalStore string
+	// LocalJobs is how many builds the built-in worker runs at once.
+	LocalJobs int
+	// NixStore is the nix-store binary the built-in worker runs.
+	NixStore string
+	Log      *slog.Logger
+	// Out receives the set-up instructions printed at start.
+	Out io.Writer
+}
+
+// Farm is a started farm.
+type Farm struct {
+	cfg     Config
+	db      *sql.DB
+	ssh     *sshd.Server
+	ln      net.Listener
+	log     *slog.Logger
+	hostKey ssh.PublicKey
+}
+
+// Start opens the state, builds the components and starts listening; Serve
+// then runs it.
+func Start(ctx context.Context, cfg Config) (*Farm, error) {
+	log := cfg.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	if cfg.StateDir == "" {
+		return nil, errors.New("a state directory is required")
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating state directory: %w", err)
+	}
+	if cfg.AuthorizedKeys == "" {
+		cfg.AuthorizedKeys = filepath.Join(cfg.StateDir, "authorized_keys")
+	}
+	if err := ensureAuthorizedKeys(cfg.AuthorizedKeys, log); err != nil {
+		return nil, err
+	}
+	if cfg.LocalStore == "" {
+		cfg.LocalStore = filepath.Join(cfg.StateDir, "worker-store")
+	}
+	if cfg.LocalJobs < 1 {
+		cfg.LocalJobs = 1
+	}
+
+	database, err := db.Open(ctx, filepath.Join(cfg.StateDir, "nixfarm.db"))
+	if err != nil {
+		return nil, err
+	}
+	f := &Farm{cfg: cfg, db: database, log: log}
+	if err := f.init(ctx); err != nil {
+		database.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+func (f *Farm) init(ctx context.Context) error {
+	cfg := f.cfg
+	blobs, err := blob.NewDir(filepath.Join(cfg.StateDir, "nar"))
+	if err != nil {
+		return err
+	}
+	st := store.NewLocal(f.db, blobs)
+	var builder build.Builder = noWorkers{}
+	if cfg.LocalWorker {
+		builder = localworker.New(st, localworker.Config{
+			StoreURI: cfg.LocalStore, Jobs: cfg.LocalJobs, NixStore: cfg.NixStore, Log: f.log,
+		})
+	}
+	coord, err := coordinator.New(st, builder, f.db, filepath.Join(cfg.StateDir, "logs"), f.log)
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(cfg.StateDir, "tmp")
+	if err := os.MkdirAll(tmp, 0o700); err != nil {
+		return err
+	}
+	serve := &serveproto.Server{Store: st, Builds: coord, Log: f.log, TempDir: tmp}
+
+	hostKey, created, err := sshd.LoadOrCreateHostKey(filepath.Join(cfg.StateDir, "ssh_host_ed25519_key"))
+	if err != nil {
+		return err
+	}
+	f.hostKey = hostKey.PublicKey()
+	if created {
+		f.log.Info("generated a new SSH host key", "fingerprint", ssh.FingerprintSHA256(f.hostKey))
+	}
+	f.ssh, err = sshd.New(sshd.Config{
+		HostKey:            hostKey,
+		AuthorizedKeysFile: cfg.AuthorizedKeys,
+		Handler:            &execHandler{serve: serve, log: f.log},
+		Log:                f.log,
+	})
+	if err != nil {
+		return err
+	}
+	f.ln, err = net.Listen("tcp", cfg.SSHListen)
+	if err != nil {
+		return fmt.Errorf("listening for SSH: %w", err)
+	}
+	return nil
+}
+
+const authorizedKeysHeader = `# nixfarm authorized keys: one OpenSSH public key per line.
+# The comment after the key names the account, e.g.
+#   ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA... alice
+# nixfarm re-reads this file when it changes; no restart is needed.
+`
+
+// ensureAuthorizedKeys creates an empty authorized_keys file with
+// instructions if there is none, so a first start works.
+func ensureAuthorizedKeys(path string, log *slog.Logger) error {
+	if _, err := os.Stat(path); err == nil {
+		return nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("authorized keys: %w", err)
+	}
+	if err := os.WriteFile(path, []byte(authorizedKeysHeader), 0o600); err != nil {
+		return fmt.Errorf("creating authorized keys: %w", err)
+	}
+	log.Warn("created an empty authorized_keys file: add your clients' public keys to it", "path", path)
+	return nil
+}
+
+// Addr returns the SSH listener's address.
+func (f *Farm) Addr() net.Addr { return f.ln.Addr() }
+
+// HostKey returns the SSH host key.
+func (f *Farm) HostKey() ssh.PublicKey { return f.hostKey }
+
+// Serve runs until ctx ends, then closes everything.
+func (f *Farm) Serve(ctx context.Context) error {
+	defer f.db.Close()
+	f.log.Info("nixfarm serving", "ssh", f.ln.Addr().String(), "host_key", ssh.FingerprintSHA256(f.hostKey),
+		"local_worker", f.cfg.LocalWorker, "local_store", f.cfg.LocalStore, "local_jobs", f.cfg.LocalJobs)
+	if f.cfg.Out != nil {
+		f.PrintInstructions(f.cfg.Out)
+	}
+	return f.ssh.Serve(ctx, f.ln)
+}
+
+// PrintInstructions writes what a client needs: the builders line with the
+// base64 host key, and the ssh config block.
+func (f *Farm) PrintInstructions(w io.Writer) {
+	host, port := "farm.example.org", "2222"
+	if h, p, err := net.SplitHostPort(f.ln.Addr().String()); err == nil {
+		port = p
+		if ip := net.ParseIP(h); ip != nil && !ip.IsUnspecified() {
+			host = h
+		} else if name, err := os.Hostname(); err == nil {
+			host = name
+		}
+	}
+	line := ssh.MarshalAuthorizedKey(f.hostKey) // "ssh-ed25519 AAAA...\n"
+	hostKeyB64 := base64.StdEncoding.EncodeToString(line[:len(line)-1])
+	jobs := f.cfg.LocalJobs
+	fmt.Fprintf(w, `nixfarm is ready.
+
+Host key: %s
+          %s
+
+1. Add to the ssh config of the user that runs builds (root's, /root/.ssh/config,
+   when builds go through nix-daemon):
+
+Host nixfarm
+    HostName %s
+    Port %s
+    User nixfarm
+    IdentityFile /root/.ssh/nixfarm_ed25519
+    IdentitiesOnly yes
+    # Nix checks the host key from the builders line under the name "nixfarm":
+    HostKeyAlias nixfarm
+
+2. Use it as a builder, in nix.conf ("builders = ...") or on the command line:
+
+ssh://nixfarm %s - %d 1 - - %s
+
+   nix-build --max-jobs 0 --builders 'ssh://nixfarm %s - %d 1 - - %s' ...
+
+The public key of IdentityFile must be in %s, with the account name as its comment.
+`,
+		ssh.FingerprintSHA256(f.hostKey), line[:len(line)-1],
+		host, port,
+		nixSystem(), jobs, hostKeyB64,
+		nixSystem(), jobs, hostKeyB64,
+		f.cfg.AuthorizedKeys)
+}
+
+// nixSystem names this machine's Nix system, e.g. x86_64-linux.
+func nixSystem() string {
+	arch := map[string]string{"amd64": "x86_64", "arm64": "aarch64", "386": "i686", "riscv64": "riscv64"}[runtime.GOARCH]
+	if arch == "" {
+		arch = runtime.GOARCH
+	}
+	return arch + "-" + runtime.GOOS
+}
+
+// noWorkers is the builder when the built-in worker is disabled and no
+// other worker exists.
+type noWorkers struct{}
+
+func (noWorkers) Build(ctx context.Context, req *build.Request) (*build.Result, error) {
+	return nil, fmt.Errorf("no worker can build %s for %s: this farm runs with --local-worker=false and has no other workers", req.DrvPath, req.Drv.Platform)
+}

@@ -1,0 +1,242 @@
+// Package sshd is nixfarm's SSH front end, built on golang.org/x/crypto/ssh.
+// It authenticates clients by public key against an OpenSSH
+// authorized_keys file (the key's comment names the account), accepts
+// exec requests only, and hands each command to a Handler. It knows nothing
+// of Nix; the Handler decides which commands exist.
+package sshd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// Session is one exec request on an authenticated connection.
+type Session struct {
+	Account     string
+	Fingerprint string
+	User        string
+	RemoteAddr  net.Addr
+	Command     string
+	Env         map[string]string
+	Stdin       io.Reader
+	Stdout      io.Writer
+	Stderr      io.Writer
+}
+
+// Handler runs exec requests. It returns the command's exit status. The
+// context ends when the client closes the channel or the connection.
+type Handler interface {
+	Exec(ctx context.Context, s *Session) uint32
+}
+
+// Config configures a Server.
+type Config struct {
+	HostKey            ssh.Signer
+	AuthorizedKeysFile string
+	Handler            Handler
+	Log                *slog.Logger
+	// Banner, if set, is shown to clients before authentication.
+	Banner string
+}
+
+// Server accepts SSH connections.
+type Server struct {
+	cfg  Config
+	keys *keyFile
+	log  *slog.Logger
+	ssh  *ssh.ServerConfig
+	wg   sync.WaitGroup
+}
+
+// New returns a server. It reads the authorized_keys file once to report
+// errors early; later changes to the file are picked up without a restart.
+func New(cfg Config) (*Server, error) {
+	if cfg.HostKey == nil || cfg.Handler == nil {
+		return nil, errors.New("sshd: host key and handler are required")
+	}
+	log := cfg.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	s := &Server{cfg: cfg, keys: &keyFile{path: cfg.AuthorizedKeysFile}, log: log}
+	if _, _, err := s.keys.lookup(cfg.HostKey.PublicKey()); err != nil {
+		return nil, err
+	}
+	s.ssh = &ssh.ServerConfig{
+		PublicKeyCallback: s.checkKey,
+		ServerVersion:     "SSH-2.0-nixfarm",
+		MaxAuthTries:      10,
+	}
+	s.ssh.AddHostKey(cfg.HostKey)
+	return s, nil
+}
+
+const (
+	extAccount     = "nixfarm-account"
+	extFingerprint = "nixfarm-fingerprint"
+)
+
+func (s *Server) checkKey(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
+	fp := ssh.FingerprintSHA256(key)
+	ak, ok, err := s.keys.lookup(key)
+	if err != nil {
+		s.log.Error("cannot check key", "err", err)
+		return nil, &ssh.BannerError{Err: err, Message: "nixfarm: the farm cannot read its authorized keys right now; tell the farm's operator.\n"}
+	}
+	if !ok {
+		s.log.Info("key refused", "fingerprint", fp, "type", key.Type(), "user", meta.User(), "remote", meta.RemoteAddr())
+		return nil, &ssh.BannerError{
+			Err: fmt.Errorf("key %s is not authorized", fp),
+			Message: fmt.Sprintf("nixfarm: your key %s (%s) is not authorized on this farm.\n"+
+				"nixfarm: ask the farm's operator to add your public key to its authorized_keys file,\n"+
+				"nixfarm: with your account name as the key's comment.\n", fp, key.Type()),
+		}
+	}
+	return &ssh.Permissions{Extensions: map[string]string{extAccount: ak.Account, extFingerprint: fp}}, nil
+}
+
+// HostKey returns the server's public host key.
+func (s *Server) HostKey() ssh.PublicKey { return s.cfg.HostKey.PublicKey() }
+
+// Serve accepts connections until ctx ends or the listener fails. It waits
+// for open connections to finish before returning.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	var tempDelay time.Duration
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				s.wg.Wait()
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				tempDelay = min(max(2*tempDelay, 5*time.Millisecond), time.Second)
+				time.Sleep(tempDelay)
+				continue
+			}
+			return err
+		}
+		tempDelay = 0
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.handleConn(ctx, conn)
+		}()
+	}
+}
+
+func (s *Server) handleConn(ctx context.Context, nc net.Conn) {
+	nc.SetDeadline(time.Now().Add(30 * time.Second)) // for the handshake only
+	sc, chans, reqs, err := ssh.NewServerConn(nc, s.ssh)
+	if err != nil {
+		s.log.Debug("ssh handshake failed", "remote", nc.RemoteAddr(), "err", err)
+		nc.Close()
+		return
+	}
+	nc.SetDeadline(time.Time{})
+	account := sc.Permissions.Extensions[extAccount]
+	log := s.log.With("account", account, "remote", nc.RemoteAddr())
+	log.Debug("ssh connection")
+	connCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		sc.Wait()
+		cancel()
+	}()
+	go ssh.DiscardRequests(reqs)
+	var wg sync.WaitGroup
+	for nch := range chans {
+		if nch.ChannelType() != "session" {
+			nch.Reject(ssh.UnknownChannelType, "nixfarm accepts session channels only")
+			continue
+		}
+		ch, chReqs, err := nch.Accept()
+		if err != nil {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.handleSession(connCtx, log, sc, ch, chReqs)
+		}()
+	}
+	wg.Wait()
+}
+
+type execMsg struct{ Command string }
+type envMsg struct{ Name, Value string }
+type exitStatusMsg struct{ Status uint32 }
+
+const notExec = "nixfarm: this SSH endpoint serves Nix remote builds only; it has no shell.\n" +
+	"nixfarm: use it from Nix as a builder, e.g. --builders 'ssh://HOST x86_64-linux'.\n"
+
+func (s *Server) handleSession(ctx context.Context, log *slog.Logger, sc *ssh.ServerConn, ch ssh.Channel, reqs <-chan *ssh.Request) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer ch.Close()
+	env := map[string]string{}
+	for req := range reqs {
+		switch req.Type {
+		case "env":
+			var m envMsg
+			if ssh.Unmarshal(req.Payload, &m) == nil && len(env) < 64 {
+				env[m.Name] = m.Value
+			}
+			req.Reply(true, nil)
+		case "exec":
+			var m execMsg
+			if err := ssh.Unmarshal(req.Payload, &m); err != nil {
+				req.Reply(false, nil)
+				continue
+			}
+			req.Reply(true, nil)
+			// Requests after exec (e.g. window changes) are answered, and
+			// the end of the channel cancels the command.
+			go func() {
+				for r := range reqs {
+					r.Reply(false, nil)
+				}
+				cancel()
+			}()
+			sess := &Session{
+				Account:     sc.Permissions.Extensions[extAccount],
+				Fingerprint: sc.Permissions.Extensions[extFingerprint],
+				User:        sc.User(),
+				RemoteAddr:  sc.RemoteAddr(),
+				Command:     m.Command,
+				Env:         env,
+				Stdin:       ch,
+				Stdout:      ch,
+				Stderr:      ch.Stderr(),
+			}
+			start := time.Now()
+			status := s.cfg.Handler.Exec(ctx, sess)
+			log.Debug("exec finished", "command", m.Command, "status", status, "duration", time.Since(start))
+			s.exit(ch, status)
+			return
+		case "shell", "subsystem":
+			req.Reply(true, nil)
+			io.WriteString(ch.Stderr(), notExec)
+			s.exit(ch, 1)
+			return
+		default: // pty-req, x11-req, auth-agent-req@openssh.com, ...
+			req.Reply(false, nil)
+		}
+	}
+}
+
+func (s *Server) exit(ch ssh.Channel, status uint32) {
+	ch.SendRequest("exit-status", false, ssh.Marshal(exitStatusMsg{status}))
+	ch.CloseWrite()
+}

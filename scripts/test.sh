@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Runs the whole nixfarm test suite: go vet, unit tests, the end-to-end
+# tests against the real Nix client, and a few seconds of every fuzz target.
+# It installs what the tests need (Debian packages) when they are missing.
+#
+#   scripts/test.sh                 everything
+#   FUZZTIME=30s scripts/test.sh    longer fuzzing
+#   SKIP_FUZZ=1 scripts/test.sh     no fuzzing
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+fuzztime=${FUZZTIME:-4s}
+packages=(nix-bin busybox-static openssh-client)
+
+missing=()
+for p in "${packages[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+	echo "== installing ${missing[*]}"
+	sudo=""
+	[ "$(id -u)" = 0 ] || sudo="sudo"
+	export DEBIAN_FRONTEND=noninteractive
+	$sudo apt-get install -y -q "${missing[@]}" >/dev/null || {
+		$sudo apt-get update -q >/dev/null
+		$sudo apt-get install -y -q "${missing[@]}" >/dev/null
+	}
+fi
+
+echo "== go vet"
+go vet ./...
+
+echo "== go test"
+go test -count=1 -timeout 20m ./...
+
+if [ -z "${SKIP_FUZZ:-}" ]; then
+	echo "== fuzz ($fuzztime per target)"
+	while IFS= read -r file; do
+		pkg=./$(dirname "$file")
+		for target in $(grep -oE '^func (Fuzz[A-Za-z0-9_]+)' "$file" | awk '{print $2}'); do
+			echo "-- $pkg $target"
+			go test -run='^$' -fuzz="^${target}\$" -fuzztime="$fuzztime" "$pkg" >/tmp/nixfarm-fuzz.log 2>&1 || {
+				cat /tmp/nixfarm-fuzz.log
+				exit 1
+			}
+		done
+	done < <(grep -rlE '^func Fuzz' --include='*_test.go' . | sort)
+fi
+echo "== all tests passed"
