@@ -48,8 +48,7 @@ func TestUnknownKeyRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stranger := *f
-	stranger.sshConfig = filepath.Join(f.dir, "stranger_ssh_config")
+	stranger := farm{t: t, dir: f.dir, port: f.port, hostKeyB64: f.hostKeyB64, sshConfig: filepath.Join(f.dir, "stranger_ssh_config")}
 	if err := os.WriteFile(stranger.sshConfig, []byte(strings.Replace(string(cfg), f.clientKey, other, 1)), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -23,6 +23,13 @@
 // past the end of the archive from its source, because NARs embedded in the
 // serve and worker protocols are unframed and their end is found by parsing.
 // It is a plain synchronous state machine: no goroutines, nothing to close.
+//
+// Nix 2.8's own parser is laxer, and a NAR it accepts may be refused here:
+// it never enforces the order of directory entries (it forgets the previous
+// name at each entry), cuts symlink targets at a NUL byte, ignores a symlink
+// without "target", and takes "executable" and "contents" in any order or
+// number. Accepting those would let different bytes stand for the same tree
+// (and so have different hashes); no Nix writes them.
 package nar
 
 import (

@@ -300,8 +300,7 @@ func (r *Reader) flushTee() error {
 
 // token reads one wire string of at most max bytes and returns it; the
 // slice is valid until the next read. what describes the token for errors
-// (see describe);
-// minTok and minAfter bound the read-ahead (see above).
+// (see describe); minTok and minAfter bound the read-ahead (see above).
 func (r *Reader) token(max int, minTok int, minAfter int64, what string) ([]byte, error) {
 	start := r.offset()
 	if err := r.fill(8, int64(minTok)+minAfter); err != nil {
@@ -348,7 +347,7 @@ func (r *Reader) next() error {
 		switch r.state {
 		case stMagic:
 			start := r.offset()
-			tok, err := r.token(maxKeyword, minEmpty+16, minNode, "magic%.0s")
+			tok, err := r.token(maxKeyword, minEmpty+16, minNode, "magic%.0s") // %.0s drops the path
 			if err != nil {
 				return err
 			}

@@ -8,13 +8,7 @@ import (
 	"os"
 )
 
-// Modes given to restored nodes. nix-store --restore (Nix 2.8) runs with
-// the umask reset to 022 by initNix and creates directories with 0777,
-// files with 0666, then adds 0111 to executables with fchmod, so its output
-// is always 0755, 0644 and 0755 whatever the caller's umask (checked with
-// umasks 000, 022, 027 and 077). Restore sets the same modes explicitly,
-// so the result does not depend on the umask either. Nix canonicalises
-// store paths to 0444/0555 afterwards; so must Restore's callers.
+// Modes given to restored nodes; see Restore.
 const (
 	restoreDirMode  = 0o755
 	restoreFileMode = 0o644
@@ -28,9 +22,16 @@ const (
 // The NAR is validated as by Reader, so entry names can't be empty, ".",
 // ".." or contain "/". Nothing is created outside target: every node is
 // created relative to target through an os.Root, with O_EXCL for files, and
-// symlinks are created as they are but never followed. Directories get mode
-// 0755, regular files 0644 or, if executable, 0755 (see above); no times or
-// owners are set. Restore reads exactly the NAR from r and nothing after it.
+// symlinks are created as they are but never followed. Restore reads
+// exactly the NAR from r and nothing after it.
+//
+// Directories get mode 0755 and regular files 0644, or 0755 if executable,
+// whatever the process umask: this is what nix-store --restore of Nix 2.8
+// produces, because it resets the umask to 022 at startup, creates
+// directories with 0777 and files with 0666, and adds 0111 to executables
+// with fchmod (checked under umasks 000, 022, 027 and 077). No times or
+// owners are set. Like Nix, callers that add the result to a store must
+// canonicalise it afterwards (0444/0555, mtime 1).
 //
 // On error Restore returns it and leaves what it has created; the caller
 // removes target.
