@@ -232,6 +232,11 @@ func (f *farm) stop() {
 		<-f.exited
 	}
 	f.cmd = nil
+	for _, bad := range []string{"reference scan disagrees", "level=ERROR", "panic:"} {
+		if strings.Contains(f.logs(), bad) {
+			f.t.Errorf("nixfarm logged %q", bad)
+		}
+	}
 	if f.t.Failed() {
 		f.t.Logf("nixfarm output:\n%s", f.logs())
 	}

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/nixfarm/nixfarm/internal/build"
+	"github.com/nixfarm/nixfarm/internal/derivation"
 	"github.com/nixfarm/nixfarm/internal/serveproto"
 	"github.com/nixfarm/nixfarm/internal/store"
 	"github.com/nixfarm/nixfarm/internal/storepath"
@@ -56,8 +57,8 @@ var ErrMissingInput = errors.New("input is missing from the farm store")
 // BuildDerivation implements serveproto.Builds.
 func (c *Coordinator) BuildDerivation(ctx context.Context, req *build.Request) (*build.Result, error) {
 	log := c.log.With("drv", req.DrvPath, "account", req.Account)
-	if kind := req.Drv.Kind(); !kind.HasKnownOutputPaths() {
-		return nil, fmt.Errorf("derivation %s is %s; nixfarm builds input-addressed and fixed-output derivations only", req.DrvPath, kind)
+	if err := checkKind(req.DrvPath, req.Drv.Kind()); err != nil {
+		return nil, err
 	}
 	outputs := req.Drv.OutputPaths()
 	if done, err := c.allValid(ctx, outputs); err != nil {
@@ -100,7 +101,7 @@ func (c *Coordinator) BuildDerivation(ctx context.Context, req *build.Request) (
 	res, err := c.builder.Build(ctx, &breq)
 	if err != nil {
 		res = &build.Result{Status: build.MiscFailure, ErrorMsg: err.Error(), StartTime: queued, StopTime: c.now()}
-		log.Error("build could not run", "build", id, "err", err)
+		log.Warn("build could not run", "build", id, "err", err)
 	} else {
 		log.Info("build finished", "build", id, "status", res.Status, "worker", res.Worker, "duration", res.StopTime.Sub(res.StartTime))
 	}
@@ -108,6 +109,15 @@ func (c *Coordinator) BuildDerivation(ctx context.Context, req *build.Request) (
 		log.Error("recording build", "build", id, "err", uerr)
 	}
 	return res, err
+}
+
+// checkKind refuses derivations whose output paths are known only after
+// the build (floating content-addressed, impure, deferred).
+func checkKind(drvPath storepath.Path, kind derivation.Kind) error {
+	if kind.HasKnownOutputPaths() {
+		return nil
+	}
+	return fmt.Errorf("derivation %s is %s; nixfarm builds input-addressed and fixed-output derivations only", drvPath, kind)
 }
 
 func (c *Coordinator) allValid(ctx context.Context, outputs map[string]storepath.Path) (bool, error) {
@@ -193,7 +203,6 @@ type realiser struct {
 	opts    build.Options
 	account string
 	log     io.Writer
-	mu      sync.Mutex
 	done    map[storepath.Path]*build.Result
 }
 
@@ -205,6 +214,19 @@ func (r *realiser) realise(ctx context.Context, drvPath storepath.Path) (*build.
 	drv, err := store.ReadDerivation(ctx, r.c.store, drvPath)
 	if err != nil {
 		return nil, err
+	}
+	name := strings.TrimSuffix(drvPath.Name(), ".drv")
+	if err := checkKind(drvPath, drv.Kind()); err != nil {
+		return nil, err
+	}
+	// Outputs that are valid already need neither a build nor inputs.
+	outputs := drv.Basic(name, nil).OutputPaths()
+	if done, err := r.c.allValid(ctx, outputs); err != nil {
+		return nil, err
+	} else if done {
+		res := &build.Result{Status: build.AlreadyValid, Outputs: outputs}
+		r.done[drvPath] = res
+		return res, nil
 	}
 	inputs, err := storepath.ParseList(drv.InputSrcs)
 	if err != nil {
@@ -239,7 +261,6 @@ func (r *realiser) realise(ctx context.Context, drvPath storepath.Path) (*build.
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", drvPath, err)
 	}
-	name := strings.TrimSuffix(drvPath.Name(), ".drv")
 	res, err := r.c.BuildDerivation(ctx, &build.Request{
 		DrvPath: drvPath,
 		Drv:     drv.Basic(name, storepath.Strings(closure)),

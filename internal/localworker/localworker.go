@@ -82,6 +82,7 @@ func (w *Worker) Build(ctx context.Context, req *build.Request) (*build.Result, 
 		return nil, ctx.Err()
 	}
 	defer func() { <-w.slots }()
+	start := time.Now()
 
 	sess, err := w.start(ctx, req.Log)
 	if err != nil {
@@ -97,6 +98,9 @@ func (w *Worker) Build(ctx context.Context, req *build.Request) (*build.Result, 
 		}
 		return nil, err
 	}
+	// Our clock is finer than Nix's whole seconds, and covers the input
+	// and output copies, which the slot was held for.
+	res.StartTime, res.StopTime = start, time.Now()
 	res.Worker = w.cfg.Name
 	return res, nil
 }

@@ -1,0 +1,71 @@
+package e2e
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/nixfarm/nixfarm/internal/build"
+	"github.com/nixfarm/nixfarm/internal/serveproto"
+	"github.com/nixfarm/nixfarm/internal/storepath"
+)
+
+// A stock client uploads a .drv closure (nix copy --derivation), and a
+// serve-protocol BuildPaths, as Hydra sends it, builds the chain on the
+// farm in dependency order.
+func TestSSHBuildPathsOfUploadedDerivations(t *testing.T) {
+	f := startFarm(t)
+	c := newClient(t)
+	file := c.expr("bp", `let a = mk { name = "bp-a"; args = ["-c" "echo a > $out"]; }; in mk { name = "bp-b"; args = ["-c" "echo b ${a} > $out"]; }`)
+	drv := c.instantiate(file)[0]
+	cmd := exec.Command("nix", "--extra-experimental-features", "nix-command", "copy", "--store", c.store,
+		"--derivation", "--to", "ssh://nixfarm?base64-ssh-public-host-key="+f.hostKeyB64, drv)
+	cmd.Env = append(os.Environ(), "NIX_SSHOPTS=-F "+f.sshConfig)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("nix copy --derivation: %v\n%s", err, out)
+	}
+
+	sess, stderr, wait := dial(t, f, "")
+	stdin, _ := sess.StdinPipe()
+	stdout, _ := sess.StdoutPipe()
+	if err := sess.Start("nix-store --serve --write"); err != nil {
+		t.Fatal(err)
+	}
+	sc, err := serveproto.NewClient(stdout, stdin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := sc.BuildPaths([]serveproto.Target{{Path: storepath.Path(drv), Outputs: []string{"out"}}}, build.Options{})
+	if err != nil || !res.Status.Success() {
+		t.Fatalf("BuildPaths: %v %+v\nstderr: %s\nfarm: %s", err, res, stderr, f.logs())
+	}
+	closure, err := sc.QueryClosure([]storepath.Path{storepath.Path(drv)}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var outB storepath.Path
+	for _, p := range closure {
+		if strings.HasSuffix(string(p), "-bp-b") {
+			outB = p
+		}
+	}
+	if outB == "" {
+		t.Fatalf("closure with outputs lacks bp-b's output: %v", closure)
+	}
+	var narBuf bytes.Buffer
+	if _, err := sc.DumpStorePath(outB, &narBuf); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(narBuf.Bytes(), []byte("b /nix/store/")) {
+		t.Errorf("bp-b's output does not hold what the builder wrote")
+	}
+	stdin.Close()
+	if err := wait(); err != nil {
+		t.Errorf("session: %v\n%s", err, stderr)
+	}
+	if n := f.builtCount(drv); n != 1 {
+		t.Errorf("bp-b built %d times", n)
+	}
+}

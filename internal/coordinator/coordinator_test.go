@@ -1,0 +1,228 @@
+package coordinator_test
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nixfarm/nixfarm/internal/build"
+	"github.com/nixfarm/nixfarm/internal/coordinator"
+	"github.com/nixfarm/nixfarm/internal/derivation"
+	"github.com/nixfarm/nixfarm/internal/nar"
+	"github.com/nixfarm/nixfarm/internal/nixhash"
+	"github.com/nixfarm/nixfarm/internal/serveproto"
+	"github.com/nixfarm/nixfarm/internal/store"
+	"github.com/nixfarm/nixfarm/internal/storepath"
+	"github.com/nixfarm/nixfarm/internal/testutil"
+)
+
+func fileNar(contents string) []byte {
+	var b bytes.Buffer
+	w := nar.NewWriter(&b)
+	w.WriteHeader(&nar.Header{Path: "/", Type: nar.TypeRegular, Size: int64(len(contents))})
+	io.WriteString(w, contents)
+	w.Close()
+	return b.Bytes()
+}
+
+func addFile(t *testing.T, st store.Store, p storepath.Path, contents string, refs []storepath.Path) {
+	t.Helper()
+	n := fileNar(contents)
+	if err := st.AddToStore(context.Background(), &store.PathInfo{Path: p, NarHash: nixhash.SHA256Of(n), NarSize: uint64(len(n)), References: refs}, bytes.NewReader(n)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// fakeBuilder "builds" by writing each output as a file naming its inputs,
+// after checking that every input is in the farm store.
+type fakeBuilder struct {
+	st    store.Store
+	mu    sync.Mutex
+	built []string
+	fail  map[string]bool // drv names that fail
+}
+
+func (b *fakeBuilder) Build(ctx context.Context, req *build.Request) (*build.Result, error) {
+	b.mu.Lock()
+	b.built = append(b.built, req.Drv.Name)
+	b.mu.Unlock()
+	inputs, err := storepath.ParseList(req.Drv.InputSrcs)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := b.st.Closure(ctx, inputs); err != nil {
+		return nil, fmt.Errorf("input missing: %w", err)
+	}
+	fmt.Fprintf(req.Log, "building %s\n", req.Drv.Name)
+	if b.fail[req.Drv.Name] {
+		return &build.Result{Status: build.PermanentFailure, ErrorMsg: "builder for '" + string(req.DrvPath) + "' failed with exit code 1"}, nil
+	}
+	outs := req.Drv.OutputPaths()
+	for _, p := range outs {
+		n := fileNar("built from " + strings.Join(req.Drv.InputSrcs, " "))
+		if err := b.st.AddToStore(ctx, &store.PathInfo{Path: p, NarHash: nixhash.SHA256Of(n), NarSize: uint64(len(n)), References: inputs}, bytes.NewReader(n)); err != nil {
+			return nil, err
+		}
+	}
+	now := time.Now()
+	return &build.Result{Status: build.Built, TimesBuilt: 1, StartTime: now, StopTime: now, Outputs: outs, Worker: "fake"}, nil
+}
+
+type farm struct {
+	st      store.Store
+	db      *sql.DB
+	builder *fakeBuilder
+	coord   *coordinator.Coordinator
+	src     storepath.Path
+}
+
+func newFarm(t *testing.T) *farm {
+	t.Helper()
+	st, database, dir := testutil.Store(t)
+	fb := &fakeBuilder{st: st, fail: map[string]bool{}}
+	c, err := coordinator.New(st, fb, database, filepath.Join(dir, "logs"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := storepath.Path("/nix/store/" + strings.Repeat("s", 32) + "-source")
+	addFile(t, st, src, "source", nil)
+	return &farm{st: st, db: database, builder: fb, coord: c, src: src}
+}
+
+// addDrv creates an input-addressed derivation with the given inputs,
+// stores its .drv, and returns its path.
+func (f *farm) addDrv(t *testing.T, name string, outputs []string, inputDrvs map[string][]string) storepath.Path {
+	t.Helper()
+	dummy := "/nix/store/" + strings.Repeat("0", 32) + "-dummy"
+	d := &derivation.Derivation{
+		Outputs:   map[string]derivation.Output{},
+		InputDrvs: inputDrvs,
+		InputSrcs: []string{string(f.src)},
+		Platform:  "x86_64-linux",
+		Builder:   "/bin/sh",
+		Args:      []string{"-c", "true"},
+		Env:       map[string]string{"name": name},
+	}
+	for _, o := range outputs {
+		d.Outputs[o] = derivation.Output{Path: dummy}
+		d.Env[o] = ""
+	}
+	resolve := func(p string) (*derivation.Derivation, error) {
+		return store.ReadDerivation(context.Background(), f.st, storepath.Path(p))
+	}
+	paths, err := derivation.OutputPaths(name, d, resolve)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for o, p := range paths {
+		d.Outputs[o] = derivation.Output{Path: string(p)}
+		d.Env[o] = string(p)
+	}
+	drvPath, err := derivation.PathOf(name, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addFile(t, f.st, drvPath, string(d.Bytes()), d.References())
+	return drvPath
+}
+
+func TestBuildPathsInDependencyOrder(t *testing.T) {
+	f := newFarm(t)
+	a := f.addDrv(t, "a", []string{"out", "dev"}, nil)
+	b := f.addDrv(t, "b", []string{"out"}, map[string][]string{string(a): {"dev"}})
+	c := f.addDrv(t, "c", []string{"out"}, map[string][]string{string(a): {"out"}, string(b): {"out"}})
+	var log bytes.Buffer
+	res, err := f.coord.BuildPaths(context.Background(), []serveproto.Target{{Path: c}}, build.Options{}, "alice", &log)
+	if err != nil || res.Status != build.Built {
+		t.Fatalf("BuildPaths: %v %+v", err, res)
+	}
+	if !slices.Equal(f.builder.built, []string{"a", "b", "c"}) {
+		t.Errorf("build order %v", f.builder.built)
+	}
+	if !strings.Contains(log.String(), "building c") {
+		t.Errorf("log %q", log.String())
+	}
+	// c's BasicDerivation carried the outputs of a and b it needs.
+	cDrv, _ := store.ReadDerivation(context.Background(), f.st, c)
+	out, err := f.st.QueryPathInfo(context.Background(), storepath.Path(cDrv.Outputs["out"].Path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out.References) != 4 { // source, a's out, b's out, and a's dev that b refers to
+		t.Errorf("c built with inputs %v", out.References)
+	}
+	// Again: every output is valid, nothing is rebuilt.
+	res, err = f.coord.BuildPaths(context.Background(), []serveproto.Target{{Path: c}}, build.Options{}, "alice", io.Discard)
+	if err != nil || res.Status != build.AlreadyValid || len(f.builder.built) != 3 {
+		t.Errorf("rebuild: %v %+v %v", err, res, f.builder.built)
+	}
+	var rows int
+	f.db.QueryRow(`SELECT count(*) FROM builds WHERE status = 0`).Scan(&rows)
+	if rows != 3 {
+		t.Errorf("%d builds recorded as Built, want 3", rows)
+	}
+}
+
+func TestBuildPathsDependencyFailure(t *testing.T) {
+	f := newFarm(t)
+	a := f.addDrv(t, "broken", []string{"out"}, nil)
+	b := f.addDrv(t, "needs-broken", []string{"out"}, map[string][]string{string(a): {"out"}})
+	f.builder.fail["broken"] = true
+	res, err := f.coord.BuildPaths(context.Background(), []serveproto.Target{{Path: b}}, build.Options{}, "alice", io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Status != build.DependencyFailed || !strings.Contains(res.ErrorMsg, "broken.drv") || !strings.Contains(res.ErrorMsg, "failed with exit code 1") {
+		t.Errorf("result %+v", res)
+	}
+	if slices.Contains(f.builder.built, "needs-broken") {
+		t.Error("built a derivation whose dependency failed")
+	}
+}
+
+func TestBuildDerivationChecks(t *testing.T) {
+	f := newFarm(t)
+	ctx := context.Background()
+	drvPath := f.addDrv(t, "x", []string{"out"}, nil)
+	d, _ := store.ReadDerivation(ctx, f.st, drvPath)
+
+	// Inputs missing from the farm store are named.
+	missing := d.Basic("x", []string{"/nix/store/" + strings.Repeat("m", 32) + "-missing"})
+	_, err := f.coord.BuildDerivation(ctx, &build.Request{DrvPath: drvPath, Drv: missing, Account: "alice"})
+	if !errors.Is(err, coordinator.ErrMissingInput) || !strings.Contains(err.Error(), "-missing") {
+		t.Errorf("missing input: %v", err)
+	}
+
+	// Floating content-addressed derivations are refused with a reason.
+	ca := d.Basic("x", nil)
+	ca.Outputs = map[string]derivation.Output{"out": {HashAlgo: "r:sha256"}}
+	_, err = f.coord.BuildDerivation(ctx, &build.Request{DrvPath: drvPath, Drv: ca, Account: "alice"})
+	if err == nil || !strings.Contains(err.Error(), "input-addressed and fixed-output derivations only") {
+		t.Errorf("floating CA: %v", err)
+	}
+
+	// A build, then the same request answered from the store.
+	res, err := f.coord.BuildDerivation(ctx, &build.Request{DrvPath: drvPath, Drv: d.Basic("x", nil), Account: "alice"})
+	if err != nil || res.Status != build.Built {
+		t.Fatalf("%v %+v", err, res)
+	}
+	res, err = f.coord.BuildDerivation(ctx, &build.Request{DrvPath: drvPath, Drv: d.Basic("x", nil), Account: "alice"})
+	if err != nil || res.Status != build.AlreadyValid || res.Outputs["out"] == "" {
+		t.Fatalf("%v %+v", err, res)
+	}
+	var worker string
+	var logBytes int
+	f.db.QueryRow(`SELECT worker, log_bytes FROM builds WHERE status = 0`).Scan(&worker, &logBytes)
+	if worker != "fake" || logBytes == 0 {
+		t.Errorf("build record: worker %q, log %d bytes", worker, logBytes)
+	}
+}
