@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 
@@ -86,6 +87,14 @@ func Start(ctx context.Context, cfg Config) (*Farm, error) {
 	}
 	if cfg.LocalJobs < 1 {
 		cfg.LocalJobs = 1
+	}
+	if cfg.NixStore == "" {
+		cfg.NixStore = "nix-store"
+	}
+	if cfg.LocalWorker {
+		if _, err := exec.LookPath(cfg.NixStore); err != nil {
+			return nil, fmt.Errorf("the built-in worker needs Nix, but %s was not found (Debian: apt-get install nix-bin), or run with --local-worker=false: %w", cfg.NixStore, err)
+		}
 	}
 
 	database, err := db.Open(ctx, filepath.Join(cfg.StateDir, "nixfarm.db"))
@@ -205,8 +214,14 @@ func (f *Farm) PrintInstructions(w io.Writer) {
 Host key: %s
           %s
 
-1. Add to the ssh config of the user that runs builds (root's, /root/.ssh/config,
-   when builds go through nix-daemon):
+1. On the client, as the user that runs builds (root, when builds go through
+   nix-daemon), create a key and authorize it here, naming its account:
+
+     ssh-keygen -t ed25519 -N '' -f /root/.ssh/nixfarm_ed25519
+     # then append /root/.ssh/nixfarm_ed25519.pub to %s,
+     # with the account name as the comment: ssh-ed25519 AAAA... alice
+
+2. Add to that user's ssh config (/root/.ssh/config):
 
 Host nixfarm
     HostName %s
@@ -217,19 +232,17 @@ Host nixfarm
     # Nix checks the host key from the builders line under the name "nixfarm":
     HostKeyAlias nixfarm
 
-2. Use it as a builder, in nix.conf ("builders = ...") or on the command line:
+3. Use it as a builder, in nix.conf ("builders = ...") or on the command line:
 
 ssh://nixfarm %s - %d 1 - - %s
 
    nix-build --max-jobs 0 --builders 'ssh://nixfarm %s - %d 1 - - %s' ...
-
-The public key of IdentityFile must be in %s, with the account name as its comment.
 `,
 		ssh.FingerprintSHA256(f.hostKey), line[:len(line)-1],
+		f.cfg.AuthorizedKeys,
 		host, port,
 		nixSystem(), jobs, hostKeyB64,
-		nixSystem(), jobs, hostKeyB64,
-		f.cfg.AuthorizedKeys)
+		nixSystem(), jobs, hostKeyB64)
 }
 
 // nixSystem names this machine's Nix system, e.g. x86_64-linux.
