@@ -27,19 +27,11 @@ func TestSSHBuildPathsOfUploadedDerivations(t *testing.T) {
 		t.Fatalf("nix copy --derivation: %v\n%s", err, out)
 	}
 
-	sess, stderr, wait := dial(t, f, "")
-	stdin, _ := sess.StdinPipe()
-	stdout, _ := sess.StdoutPipe()
-	if err := sess.Start("nix-store --serve --write"); err != nil {
-		t.Fatal(err)
-	}
-	sc, err := serveproto.NewClient(stdout, stdin)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openServe(t, f, "nix-store --serve --write")
+	sc := s.client
 	res, err := sc.BuildPaths([]serveproto.Target{{Path: storepath.Path(drv), Outputs: []string{"out"}}}, build.Options{})
 	if err != nil || !res.Status.Success() {
-		t.Fatalf("BuildPaths: %v %+v\nstderr: %s\nfarm: %s", err, res, stderr, f.logs())
+		t.Fatalf("BuildPaths: %v %+v\nstderr: %s\nfarm: %s", err, res, s.stderr, f.logs())
 	}
 	closure, err := sc.QueryClosure([]storepath.Path{storepath.Path(drv)}, true)
 	if err != nil {
@@ -61,9 +53,8 @@ func TestSSHBuildPathsOfUploadedDerivations(t *testing.T) {
 	if !bytes.Contains(narBuf.Bytes(), []byte("b /nix/store/")) {
 		t.Errorf("bp-b's output does not hold what the builder wrote")
 	}
-	stdin.Close()
-	if err := wait(); err != nil {
-		t.Errorf("session: %v\n%s", err, stderr)
+	if err := s.close(); err != nil {
+		t.Errorf("session: %v\n%s", err, s.stderr)
 	}
 	if n := f.builtCount(drv); n != 1 {
 		t.Errorf("bp-b built %d times", n)

@@ -377,16 +377,6 @@ func (c *client) mustBuild(f *farm, scheme, file string, extra ...string) []stri
 	return strings.Fields(r.out)
 }
 
-// mustRealise builds every output of a .drv with nix-store --realise.
-func (c *client) mustRealise(f *farm, scheme, drv string) []string {
-	c.t.Helper()
-	r := c.run(f, scheme, "nix-store", "--realise", drv)
-	if r.err != nil {
-		c.t.Fatalf("nix-store --realise %s failed: %v\nstderr:\n%s\nfarm:\n%s", drv, r.err, r.stderr, f.logs())
-	}
-	return strings.Fields(r.out)
-}
-
 func (c *client) mustRun(env []string, name string, args ...string) string {
 	c.t.Helper()
 	cmd := exec.Command(name, args...)

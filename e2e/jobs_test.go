@@ -58,3 +58,22 @@ func TestNoWorkerFailsClearly(t *testing.T) {
 		}
 	}
 }
+
+// The client's max-silent-time reaches the build over ssh:// and a silent
+// build is stopped with Nix's own message.
+func TestMaxSilentTime(t *testing.T) {
+	f := startFarm(t)
+	c := newClient(t)
+	file := c.expr("silent", `mk { name = "silent"; args = ["-c" "echo about to hang; sleep 30; echo > $out"]; }`)
+	r := c.build(f, "ssh", file, "--option", "max-silent-time", "1")
+	if r.err == nil {
+		t.Fatal("a silent build succeeded")
+	}
+	if !strings.Contains(r.stderr, "timed out after 1 seconds of silence") {
+		t.Errorf("client output lacks the timeout:\n%s", r.stderr)
+	}
+	var status int
+	if err := f.db().QueryRow(`SELECT status FROM builds ORDER BY id DESC LIMIT 1`).Scan(&status); err != nil || status != 8 {
+		t.Errorf("recorded status %d (%v), want 8 (TimedOut)", status, err)
+	}
+}

@@ -2,10 +2,10 @@ package e2e
 
 import (
 	"bytes"
-	"context"
 	"database/sql"
 	"encoding/binary"
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -94,8 +94,17 @@ func TestExecRefused(t *testing.T) {
 	}
 }
 
-// dial opens an SSH session running command with the client's key.
-func dial(t *testing.T, f *farm, command string) (*ssh.Session, *bytes.Buffer, func() error) {
+// serveSession opens an SSH session running command with the client's key,
+// and performs the serve-protocol handshake. close ends the client's side
+// and waits for the session's end.
+type serveSession struct {
+	client *serveproto.Client
+	stdin  io.WriteCloser
+	stderr *bytes.Buffer
+	sess   *ssh.Session
+}
+
+func openServe(t *testing.T, f *farm, command string) *serveSession {
 	t.Helper()
 	keyData, err := os.ReadFile(f.clientKey)
 	if err != nil {
@@ -119,9 +128,26 @@ func dial(t *testing.T, f *farm, command string) (*ssh.Session, *bytes.Buffer, f
 	if err != nil {
 		t.Fatal(err)
 	}
-	stderr := &bytes.Buffer{}
-	sess.Stderr = stderr
-	return sess, stderr, func() error { return sess.Wait() }
+	s := &serveSession{stderr: &bytes.Buffer{}, sess: sess}
+	sess.Stderr = s.stderr
+	s.stdin, _ = sess.StdinPipe()
+	stdout, _ := sess.StdoutPipe()
+	if err := sess.Start(command); err != nil {
+		t.Fatal(err)
+	}
+	if s.client, err = serveproto.NewClient(stdout, s.stdin); err != nil {
+		t.Fatalf("serve handshake: %v\nstderr: %s", err, s.stderr)
+	}
+	return s
+}
+
+// wait returns the session's end (an *ssh.ExitError for a non-zero status).
+func (s *serveSession) wait() error { return s.sess.Wait() }
+
+// close ends the client's side and waits for the session's end.
+func (s *serveSession) close() error {
+	s.stdin.Close()
+	return s.wait()
 }
 
 func exitStatus(err error) int {
@@ -137,16 +163,7 @@ func exitStatus(err error) int {
 
 func TestAddToStoreNarWrongHashRejected(t *testing.T) {
 	f := startFarm(t)
-	sess, stderr, wait := dial(t, f, "")
-	stdin, _ := sess.StdinPipe()
-	stdout, _ := sess.StdoutPipe()
-	if err := sess.Start("nix-store --serve --write"); err != nil {
-		t.Fatal(err)
-	}
-	c, err := serveproto.NewClient(stdout, stdin)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openServe(t, f, "nix-store --serve --write")
 	var narBuf bytes.Buffer
 	w := nar.NewWriter(&narBuf)
 	contents := []byte("the real contents\n")
@@ -158,15 +175,13 @@ func TestAddToStoreNarWrongHashRejected(t *testing.T) {
 	lie := nixhash.SHA256Of([]byte("some other NAR"))
 	p := storepath.Path("/nix/store/" + strings.Repeat("1", 32) + "-lying-upload")
 	info := &store.PathInfo{Path: p, NarHash: lie, NarSize: uint64(narBuf.Len())}
-	err = c.AddToStoreNar(info, bytes.NewReader(narBuf.Bytes()))
-	if err == nil {
+	if err := s.client.AddToStoreNar(info, bytes.NewReader(narBuf.Bytes())); err == nil {
 		t.Fatal("the farm accepted a NAR that does not match its narHash")
 	}
-	stdin.Close()
-	if code := exitStatus(wait()); code == 0 {
+	if code := exitStatus(s.close()); code == 0 {
 		t.Errorf("exit status 0 after a rejected upload")
 	}
-	if msg := stderr.String(); !strings.Contains(msg, "NAR hash mismatch") || !strings.Contains(msg, string(p)) {
+	if msg := s.stderr.String(); !strings.Contains(msg, "NAR hash mismatch") || !strings.Contains(msg, string(p)) {
 		t.Errorf("stderr does not name the problem:\n%s", msg)
 	}
 	var n int
@@ -194,42 +209,24 @@ func assertNoBlobs(t *testing.T, f *farm) {
 // assertServes checks that the farm still answers a fresh connection.
 func assertServes(t *testing.T, f *farm) {
 	t.Helper()
-	sess, stderr, wait := dial(t, f, "")
-	stdin, _ := sess.StdinPipe()
-	stdout, _ := sess.StdoutPipe()
-	if err := sess.Start("nix-store --serve"); err != nil {
-		t.Fatal(err)
-	}
-	c, err := serveproto.NewClient(stdout, stdin)
-	if err != nil {
-		t.Fatalf("handshake after bad input: %v", err)
-	}
-	if _, err := c.QueryValidPaths([]storepath.Path{storepath.Path("/nix/store/" + strings.Repeat("2", 32) + "-x")}, false, false); err != nil {
+	s := openServe(t, f, "nix-store --serve")
+	if _, err := s.client.QueryValidPaths([]storepath.Path{storepath.Path("/nix/store/" + strings.Repeat("2", 32) + "-x")}, false, false); err != nil {
 		t.Fatalf("query after bad input: %v", err)
 	}
-	stdin.Close()
-	if err := wait(); err != nil {
-		t.Errorf("clean session ended with %v; stderr:\n%s", err, stderr)
+	if err := s.close(); err != nil {
+		t.Errorf("clean session ended with %v; stderr:\n%s", err, s.stderr)
 	}
 }
 
 func TestGarbageAfterHandshake(t *testing.T) {
 	f := startFarm(t)
-	sess, stderr, wait := dial(t, f, "")
-	stdin, _ := sess.StdinPipe()
-	stdout, _ := sess.StdoutPipe()
-	if err := sess.Start("nix-store --serve --write"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := serveproto.NewClient(stdout, stdin); err != nil {
-		t.Fatal(err)
-	}
+	s := openServe(t, f, "nix-store --serve --write")
 	garbage := make([]byte, 64)
 	binary.LittleEndian.PutUint64(garbage, 0xdeadbeefcafe)
 	copy(garbage[8:], "this is not the serve protocol")
-	stdin.Write(garbage)
+	s.stdin.Write(garbage)
 	done := make(chan error, 1)
-	go func() { done <- wait() }()
+	go func() { done <- s.wait() }()
 	select {
 	case err := <-done:
 		if exitStatus(err) == 0 {
@@ -238,9 +235,8 @@ func TestGarbageAfterHandshake(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the farm did not close a connection that sent garbage")
 	}
-	if !strings.Contains(stderr.String(), "unknown serve command") {
-		t.Errorf("stderr does not name the problem:\n%s", stderr)
+	if !strings.Contains(s.stderr.String(), "unknown serve command") {
+		t.Errorf("stderr does not name the problem:\n%s", s.stderr)
 	}
 	assertServes(t, f)
-	_ = context.Background
 }

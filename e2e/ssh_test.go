@@ -72,16 +72,11 @@ func TestSSHChain(t *testing.T) {
 func TestSSHMultiOutput(t *testing.T) {
 	f := startFarm(t)
 	c := newClient(t)
-	file := c.expr("multi", `mk {
+	file := c.expr("multi", `let d = mk {
     name = "multi"; outputs = [ "out" "dev" ];
     args = [ "-c" "mkdir -p $out/bin $dev; printf '#!${bb}/bin/sh\\necho tool\\n' > $out/bin/tool; echo $out > $dev/out-path" ];
-  }`)
-	drvs := c.instantiate(file)
-	if len(drvs) != 1 {
-		t.Fatalf("drvs: %v", drvs)
-	}
-	// nix-store --realise builds every output of the derivation.
-	paths := c.mustRealise(f, "ssh", drvs[0])
+  }; in [ d.out d.dev ]`)
+	paths := c.mustBuild(f, "ssh", file)
 	if len(paths) != 2 {
 		t.Fatalf("outputs %v", paths)
 	}

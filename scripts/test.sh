@@ -36,7 +36,7 @@ go test -count=1 -timeout 20m ./...
 if [ -z "${SKIP_FUZZ:-}" ]; then
 	echo "== fuzz ($fuzztime per target)"
 	while IFS= read -r file; do
-		pkg=./$(dirname "$file")
+		pkg=$(dirname "$file")
 		for target in $(grep -oE '^func (Fuzz[A-Za-z0-9_]+)' "$file" | awk '{print $2}'); do
 			echo "-- $pkg $target"
 			go test -run='^$' -fuzz="^${target}\$" -fuzztime="$fuzztime" "$pkg" >/tmp/nixfarm-fuzz.log 2>&1 || {

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -232,7 +233,7 @@ func (r *realiser) realise(ctx context.Context, drvPath storepath.Path) (*build.
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", drvPath, err)
 	}
-	for _, in := range sortedKeys(drv.InputDrvs) {
+	for _, in := range slices.Sorted(maps.Keys(drv.InputDrvs)) {
 		inPath, err := storepath.Parse(in)
 		if err != nil {
 			return nil, fmt.Errorf("%s: input derivation: %w", drvPath, err)
@@ -273,15 +274,6 @@ func (r *realiser) realise(ctx context.Context, drvPath storepath.Path) (*build.
 	}
 	r.done[drvPath] = res
 	return res, nil
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }
 
 // logTee writes a build log to its file and to the client. A client that

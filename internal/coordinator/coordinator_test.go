@@ -17,7 +17,6 @@ import (
 	"github.com/nixfarm/nixfarm/internal/build"
 	"github.com/nixfarm/nixfarm/internal/coordinator"
 	"github.com/nixfarm/nixfarm/internal/derivation"
-	"github.com/nixfarm/nixfarm/internal/nar"
 	"github.com/nixfarm/nixfarm/internal/nixhash"
 	"github.com/nixfarm/nixfarm/internal/serveproto"
 	"github.com/nixfarm/nixfarm/internal/store"
@@ -25,14 +24,7 @@ import (
 	"github.com/nixfarm/nixfarm/internal/testutil"
 )
 
-func fileNar(contents string) []byte {
-	var b bytes.Buffer
-	w := nar.NewWriter(&b)
-	w.WriteHeader(&nar.Header{Path: "/", Type: nar.TypeRegular, Size: int64(len(contents))})
-	io.WriteString(w, contents)
-	w.Close()
-	return b.Bytes()
-}
+func fileNar(contents string) []byte { return testutil.FileNar(contents) }
 
 func addFile(t *testing.T, st store.Store, p storepath.Path, contents string, refs []storepath.Path) {
 	t.Helper()

@@ -42,18 +42,6 @@ const (
 	cmdAddToStoreNar   = 9
 )
 
-var commandNames = map[uint64]string{
-	cmdQueryValidPaths: "QueryValidPaths",
-	cmdQueryPathInfos:  "QueryPathInfos",
-	cmdDumpStorePath:   "DumpStorePath",
-	cmdImportPaths:     "ImportPaths",
-	cmdExportPaths:     "ExportPaths",
-	cmdBuildPaths:      "BuildPaths",
-	cmdQueryClosure:    "QueryClosure",
-	cmdBuildDerivation: "BuildDerivation",
-	cmdAddToStoreNar:   "AddToStoreNar",
-}
-
 func minor(v uint64) uint64 { return v & 0xff }
 func major(v uint64) uint64 { return v & 0xff00 }
 

@@ -95,18 +95,21 @@ func (s *Server) Serve(ctx context.Context, in io.Reader, out io.Writer, sess *S
 		if err != nil {
 			return fmt.Errorf("reading command: %w", err)
 		}
-		name, ok := commandNames[cmd]
+		command, ok := commands[cmd]
 		if !ok {
 			return fmt.Errorf("%w: unknown serve command %d (0x%x)", ErrProtocol, cmd, cmd)
 		}
+		if command.write && !sess.Write {
+			return fmt.Errorf("%s is not allowed on a read-only connection (use `nix-store --serve --write`)", command.name)
+		}
 		start := time.Now()
-		if err := c.dispatch(ctx, cmd); err != nil {
-			return fmt.Errorf("%s: %w", name, err)
+		if err := command.run(c, ctx); err != nil {
+			return fmt.Errorf("%s: %w", command.name, err)
 		}
 		if err := w.Flush(); err != nil {
-			return fmt.Errorf("%s: writing reply: %w", name, err)
+			return fmt.Errorf("%s: writing reply: %w", command.name, err)
 		}
-		log.Debug("serve command", "cmd", name, "duration", time.Since(start))
+		log.Debug("serve command", "cmd", command.name, "duration", time.Since(start))
 	}
 }
 
@@ -125,35 +128,25 @@ type serveConn struct {
 	ver  uint64
 }
 
-func (c *serveConn) requireWrite(what string) error {
-	if !c.sess.Write {
-		return fmt.Errorf("%s is not allowed on a read-only connection (use `nix-store --serve --write`)", what)
-	}
-	return nil
+// command is one serve-protocol command as the server runs it.
+type command struct {
+	name string
+	// write marks commands that change the store or build, refused on
+	// read-only sessions as stock nix-store --serve refuses them.
+	write bool
+	run   func(c *serveConn, ctx context.Context) error
 }
 
-func (c *serveConn) dispatch(ctx context.Context, cmd uint64) error {
-	switch cmd {
-	case cmdQueryValidPaths:
-		return c.queryValidPaths(ctx)
-	case cmdQueryPathInfos:
-		return c.queryPathInfos(ctx)
-	case cmdDumpStorePath:
-		return c.dumpStorePath(ctx)
-	case cmdImportPaths:
-		return c.importPaths(ctx)
-	case cmdExportPaths:
-		return c.exportPaths(ctx)
-	case cmdBuildPaths:
-		return c.buildPaths(ctx)
-	case cmdQueryClosure:
-		return c.queryClosure(ctx)
-	case cmdBuildDerivation:
-		return c.buildDerivation(ctx)
-	case cmdAddToStoreNar:
-		return c.addToStoreNar(ctx)
-	}
-	return fmt.Errorf("%w: unknown command %d", ErrProtocol, cmd)
+var commands = map[uint64]command{
+	cmdQueryValidPaths: {"QueryValidPaths", false, (*serveConn).queryValidPaths},
+	cmdQueryPathInfos:  {"QueryPathInfos", false, (*serveConn).queryPathInfos},
+	cmdDumpStorePath:   {"DumpStorePath", false, (*serveConn).dumpStorePath},
+	cmdImportPaths:     {"ImportPaths", true, (*serveConn).importPaths},
+	cmdExportPaths:     {"ExportPaths", false, (*serveConn).exportPaths},
+	cmdBuildPaths:      {"BuildPaths", true, (*serveConn).buildPaths},
+	cmdQueryClosure:    {"QueryClosure", false, (*serveConn).queryClosure},
+	cmdBuildDerivation: {"BuildDerivation", true, (*serveConn).buildDerivation},
+	cmdAddToStoreNar:   {"AddToStoreNar", true, (*serveConn).addToStoreNar},
 }
 
 func (c *serveConn) queryValidPaths(ctx context.Context) error {
@@ -234,9 +227,6 @@ func (c *serveConn) writeNar(ctx context.Context, p storepath.Path) error {
 }
 
 func (c *serveConn) addToStoreNar(ctx context.Context) error {
-	if err := c.requireWrite("AddToStoreNar"); err != nil {
-		return err
-	}
 	p, err := c.readPath("path")
 	if err != nil {
 		return err
@@ -286,9 +276,6 @@ func (c *serveConn) addToStoreNar(ctx context.Context) error {
 }
 
 func (c *serveConn) importPaths(ctx context.Context) error {
-	if err := c.requireWrite("ImportPaths"); err != nil {
-		return err
-	}
 	for {
 		n, err := c.r.Uint64()
 		if err != nil {
@@ -436,9 +423,6 @@ func (c *serveConn) withOutputs(ctx context.Context, closure []storepath.Path) (
 }
 
 func (c *serveConn) buildPaths(ctx context.Context) error {
-	if err := c.requireWrite("BuildPaths"); err != nil {
-		return err
-	}
 	ss, err := c.r.Strings(wire.MaxListLen, wire.MaxPathLen)
 	if err != nil {
 		return fmt.Errorf("reading paths: %w", err)
@@ -467,9 +451,6 @@ func (c *serveConn) buildPaths(ctx context.Context) error {
 }
 
 func (c *serveConn) buildDerivation(ctx context.Context) error {
-	if err := c.requireWrite("BuildDerivation"); err != nil {
-		return err
-	}
 	drvPath, err := c.readPath("drvPath")
 	if err != nil {
 		return err

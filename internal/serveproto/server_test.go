@@ -12,7 +12,6 @@ import (
 
 	"github.com/nixfarm/nixfarm/internal/build"
 	"github.com/nixfarm/nixfarm/internal/derivation"
-	"github.com/nixfarm/nixfarm/internal/nar"
 	"github.com/nixfarm/nixfarm/internal/nixhash"
 	"github.com/nixfarm/nixfarm/internal/serveproto"
 	"github.com/nixfarm/nixfarm/internal/store"
@@ -267,14 +266,7 @@ func TestReadOnlyRefusesWrites(t *testing.T) {
 	}
 }
 
-func fileNar(contents string) []byte {
-	var b bytes.Buffer
-	w := nar.NewWriter(&b)
-	w.WriteHeader(&nar.Header{Path: "/", Type: nar.TypeRegular, Size: int64(len(contents))})
-	io.WriteString(w, contents)
-	w.Close()
-	return b.Bytes()
-}
+func fileNar(contents string) []byte { return testutil.FileNar(contents) }
 
 func pipeClient(t *testing.T, srv *serveproto.Server) (*serveproto.Client, func() error) {
 	t.Helper()

@@ -11,46 +11,19 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/nixfarm/nixfarm/internal/blob"
-	"github.com/nixfarm/nixfarm/internal/db"
-	"github.com/nixfarm/nixfarm/internal/nar"
 	"github.com/nixfarm/nixfarm/internal/nixhash"
 	"github.com/nixfarm/nixfarm/internal/store"
 	"github.com/nixfarm/nixfarm/internal/storepath"
+	"github.com/nixfarm/nixfarm/internal/testutil"
 )
 
 func newStore(t *testing.T) (*store.Local, string) {
 	t.Helper()
-	dir := t.TempDir()
-	d, err := db.Open(context.Background(), filepath.Join(dir, "db.sqlite"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Close() })
-	blobs, err := blob.NewDir(filepath.Join(dir, "nar"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	blobs.NoSync = true
-	return store.NewLocal(d, blobs), dir
+	s, _, dir := testutil.Store(t)
+	return s, dir
 }
 
-// fileNar returns the NAR of a single regular file.
-func fileNar(t testing.TB, contents string) []byte {
-	t.Helper()
-	var b bytes.Buffer
-	w := nar.NewWriter(&b)
-	if err := w.WriteHeader(&nar.Header{Path: "/", Type: nar.TypeRegular, Size: int64(len(contents))}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.WriteString(w, contents); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return b.Bytes()
-}
+func fileNar(t testing.TB, contents string) []byte { return testutil.FileNar(contents) }
 
 func path(name string, c byte) storepath.Path {
 	return storepath.Path(storepath.Dir + "/" + strings.Repeat(string(c), 32) + "-" + name)

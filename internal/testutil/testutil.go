@@ -4,7 +4,9 @@
 package testutil
 
 import (
+	"bytes"
 	"context"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +15,7 @@ import (
 	"database/sql"
 	"github.com/nixfarm/nixfarm/internal/blob"
 	"github.com/nixfarm/nixfarm/internal/db"
+	"github.com/nixfarm/nixfarm/internal/nar"
 	"github.com/nixfarm/nixfarm/internal/store"
 )
 
@@ -27,6 +30,17 @@ func RequireTools(t testing.TB, tools ...string) {
 			}
 			t.Skipf("*** SKIPPING: %s is missing (apt-get install nix-bin busybox-static openssh-client)", tool)
 		}
+	}
+}
+
+// RequireFile is RequireTools for a file, such as /bin/busybox.
+func RequireFile(t testing.TB, path string) {
+	t.Helper()
+	if _, err := os.Stat(path); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("%s is missing, and CI must run this test (.ci/run installs it)", path)
+		}
+		t.Skipf("*** SKIPPING: %s is missing (apt-get install busybox-static)", path)
 	}
 }
 
@@ -45,4 +59,18 @@ func Store(t testing.TB) (*store.Local, *sql.DB, string) {
 	}
 	blobs.NoSync = true
 	return store.NewLocal(d, blobs), d, dir
+}
+
+// FileNar returns the NAR of a single regular file holding contents.
+func FileNar(contents string) []byte {
+	var b bytes.Buffer
+	w := nar.NewWriter(&b)
+	if err := w.WriteHeader(&nar.Header{Path: "/", Type: nar.TypeRegular, Size: int64(len(contents))}); err != nil {
+		panic(err)
+	}
+	io.WriteString(w, contents)
+	if err := w.Close(); err != nil {
+		panic(err)
+	}
+	return b.Bytes()
 }

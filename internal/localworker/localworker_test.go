@@ -1,0 +1,128 @@
+package localworker_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/nixfarm/nixfarm/internal/build"
+	"github.com/nixfarm/nixfarm/internal/derivation"
+	"github.com/nixfarm/nixfarm/internal/localworker"
+	"github.com/nixfarm/nixfarm/internal/nar"
+	"github.com/nixfarm/nixfarm/internal/nixhash"
+	"github.com/nixfarm/nixfarm/internal/store"
+	"github.com/nixfarm/nixfarm/internal/storepath"
+	"github.com/nixfarm/nixfarm/internal/testutil"
+)
+
+// addBusybox puts a directory holding /bin/busybox and bin/sh into the farm
+// store as a source path, as `nix-store --add` would.
+func addBusybox(t *testing.T, st store.Store) storepath.Path {
+	t.Helper()
+	testutil.RequireFile(t, "/bin/busybox")
+	dir := filepath.Join(t.TempDir(), "busybox")
+	os.MkdirAll(filepath.Join(dir, "bin"), 0o755)
+	data, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "bin", "busybox"), data, 0o755)
+	os.Symlink("busybox", filepath.Join(dir, "bin", "sh"))
+	var n bytes.Buffer
+	if err := nar.DumpPath(&n, dir); err != nil {
+		t.Fatal(err)
+	}
+	h := nixhash.SHA256Of(n.Bytes())
+	p, err := storepath.MakeFixedOutput("busybox", true, h, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := &store.PathInfo{Path: p, NarHash: h, NarSize: uint64(n.Len()), CA: "fixed:r:sha256:" + h.Nix32()}
+	if err := st.AddToStore(context.Background(), info, &n); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// basic returns an input-addressed BasicDerivation running script with
+// busybox, and its .drv path.
+func basic(t *testing.T, bb storepath.Path, name, script string) (storepath.Path, *derivation.Basic) {
+	t.Helper()
+	d := &derivation.Derivation{
+		Outputs:   map[string]derivation.Output{"out": {Path: "/nix/store/" + strings.Repeat("0", 32) + "-x"}},
+		InputDrvs: map[string][]string{},
+		InputSrcs: []string{string(bb)},
+		Platform:  "x86_64-linux",
+		Builder:   string(bb) + "/bin/sh",
+		Args:      []string{"-c", script},
+		Env:       map[string]string{"PATH": string(bb) + "/bin", "out": ""},
+	}
+	outs, err := derivation.OutputPaths(name, d, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Outputs["out"] = derivation.Output{Path: string(outs["out"])}
+	d.Env["out"] = string(outs["out"])
+	drvPath, err := derivation.PathOf(name, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return drvPath, d.Basic(name, nil)
+}
+
+func TestBuild(t *testing.T) {
+	testutil.RequireTools(t, "nix-store")
+	st, _, dir := testutil.Store(t)
+	bb := addBusybox(t, st)
+	w := localworker.New(st, localworker.Config{StoreURI: filepath.Join(dir, "worker"), Jobs: 2})
+	ctx := context.Background()
+
+	drvPath, drv := basic(t, bb, "worker-test", "echo building; echo "+string(bb)+" > $out")
+	var log bytes.Buffer
+	res, err := w.Build(ctx, &build.Request{DrvPath: drvPath, Drv: drv, Account: "alice", Log: &log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Status != build.Built || res.Worker != "local" || !res.StopTime.After(res.StartTime) {
+		t.Errorf("result %+v", res)
+	}
+	if !strings.Contains(log.String(), "building") {
+		t.Errorf("log %q", log.String())
+	}
+	out := res.Outputs["out"]
+	info, err := st.QueryPathInfo(ctx, out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !info.Ultimate || info.Account != "alice" || info.Deriver != drvPath || len(info.References) != 1 || info.References[0] != bb {
+		t.Errorf("output info %+v", info)
+	}
+
+	// A failing build is a result, not an error, and registers nothing.
+	drvPath, drv = basic(t, bb, "worker-fail", "echo oops >&2; exit 3")
+	log.Reset()
+	res, err = w.Build(ctx, &build.Request{DrvPath: drvPath, Drv: drv, Account: "alice", Log: &log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Status.Success() || !strings.Contains(res.ErrorMsg, "failed with exit code 3") || !strings.Contains(log.String(), "oops") {
+		t.Errorf("failure: %+v, log %q", res, log.String())
+	}
+	if _, err := st.QueryPathInfo(ctx, drv.OutputPaths()["out"]); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("failed output registered: %v", err)
+	}
+}
+
+func TestMissingNix(t *testing.T) {
+	st, _, _ := testutil.Store(t)
+	w := localworker.New(st, localworker.Config{NixStore: "/nonexistent/nix-store"})
+	_, drv := basic(t, storepath.Path("/nix/store/"+strings.Repeat("b", 32)+"-bb"), "x", "true")
+	_, err := w.Build(context.Background(), &build.Request{DrvPath: storepath.Path("/nix/store/" + strings.Repeat("d", 32) + "-x.drv"), Drv: drv})
+	if err == nil || !strings.Contains(err.Error(), "/nonexistent/nix-store") {
+		t.Errorf("error %v does not name the missing binary", err)
+	}
+}
