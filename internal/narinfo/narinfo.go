@@ -157,23 +157,8 @@ func parseSize(s string) (uint64, error) {
 // checkCA validates a content address: "text:sha256:<hash>" or
 // "fixed:[r:]<algo>:<hash>".
 func checkCA(ca string) error {
-	kind, rest, _ := strings.Cut(ca, ":")
-	switch kind {
-	case "text":
-		h, err := nixhash.Parse(rest)
-		if err != nil {
-			return err
-		}
-		if h.Algo != nixhash.SHA256 {
-			return fmt.Errorf("text content address %q is not sha256", ca)
-		}
-		return nil
-	case "fixed":
-		rest = strings.TrimPrefix(rest, "r:")
-		_, err := nixhash.Parse(rest)
-		return err
-	}
-	return fmt.Errorf("content address %q is neither text: nor fixed:", ca)
+	_, err := storepath.ParseContentAddress(ca)
+	return err
 }
 
 // String renders the narinfo as Nix does: keys in Nix's order, references

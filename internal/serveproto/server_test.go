@@ -291,9 +291,9 @@ func TestClientServerRoundTrip(t *testing.T) {
 	st, _, _ := testutil.Store(t)
 	fb := &fakeBuilds{result: &build.Result{Status: build.Built}}
 	c, closeFn := pipeClient(t, &serveproto.Server{Store: st, Builds: fb})
-	a := storepath.Path("/nix/store/" + strings.Repeat("a", 32) + "-a")
-	b := storepath.Path("/nix/store/" + strings.Repeat("b", 32) + "-b")
 	na, nb := fileNar("a"), fileNar("b refers to a")
+	a, _ := storepath.MakeFixedOutput("a", true, nixhash.SHA256Of(na), nil, false)
+	b := storepath.Path("/nix/store/" + strings.Repeat("b", 32) + "-b")
 	ia := &store.PathInfo{Path: a, NarHash: nixhash.SHA256Of(na), NarSize: uint64(len(na)), CA: "fixed:r:sha256:" + nixhash.SHA256Of(na).Nix32()}
 	ib := &store.PathInfo{Path: b, NarHash: nixhash.SHA256Of(nb), NarSize: uint64(len(nb)), References: []storepath.Path{a}, Deriver: storepath.Path(drvPath)}
 	if err := c.AddToStoreNar(ia, bytes.NewReader(na)); err != nil {

@@ -235,6 +235,10 @@ func (s *Local) AddToStore(ctx context.Context, info *PathInfo, narSrc io.Reader
 	if err := s.checkReferences(ctx, info); err != nil {
 		return err
 	}
+	ca, err := newCACheck(info)
+	if err != nil {
+		return err
+	}
 
 	w, err := s.blobs.Create(ctx)
 	if err != nil {
@@ -242,7 +246,12 @@ func (s *Local) AddToStore(ctx context.Context, info *PathInfo, narSrc io.Reader
 	}
 	defer w.Abort()
 	h := sha256.New()
-	n, err := nar.Copy(io.MultiWriter(w, h), narSrc)
+	var n int64
+	if ca != nil {
+		n, err = ca.copy(io.MultiWriter(w, h), narSrc)
+	} else {
+		n, err = nar.Copy(io.MultiWriter(w, h), narSrc)
+	}
 	if err != nil {
 		return fmt.Errorf("reading NAR of %s: %w", info.Path, err)
 	}
@@ -254,6 +263,11 @@ func (s *Local) AddToStore(ctx context.Context, info *PathInfo, narSrc io.Reader
 		return fmt.Errorf("%w for %s: declared %s, got %s", ErrHashMismatch, info.Path, info.NarHash, got)
 	}
 	info.NarHash, info.NarSize = got, uint64(n)
+	if ca != nil {
+		if err := ca.verify(info); err != nil {
+			return err
+		}
+	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/nixfarm/nixfarm/internal/nar"
 	"github.com/nixfarm/nixfarm/internal/nixhash"
 	"github.com/nixfarm/nixfarm/internal/store"
 	"github.com/nixfarm/nixfarm/internal/storepath"
@@ -216,5 +217,63 @@ func TestTopoSort(t *testing.T) {
 	infos[1].References = []storepath.Path{c}
 	if _, err := store.TopoSort(infos); err == nil || !strings.Contains(err.Error(), "cycle") {
 		t.Errorf("cycle not reported: %v", err)
+	}
+}
+
+func TestContentAddressVerified(t *testing.T) {
+	ctx := context.Background()
+	text := "Derive([])"
+	textNar := fileNar(t, text)
+	textPath, _ := storepath.MakeText("x.drv", []byte(text), nil)
+	textCA := "text:" + nixhash.SHA256Of([]byte(text)).String()
+	flatNar := fileNar(t, "tarball")
+	flatHash := nixhash.SHA256Of([]byte("tarball"))
+	flatPath, _ := storepath.MakeFixedOutput("src.tar", false, flatHash, nil, false)
+	recHash := nixhash.SHA256Of(flatNar)
+	recPath, _ := storepath.MakeFixedOutput("src", true, recHash, nil, false)
+	var dirNar bytes.Buffer
+	w := nar.NewWriter(&dirNar)
+	w.WriteHeader(&nar.Header{Path: "/", Type: nar.TypeDirectory})
+	w.Close()
+
+	good := []struct {
+		p   storepath.Path
+		ca  string
+		nar []byte
+	}{
+		{textPath, textCA, textNar},
+		{flatPath, "fixed:" + flatHash.String(), flatNar},
+		{recPath, "fixed:r:" + recHash.String(), flatNar},
+	}
+	for _, g := range good {
+		s, _ := newStore(t)
+		if err := s.AddToStore(ctx, &store.PathInfo{Path: g.p, CA: g.ca}, bytes.NewReader(g.nar)); err != nil {
+			t.Errorf("%s: %v", g.ca, err)
+		}
+	}
+	bad := []struct {
+		name string
+		p    storepath.Path
+		ca   string
+		nar  []byte
+		want string
+	}{
+		{"text contents differ", textPath, textCA, fileNar(t, "Derive([x])"), "contents hash to"},
+		{"text path differs", path("x.drv", 'x'), textCA, textNar, "gives " + string(textPath)},
+		{"flat hash differs", flatPath, "fixed:" + nixhash.SHA256Of([]byte("other")).String(), flatNar, "contents hash to"},
+		{"flat but a directory", flatPath, "fixed:" + flatHash.String(), dirNar.Bytes(), "holds a directory"},
+		{"recursive path differs", path("src", 's'), "fixed:r:" + recHash.String(), flatNar, "gives " + string(recPath)},
+		{"unparsable ca", recPath, "fixed:r:sha256:zzz", flatNar, "content address"},
+		{"unknown ca kind", recPath, "nar:" + recHash.String(), flatNar, "neither text: nor fixed:"},
+	}
+	for _, b := range bad {
+		s, _ := newStore(t)
+		err := s.AddToStore(ctx, &store.PathInfo{Path: b.p, CA: b.ca}, bytes.NewReader(b.nar))
+		if err == nil || !strings.Contains(err.Error(), b.want) {
+			t.Errorf("%s: error %v, want %q", b.name, err, b.want)
+		}
+		if _, err := s.QueryPathInfo(ctx, b.p); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("%s: registered", b.name)
+		}
 	}
 }
