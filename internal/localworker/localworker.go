@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/nixfarm/nixfarm/internal/build"
@@ -92,6 +93,9 @@ func (w *Worker) Build(ctx context.Context, req *build.Request) (*build.Result, 
 	if cerr := sess.close(); err == nil && cerr != nil && res == nil {
 		err = cerr
 	}
+	if err != nil && ctx.Err() != nil {
+		return nil, fmt.Errorf("build abandoned: %w", context.Cause(ctx))
+	}
 	if err != nil {
 		if tail := sess.stderr.tail(); tail != "" {
 			err = fmt.Errorf("%w (nix-store said: %s)", err, tail)
@@ -120,6 +124,9 @@ func (w *Worker) start(ctx context.Context, log io.Writer) (*session, error) {
 		args = append(args, "--store", w.cfg.StoreURI)
 	}
 	cmd := exec.CommandContext(ctx, w.cfg.NixStore, args...)
+	// When the build is abandoned, SIGTERM lets Nix kill its builder and
+	// clean up; SIGKILL follows if it has not exited 5 seconds later.
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 5 * time.Second
 	stdin, err := cmd.StdinPipe()
 	if err != nil {

@@ -154,6 +154,9 @@ func (s *Server) handleConn(ctx context.Context, nc net.Conn) {
 		sc.Wait()
 		cancel()
 	}()
+	// On shutdown the connection is closed, which ends its sessions.
+	stop := context.AfterFunc(ctx, func() { sc.Close() })
+	defer stop()
 	go ssh.DiscardRequests(reqs)
 	var wg sync.WaitGroup
 	for nch := range chans {
