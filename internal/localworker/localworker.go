@@ -90,8 +90,9 @@ func (w *Worker) Build(ctx context.Context, req *build.Request) (*build.Result, 
 		return nil, err
 	}
 	res, err := sess.build(ctx, w, req)
-	if cerr := sess.close(); err == nil && cerr != nil && res == nil {
-		err = cerr
+	if cerr := sess.close(); cerr != nil && err == nil {
+		// The outputs are in the farm store already; only note it.
+		w.log.Debug("nix-store --serve ended uncleanly after the build", "drv", req.DrvPath, "err", cerr)
 	}
 	if err != nil && ctx.Err() != nil {
 		return nil, fmt.Errorf("build abandoned: %w", context.Cause(ctx))
