@@ -36,10 +36,7 @@ type Config struct {
 	Jobs int
 	// NixStore is the nix-store binary ("nix-store" by default).
 	NixStore string
-	// ExtraArgs are passed to nix-store before --serve, for example
-	// "--option" "sandbox" "true".
-	ExtraArgs []string
-	Log       *slog.Logger
+	Log      *slog.Logger
 }
 
 // Worker is the built-in local worker. It implements build.Builder.
@@ -120,7 +117,7 @@ type session struct {
 }
 
 func (w *Worker) start(ctx context.Context, log io.Writer) (*session, error) {
-	args := append(slices.Clone(w.cfg.ExtraArgs), "--serve", "--write")
+	args := []string{"--serve", "--write"}
 	if w.cfg.StoreURI != "" {
 		args = append(args, "--store", w.cfg.StoreURI)
 	}
