@@ -8,7 +8,6 @@ import (
 	"testing"
 
 	"github.com/nixfarm/nixfarm/internal/build"
-	"github.com/nixfarm/nixfarm/internal/serveproto"
 	"github.com/nixfarm/nixfarm/internal/storepath"
 )
 
@@ -29,7 +28,7 @@ func TestSSHBuildPathsOfUploadedDerivations(t *testing.T) {
 
 	s := openServe(t, f, "nix-store --serve --write")
 	sc := s.client
-	res, err := sc.BuildPaths([]serveproto.Target{{Path: storepath.Path(drv), Outputs: []string{"out"}}}, build.Options{})
+	res, err := sc.BuildPaths([]build.DerivedPath{{Path: storepath.Path(drv), Built: true, Outputs: []string{"out"}}}, build.Options{})
 	if err != nil || !res.Status.Success() {
 		t.Fatalf("BuildPaths: %v %+v\nstderr: %s\nfarm: %s", err, res, s.stderr, f.logs())
 	}

@@ -6,11 +6,15 @@ package build
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/nixfarm/nixfarm/internal/derivation"
+	"github.com/nixfarm/nixfarm/internal/nixhash"
 	"github.com/nixfarm/nixfarm/internal/storepath"
 )
 
@@ -85,6 +89,9 @@ type Result struct {
 	StopTime   time.Time
 	// Outputs maps output names to their paths, for successful builds.
 	Outputs map[string]storepath.Path
+	// HashModulo is the derivation's hashDerivationModulo, which names
+	// its outputs' realisations.
+	HashModulo nixhash.Hash
 	// Worker names the worker that built it ("" if none did).
 	Worker string
 }
@@ -96,4 +103,35 @@ type Result struct {
 // failures of the build itself are reported in the Result.
 type Builder interface {
 	Build(ctx context.Context, req *Request) (*Result, error)
+}
+
+// Realisation records that a derivation output (its id,
+// "sha256:<hashModulo hex>!<output name>") was realised at a path.
+type Realisation struct {
+	ID      string
+	OutPath storepath.Path
+}
+
+// JSON renders the realisation as Nix sends it in BuildResults.
+func (r Realisation) JSON() []byte {
+	js, _ := json.Marshal(struct {
+		DependentRealisations map[string]string `json:"dependentRealisations"`
+		ID                    string            `json:"id"`
+		OutPath               string            `json:"outPath"`
+		Signatures            []string          `json:"signatures"`
+	}{map[string]string{}, r.ID, r.OutPath.Base(), []string{}})
+	return js
+}
+
+// BuiltOutputs returns the realisations of a successful build's outputs,
+// sorted by output name; none if the build failed or HashModulo is unset.
+func (r *Result) BuiltOutputs() []Realisation {
+	if !r.Status.Success() || r.HashModulo.IsZero() {
+		return nil
+	}
+	out := make([]Realisation, 0, len(r.Outputs))
+	for _, name := range slices.Sorted(maps.Keys(r.Outputs)) {
+		out = append(out, Realisation{ID: "sha256:" + r.HashModulo.Hex() + "!" + name, OutPath: r.Outputs[name]})
+	}
+	return out
 }

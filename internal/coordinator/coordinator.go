@@ -12,10 +12,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,7 +21,6 @@ import (
 
 	"github.com/nixfarm/nixfarm/internal/build"
 	"github.com/nixfarm/nixfarm/internal/derivation"
-	"github.com/nixfarm/nixfarm/internal/serveproto"
 	"github.com/nixfarm/nixfarm/internal/store"
 	"github.com/nixfarm/nixfarm/internal/storepath"
 )
@@ -38,7 +35,6 @@ type Coordinator struct {
 	now     func() time.Time
 }
 
-var _ serveproto.Builds = (*Coordinator)(nil)
 
 // New returns a coordinator. Build records go to db, build logs to files in
 // logDir.
@@ -71,6 +67,7 @@ func (c *Coordinator) BuildDerivation(ctx context.Context, req *build.Request) (
 			return nil, err
 		}
 		log.Info("outputs already in the farm store")
+		setBasicHash(res, req.Drv)
 		return res, nil
 	}
 	inputs, err := storepath.ParseList(req.Drv.InputSrcs)
@@ -109,7 +106,21 @@ func (c *Coordinator) BuildDerivation(ctx context.Context, req *build.Request) (
 	if uerr := c.update(context.WithoutCancel(ctx), id, res, tee.n); uerr != nil {
 		log.Error("recording build", "build", id, "err", uerr)
 	}
+	if err == nil {
+		setBasicHash(res, req.Drv)
+	}
 	return res, err
+}
+
+// setBasicHash names a successful result's realisations after the
+// BasicDerivation as received, as a stock builder does: it cannot know the
+// input derivations.
+func setBasicHash(res *build.Result, drv *derivation.Basic) {
+	if res.Status.Success() && res.HashModulo.IsZero() {
+		if h, err := derivation.HashModulo(drv.Derivation(), nil); err == nil {
+			res.HashModulo = h
+		}
+	}
 }
 
 // checkKind refuses derivations whose output paths are known only after
@@ -170,110 +181,6 @@ func (c *Coordinator) record(ctx context.Context, req *build.Request, res *build
 		return 0, err
 	}
 	return id, c.update(ctx, id, res, 0)
-}
-
-// BuildPaths implements serveproto.Builds: it builds derivations whose
-// .drv closure is in the farm store, dependencies first.
-func (c *Coordinator) BuildPaths(ctx context.Context, targets []serveproto.Target, opts build.Options, account string, log io.Writer) (*build.Result, error) {
-	r := &realiser{c: c, opts: opts, account: account, log: log, done: map[storepath.Path]*build.Result{}}
-	var last *build.Result
-	for _, t := range targets {
-		if !t.Path.IsDerivation() {
-			if _, err := c.store.QueryPathInfo(ctx, t.Path); err != nil {
-				return nil, err
-			}
-			continue
-		}
-		res, err := r.realise(ctx, t.Path)
-		if err != nil {
-			return nil, err
-		}
-		if !res.Status.Success() {
-			return res, nil
-		}
-		last = res
-	}
-	if last == nil {
-		last = &build.Result{Status: build.AlreadyValid}
-	}
-	return last, nil
-}
-
-type realiser struct {
-	c       *Coordinator
-	opts    build.Options
-	account string
-	log     io.Writer
-	done    map[storepath.Path]*build.Result
-}
-
-// realise builds one .drv from the farm store after its input derivations.
-func (r *realiser) realise(ctx context.Context, drvPath storepath.Path) (*build.Result, error) {
-	if res, ok := r.done[drvPath]; ok {
-		return res, nil
-	}
-	drv, err := store.ReadDerivation(ctx, r.c.store, drvPath)
-	if err != nil {
-		return nil, err
-	}
-	name := strings.TrimSuffix(drvPath.Name(), ".drv")
-	if err := checkKind(drvPath, drv.Kind()); err != nil {
-		return nil, err
-	}
-	// Outputs that are valid already need neither a build nor inputs.
-	outputs := drv.Basic(name, nil).OutputPaths()
-	if done, err := r.c.allValid(ctx, outputs); err != nil {
-		return nil, err
-	} else if done {
-		res := &build.Result{Status: build.AlreadyValid, Outputs: outputs}
-		r.done[drvPath] = res
-		return res, nil
-	}
-	inputs, err := storepath.ParseList(drv.InputSrcs)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", drvPath, err)
-	}
-	for _, in := range slices.Sorted(maps.Keys(drv.InputDrvs)) {
-		inPath, err := storepath.Parse(in)
-		if err != nil {
-			return nil, fmt.Errorf("%s: input derivation: %w", drvPath, err)
-		}
-		res, err := r.realise(ctx, inPath)
-		if err != nil {
-			return nil, err
-		}
-		if !res.Status.Success() {
-			failed := &build.Result{
-				Status:   build.DependencyFailed,
-				ErrorMsg: fmt.Sprintf("dependency %s of %s failed: %s", inPath, drvPath, res.ErrorMsg),
-			}
-			r.done[drvPath] = failed
-			return failed, nil
-		}
-		for _, name := range drv.InputDrvs[in] {
-			out, ok := res.Outputs[name]
-			if !ok {
-				return nil, fmt.Errorf("%s: input derivation %s has no output %q", drvPath, inPath, name)
-			}
-			inputs = append(inputs, out)
-		}
-	}
-	closure, err := r.c.store.Closure(ctx, inputs)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", drvPath, err)
-	}
-	res, err := r.c.BuildDerivation(ctx, &build.Request{
-		DrvPath: drvPath,
-		Drv:     drv.Basic(name, storepath.Strings(closure)),
-		Options: r.opts,
-		Account: r.account,
-		Log:     r.log,
-	})
-	if err != nil {
-		return nil, err
-	}
-	r.done[drvPath] = res
-	return res, nil
 }
 
 // logTee writes a build log to its file and to the client. A client that

@@ -18,7 +18,6 @@ import (
 	"github.com/nixfarm/nixfarm/internal/coordinator"
 	"github.com/nixfarm/nixfarm/internal/derivation"
 	"github.com/nixfarm/nixfarm/internal/nixhash"
-	"github.com/nixfarm/nixfarm/internal/serveproto"
 	"github.com/nixfarm/nixfarm/internal/store"
 	"github.com/nixfarm/nixfarm/internal/storepath"
 	"github.com/nixfarm/nixfarm/internal/testutil"
@@ -133,9 +132,12 @@ func TestBuildPathsInDependencyOrder(t *testing.T) {
 	b := f.addDrv(t, "b", []string{"out"}, map[string][]string{string(a): {"dev"}})
 	c := f.addDrv(t, "c", []string{"out"}, map[string][]string{string(a): {"out"}, string(b): {"out"}})
 	var log bytes.Buffer
-	res, err := f.coord.BuildPaths(context.Background(), []serveproto.Target{{Path: c}}, build.Options{}, "alice", &log)
-	if err != nil || res.Status != build.Built {
-		t.Fatalf("BuildPaths: %v %+v", err, res)
+	results, err := f.coord.Realise(context.Background(), []build.DerivedPath{{Path: c, Built: true}}, build.Options{}, "alice", &log)
+	if err != nil || results[0].Status != build.Built {
+		t.Fatalf("Realise: %v %+v", err, results)
+	}
+	if results[0].HashModulo.IsZero() || len(results[0].BuiltOutputs()) != 1 {
+		t.Errorf("realisations %+v", results[0].BuiltOutputs())
 	}
 	if !slices.Equal(f.builder.built, []string{"a", "b", "c"}) {
 		t.Errorf("build order %v", f.builder.built)
@@ -153,9 +155,9 @@ func TestBuildPathsInDependencyOrder(t *testing.T) {
 		t.Errorf("c built with inputs %v", out.References)
 	}
 	// Again: every output is valid, nothing is rebuilt.
-	res, err = f.coord.BuildPaths(context.Background(), []serveproto.Target{{Path: c}}, build.Options{}, "alice", io.Discard)
-	if err != nil || res.Status != build.AlreadyValid || len(f.builder.built) != 3 {
-		t.Errorf("rebuild: %v %+v %v", err, res, f.builder.built)
+	results, err = f.coord.Realise(context.Background(), []build.DerivedPath{{Path: c, Built: true}}, build.Options{}, "alice", io.Discard)
+	if err != nil || results[0].Status != build.AlreadyValid || len(f.builder.built) != 3 {
+		t.Errorf("rebuild: %v %+v %v", err, results, f.builder.built)
 	}
 	var rows int
 	f.db.QueryRow(`SELECT count(*) FROM builds WHERE status = 0`).Scan(&rows)
@@ -169,10 +171,11 @@ func TestBuildPathsDependencyFailure(t *testing.T) {
 	a := f.addDrv(t, "broken", []string{"out"}, nil)
 	b := f.addDrv(t, "needs-broken", []string{"out"}, map[string][]string{string(a): {"out"}})
 	f.builder.fail["broken"] = true
-	res, err := f.coord.BuildPaths(context.Background(), []serveproto.Target{{Path: b}}, build.Options{}, "alice", io.Discard)
+	results, err := f.coord.Realise(context.Background(), []build.DerivedPath{{Path: b, Built: true}}, build.Options{}, "alice", io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
+	res := results[0]
 	if res.Status != build.DependencyFailed || !strings.Contains(res.ErrorMsg, "broken.drv") || !strings.Contains(res.ErrorMsg, "failed with exit code 1") {
 		t.Errorf("result %+v", res)
 	}

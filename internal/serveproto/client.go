@@ -252,10 +252,14 @@ func (c *Client) readResult() (*build.Result, error) {
 }
 
 // BuildPaths builds derivations already present on the server.
-func (c *Client) BuildPaths(targets []Target, opts build.Options) (*build.Result, error) {
-	ss := make([]string, len(targets))
-	for i, t := range targets {
-		ss[i] = t.String()
+func (c *Client) BuildPaths(paths []build.DerivedPath, opts build.Options) (*build.Result, error) {
+	ss := make([]string, len(paths))
+	for i, p := range paths {
+		s, err := p.LegacyString()
+		if err != nil {
+			return nil, fmt.Errorf("BuildPaths: %w", err)
+		}
+		ss[i] = s
 	}
 	c.w.Uint64(cmdBuildPaths)
 	c.w.Strings(ss)
@@ -267,10 +271,11 @@ func (c *Client) BuildPaths(targets []Target, opts build.Options) (*build.Result
 	if err != nil {
 		return nil, fmt.Errorf("BuildPaths: reading status: %w", err)
 	}
-	res := &build.Result{Status: build.Status(st)}
-	if res.Status.Success() {
-		return res, nil
+	if st == 0 {
+		return &build.Result{Status: build.Built}, nil
 	}
+	// Stock servers send an exit status here, not a BuildResult status.
+	res := &build.Result{Status: build.MiscFailure}
 	if res.ErrorMsg, err = c.r.String(wire.MaxStringLen); err != nil {
 		return nil, fmt.Errorf("BuildPaths: reading error: %w", err)
 	}

@@ -23,16 +23,10 @@ type Builds interface {
 	// BuildDerivation builds a BasicDerivation whose inputs are in the
 	// farm store.
 	BuildDerivation(ctx context.Context, req *build.Request) (*build.Result, error)
-	// BuildPaths builds derivations whose .drv closures are in the farm
-	// store, dependencies first. Each target is "drvPath!out1,out2" or a
-	// plain path that must be valid.
-	BuildPaths(ctx context.Context, targets []Target, opts build.Options, account string, log io.Writer) (*build.Result, error)
-}
-
-// Target is one element of a BuildPaths request.
-type Target struct {
-	Path    storepath.Path // a .drv, or a path that should be valid
-	Outputs []string       // wanted outputs of a .drv; empty means all
+	// Realise makes derived paths valid, building derivations whose .drv
+	// closures are in the farm store, dependencies first; one result per
+	// path.
+	Realise(ctx context.Context, paths []build.DerivedPath, opts build.Options, account string, log io.Writer) ([]*build.Result, error)
 }
 
 // Server answers the serve protocol from the farm store.
@@ -427,27 +421,31 @@ func (c *serveConn) buildPaths(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("reading paths: %w", err)
 	}
-	targets := make([]Target, 0, len(ss))
+	paths := make([]build.DerivedPath, 0, len(ss))
 	for _, s := range ss {
-		t, err := ParseTarget(s)
+		p, err := build.ParseLegacyDerivedPath(s)
 		if err != nil {
 			return fmt.Errorf("%w: %w", ErrProtocol, err)
 		}
-		targets = append(targets, t)
+		paths = append(paths, p)
 	}
 	opts, err := readOptions(c.r, c.ver)
 	if err != nil {
 		return err
 	}
-	res, err := c.s.Builds.BuildPaths(ctx, targets, opts, c.sess.Account, c.sess.Stderr)
+	results, err := c.s.Builds.Realise(ctx, paths, opts, c.sess.Account, c.sess.Stderr)
 	if err != nil {
-		res = &build.Result{Status: build.MiscFailure, ErrorMsg: err.Error()}
+		results = []*build.Result{{Status: build.MiscFailure, ErrorMsg: err.Error()}}
 	}
-	if res.Status.Success() {
-		return c.w.Uint64(0)
+	for _, res := range results {
+		if !res.Status.Success() {
+			// Any status but 0 means failure here, and the client reads
+			// a message after it.
+			c.w.Uint64(uint64(res.Status))
+			return c.w.String(res.ErrorMsg)
+		}
 	}
-	c.w.Uint64(uint64(res.Status))
-	return c.w.String(res.ErrorMsg)
+	return c.w.Uint64(0)
 }
 
 func (c *serveConn) buildDerivation(ctx context.Context) error {
@@ -474,10 +472,10 @@ func (c *serveConn) buildDerivation(ctx context.Context) error {
 		// with the reason, so the client prints it, and keep serving.
 		res = &build.Result{Status: build.MiscFailure, ErrorMsg: fmt.Sprintf("nixfarm could not build %s: %v", drvPath, err)}
 	}
-	return c.writeResult(drv, res)
+	return c.writeResult(res)
 }
 
-func (c *serveConn) writeResult(drv *derivation.Basic, res *build.Result) error {
+func (c *serveConn) writeResult(res *build.Result) error {
 	c.w.Uint64(uint64(res.Status))
 	c.w.String(res.ErrorMsg)
 	if minor(c.ver) >= 3 {
@@ -487,7 +485,7 @@ func (c *serveConn) writeResult(drv *derivation.Basic, res *build.Result) error 
 		c.w.Uint64(unixTime(res.StopTime))
 	}
 	if minor(c.ver) >= 6 {
-		return writeBuiltOutputs(c.w, drv, res)
+		return writeBuiltOutputs(c.w, res)
 	}
 	return c.w.Err()
 }

@@ -23,7 +23,7 @@ import (
 // fakeBuilds records requests and answers with a fixed result.
 type fakeBuilds struct {
 	requests []*build.Request
-	targets  []serveproto.Target
+	targets  []build.DerivedPath
 	result   *build.Result
 	err      error
 	// during, if set, runs inside BuildDerivation before it returns.
@@ -38,9 +38,13 @@ func (f *fakeBuilds) BuildDerivation(ctx context.Context, req *build.Request) (*
 	return f.result, f.err
 }
 
-func (f *fakeBuilds) BuildPaths(ctx context.Context, targets []serveproto.Target, opts build.Options, account string, log io.Writer) (*build.Result, error) {
-	f.targets = append(f.targets, targets...)
-	return f.result, f.err
+func (f *fakeBuilds) Realise(ctx context.Context, paths []build.DerivedPath, opts build.Options, account string, log io.Writer) ([]*build.Result, error) {
+	f.targets = append(f.targets, paths...)
+	results := make([]*build.Result, len(paths))
+	for i := range paths {
+		results[i] = f.result
+	}
+	return results, f.err
 }
 
 // session runs a server over pipes and returns a client-side wire pair.
@@ -133,7 +137,7 @@ func TestBuildDerivationVersionGating(t *testing.T) {
 		out := storepath.Path("/nix/store/" + strings.Repeat("a", 32) + "-hello")
 		fb := &fakeBuilds{result: &build.Result{
 			Status: build.Built, TimesBuilt: 1, StartTime: time.Unix(1700000000, 0), StopTime: time.Unix(1700000005, 0),
-			Outputs: map[string]storepath.Path{"out": out},
+			Outputs: map[string]storepath.Path{"out": out}, HashModulo: nixhash.SHA256Of([]byte("drv")),
 		}}
 		s := startSession(t, &serveproto.Server{Store: st, Builds: fb}, true)
 		s.handshake(t, tc.version)
@@ -324,16 +328,16 @@ func TestClientServerRoundTrip(t *testing.T) {
 	if _, err := c.DumpStorePath(b, &got); err != nil || !bytes.Equal(got.Bytes(), nb) {
 		t.Errorf("dump: %v", err)
 	}
-	res, err := c.BuildPaths([]serveproto.Target{{Path: storepath.Path(drvPath), Outputs: []string{"out", "dev"}}, {Path: a}}, build.Options{})
+	res, err := c.BuildPaths([]build.DerivedPath{{Path: storepath.Path(drvPath), Built: true, Outputs: []string{"out", "dev"}}, {Path: a}}, build.Options{})
 	if err != nil || res.Status != build.Built {
 		t.Errorf("BuildPaths %v %v", res, err)
 	}
-	if len(fb.targets) != 2 || fb.targets[0].String() != drvPath+"!out,dev" || fb.targets[1].Path != a {
+	if len(fb.targets) != 2 || fb.targets[0].String() != drvPath+"!out,dev" || fb.targets[1].Path != a || fb.targets[1].Built {
 		t.Errorf("targets %v", fb.targets)
 	}
 	fb.result = &build.Result{Status: build.PermanentFailure, ErrorMsg: "builder failed"}
-	res, err = c.BuildPaths([]serveproto.Target{{Path: storepath.Path(drvPath)}}, build.Options{})
-	if err != nil || res.Status != build.PermanentFailure || res.ErrorMsg != "builder failed" {
+	res, err = c.BuildPaths([]build.DerivedPath{{Path: storepath.Path(drvPath), Built: true}}, build.Options{})
+	if err != nil || res.Status.Success() || res.ErrorMsg != "builder failed" {
 		t.Errorf("failed BuildPaths %v %v", res, err)
 	}
 	if err := closeFn(); err != nil {

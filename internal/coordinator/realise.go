@@ -1,0 +1,230 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"strings"
+
+	"github.com/nixfarm/nixfarm/internal/build"
+	"github.com/nixfarm/nixfarm/internal/derivation"
+	"github.com/nixfarm/nixfarm/internal/store"
+	"github.com/nixfarm/nixfarm/internal/storepath"
+)
+
+// Realise makes each derived path valid: opaque paths must be in the farm
+// store; derivations, whose .drv closures must be in the farm store, are
+// built after their input derivations unless their outputs are valid
+// already. It returns one result per path. A failed build is a result; an
+// error means the request itself could not be served.
+func (c *Coordinator) Realise(ctx context.Context, paths []build.DerivedPath, opts build.Options, account string, log io.Writer) ([]*build.Result, error) {
+	r := c.newRealiser(ctx, opts, account, log)
+	results := make([]*build.Result, 0, len(paths))
+	for _, p := range paths {
+		if !p.Built {
+			results = append(results, c.opaque(ctx, p.Path))
+			continue
+		}
+		res, err := r.realise(ctx, p.Path)
+		if err != nil {
+			return nil, err
+		}
+		wanted := *res
+		if res.Status.Success() {
+			wanted.Outputs = map[string]storepath.Path{}
+			for name, out := range res.Outputs {
+				if p.Wants(name) {
+					wanted.Outputs[name] = out
+				}
+			}
+			for _, name := range p.Outputs {
+				if _, ok := res.Outputs[name]; !ok {
+					return nil, fmt.Errorf("derivation %s has no output %q", p.Path, name)
+				}
+			}
+		}
+		results = append(results, &wanted)
+	}
+	return results, nil
+}
+
+// opaque answers for a plain store path: it is there, or it cannot be had.
+func (c *Coordinator) opaque(ctx context.Context, p storepath.Path) *build.Result {
+	if _, err := c.store.QueryPathInfo(ctx, p); err != nil {
+		return &build.Result{Status: build.NoSubstituters,
+			ErrorMsg: fmt.Sprintf("path '%s' is required, but it is not in the farm store and the farm has no substituters", p)}
+	}
+	return &build.Result{Status: build.AlreadyValid}
+}
+
+// Missing reports, for the given paths, the derivations that would be
+// built and the paths the farm cannot provide (opaque paths it lacks, and
+// derivations whose .drv it lacks), as Nix's queryMissing does.
+func (c *Coordinator) Missing(ctx context.Context, paths []build.DerivedPath) (willBuild, unknown []storepath.Path, err error) {
+	seen := map[storepath.Path]bool{}
+	var visit func(p storepath.Path, built bool) error
+	visit = func(p storepath.Path, built bool) error {
+		if seen[p] {
+			return nil
+		}
+		seen[p] = true
+		if !built {
+			if _, err := c.store.QueryPathInfo(ctx, p); errors.Is(err, store.ErrNotFound) {
+				unknown = append(unknown, p)
+			} else if err != nil {
+				return err
+			}
+			return nil
+		}
+		drv, err := store.ReadDerivation(ctx, c.store, p)
+		if errors.Is(err, store.ErrNotFound) {
+			unknown = append(unknown, p)
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		done, err := c.allValid(ctx, drv.Basic(derivationName(p), nil).OutputPaths())
+		if err != nil || done {
+			return err
+		}
+		willBuild = append(willBuild, p)
+		for _, in := range slices.Sorted(maps.Keys(drv.InputDrvs)) {
+			if err := visit(storepath.Path(in), true); err != nil {
+				return err
+			}
+		}
+		for _, src := range drv.InputSrcs {
+			if err := visit(storepath.Path(src), false); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	for _, p := range paths {
+		if err := visit(p.Path, p.Built); err != nil {
+			return nil, nil, err
+		}
+	}
+	return willBuild, unknown, nil
+}
+
+// OutputMap returns the outputs of a derivation in the farm store, with
+// the paths that are known.
+func (c *Coordinator) OutputMap(ctx context.Context, drvPath storepath.Path) (map[string]storepath.Path, error) {
+	drv, err := store.ReadDerivation(ctx, c.store, drvPath)
+	if err != nil {
+		return nil, err
+	}
+	known := drv.Basic(derivationName(drvPath), nil).OutputPaths()
+	out := make(map[string]storepath.Path, len(drv.Outputs))
+	for name := range drv.Outputs {
+		out[name] = known[name]
+	}
+	return out, nil
+}
+
+func derivationName(drvPath storepath.Path) string {
+	return strings.TrimSuffix(drvPath.Name(), ".drv")
+}
+
+// realiser builds .drv closures in dependency order, once each per request.
+type realiser struct {
+	c       *Coordinator
+	opts    build.Options
+	account string
+	log     io.Writer
+	hasher  *derivation.Hasher
+	done    map[storepath.Path]*build.Result
+}
+
+func (c *Coordinator) newRealiser(ctx context.Context, opts build.Options, account string, log io.Writer) *realiser {
+	resolve := func(p string) (*derivation.Derivation, error) {
+		return store.ReadDerivation(ctx, c.store, storepath.Path(p))
+	}
+	return &realiser{c: c, opts: opts, account: account, log: log,
+		hasher: derivation.NewHasher(resolve), done: map[storepath.Path]*build.Result{}}
+}
+
+// realise builds one .drv from the farm store after its input derivations.
+func (r *realiser) realise(ctx context.Context, drvPath storepath.Path) (*build.Result, error) {
+	if res, ok := r.done[drvPath]; ok {
+		return res, nil
+	}
+	res, err := r.realiseOnce(ctx, drvPath)
+	if err != nil {
+		return nil, err
+	}
+	r.done[drvPath] = res
+	return res, nil
+}
+
+func (r *realiser) realiseOnce(ctx context.Context, drvPath storepath.Path) (*build.Result, error) {
+	drv, err := store.ReadDerivation(ctx, r.c.store, drvPath)
+	if err != nil {
+		return nil, err
+	}
+	name := derivationName(drvPath)
+	if err := checkKind(drvPath, drv.Kind()); err != nil {
+		return nil, err
+	}
+	hash, err := r.hasher.HashModulo(drv)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", drvPath, err)
+	}
+	// Outputs that are valid already need neither a build nor inputs.
+	outputs := drv.Basic(name, nil).OutputPaths()
+	if done, err := r.c.allValid(ctx, outputs); err != nil {
+		return nil, err
+	} else if done {
+		return &build.Result{Status: build.AlreadyValid, Outputs: outputs, HashModulo: hash}, nil
+	}
+	inputs, err := storepath.ParseList(drv.InputSrcs)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", drvPath, err)
+	}
+	for _, in := range slices.Sorted(maps.Keys(drv.InputDrvs)) {
+		inPath, err := storepath.Parse(in)
+		if err != nil {
+			return nil, fmt.Errorf("%s: input derivation: %w", drvPath, err)
+		}
+		res, err := r.realise(ctx, inPath)
+		if err != nil {
+			return nil, err
+		}
+		if !res.Status.Success() {
+			return &build.Result{
+				Status:   build.DependencyFailed,
+				ErrorMsg: fmt.Sprintf("dependency %s of %s failed: %s", inPath, drvPath, res.ErrorMsg),
+			}, nil
+		}
+		for _, name := range drv.InputDrvs[in] {
+			out, ok := res.Outputs[name]
+			if !ok {
+				return nil, fmt.Errorf("%s: input derivation %s has no output %q", drvPath, inPath, name)
+			}
+			inputs = append(inputs, out)
+		}
+	}
+	closure, err := r.c.store.Closure(ctx, inputs)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", drvPath, err)
+	}
+	res, err := r.c.BuildDerivation(ctx, &build.Request{
+		DrvPath: drvPath,
+		Drv:     drv.Basic(name, storepath.Strings(closure)),
+		Options: r.opts,
+		Account: r.account,
+		Log:     r.log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if res.Status.Success() {
+		res.HashModulo = hash // the full derivation's, not the BasicDerivation's
+	}
+	return res, nil
+}
