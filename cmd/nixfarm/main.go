@@ -91,6 +91,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	slog.SetDefault(log)
 	cfg.Log = log
 	cfg.Out = stdout
+	cfg.Version = version
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -66,6 +66,8 @@ type Options struct {
 	Timeout       time.Duration
 	MaxLogSize    uint64
 	KeepFailed    bool
+	// Cores is the builder's NIX_BUILD_CORES; 0 leaves the worker's own.
+	Cores int
 }
 
 // Request asks for one derivation to be built.
@@ -135,3 +137,26 @@ func (r *Result) BuiltOutputs() []Realisation {
 	}
 	return out
 }
+
+// Logs gives each build of a request its own log.
+type Logs interface {
+	// BuildLog returns the log writer for one derivation's build; the
+	// caller closes it when that build ends. It may return nil.
+	BuildLog(drvPath storepath.Path) io.WriteCloser
+}
+
+// LogWriter makes a single writer, such as an SSH session's stderr, the
+// log of every build.
+type LogWriter struct{ W io.Writer }
+
+// BuildLog implements Logs.
+func (l LogWriter) BuildLog(storepath.Path) io.WriteCloser {
+	if l.W == nil {
+		return nil
+	}
+	return nopCloser{l.W}
+}
+
+type nopCloser struct{ io.Writer }
+
+func (nopCloser) Close() error { return nil }

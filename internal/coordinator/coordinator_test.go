@@ -6,7 +6,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"io"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -132,7 +131,7 @@ func TestBuildPathsInDependencyOrder(t *testing.T) {
 	b := f.addDrv(t, "b", []string{"out"}, map[string][]string{string(a): {"dev"}})
 	c := f.addDrv(t, "c", []string{"out"}, map[string][]string{string(a): {"out"}, string(b): {"out"}})
 	var log bytes.Buffer
-	results, err := f.coord.Realise(context.Background(), []build.DerivedPath{{Path: c, Built: true}}, build.Options{}, "alice", &log)
+	results, err := f.coord.Realise(context.Background(), []build.DerivedPath{{Path: c, Built: true}}, build.Options{}, "alice", build.LogWriter{W: &log})
 	if err != nil || results[0].Status != build.Built {
 		t.Fatalf("Realise: %v %+v", err, results)
 	}
@@ -155,7 +154,7 @@ func TestBuildPathsInDependencyOrder(t *testing.T) {
 		t.Errorf("c built with inputs %v", out.References)
 	}
 	// Again: every output is valid, nothing is rebuilt.
-	results, err = f.coord.Realise(context.Background(), []build.DerivedPath{{Path: c, Built: true}}, build.Options{}, "alice", io.Discard)
+	results, err = f.coord.Realise(context.Background(), []build.DerivedPath{{Path: c, Built: true}}, build.Options{}, "alice", nil)
 	if err != nil || results[0].Status != build.AlreadyValid || len(f.builder.built) != 3 {
 		t.Errorf("rebuild: %v %+v %v", err, results, f.builder.built)
 	}
@@ -171,7 +170,7 @@ func TestBuildPathsDependencyFailure(t *testing.T) {
 	a := f.addDrv(t, "broken", []string{"out"}, nil)
 	b := f.addDrv(t, "needs-broken", []string{"out"}, map[string][]string{string(a): {"out"}})
 	f.builder.fail["broken"] = true
-	results, err := f.coord.Realise(context.Background(), []build.DerivedPath{{Path: b, Built: true}}, build.Options{}, "alice", io.Discard)
+	results, err := f.coord.Realise(context.Background(), []build.DerivedPath{{Path: b, Built: true}}, build.Options{}, "alice", nil)
 	if err != nil {
 		t.Fatal(err)
 	}

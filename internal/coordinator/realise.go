@@ -4,8 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"maps"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 
@@ -20,8 +21,8 @@ import (
 // built after their input derivations unless their outputs are valid
 // already. It returns one result per path. A failed build is a result; an
 // error means the request itself could not be served.
-func (c *Coordinator) Realise(ctx context.Context, paths []build.DerivedPath, opts build.Options, account string, log io.Writer) ([]*build.Result, error) {
-	r := c.newRealiser(ctx, opts, account, log)
+func (c *Coordinator) Realise(ctx context.Context, paths []build.DerivedPath, opts build.Options, account string, logs build.Logs) ([]*build.Result, error) {
+	r := c.newRealiser(ctx, opts, account, logs)
 	results := make([]*build.Result, 0, len(paths))
 	for _, p := range paths {
 		if !p.Built {
@@ -136,16 +137,19 @@ type realiser struct {
 	c       *Coordinator
 	opts    build.Options
 	account string
-	log     io.Writer
+	logs    build.Logs
 	hasher  *derivation.Hasher
 	done    map[storepath.Path]*build.Result
 }
 
-func (c *Coordinator) newRealiser(ctx context.Context, opts build.Options, account string, log io.Writer) *realiser {
+func (c *Coordinator) newRealiser(ctx context.Context, opts build.Options, account string, logs build.Logs) *realiser {
 	resolve := func(p string) (*derivation.Derivation, error) {
 		return store.ReadDerivation(ctx, c.store, storepath.Path(p))
 	}
-	return &realiser{c: c, opts: opts, account: account, log: log,
+	if logs == nil {
+		logs = build.LogWriter{}
+	}
+	return &realiser{c: c, opts: opts, account: account, logs: logs,
 		hasher: derivation.NewHasher(resolve), done: map[storepath.Path]*build.Result{}}
 }
 
@@ -213,13 +217,17 @@ func (r *realiser) realiseOnce(ctx context.Context, drvPath storepath.Path) (*bu
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", drvPath, err)
 	}
-	res, err := r.c.BuildDerivation(ctx, &build.Request{
+	req := &build.Request{
 		DrvPath: drvPath,
 		Drv:     drv.Basic(name, storepath.Strings(closure)),
 		Options: r.opts,
 		Account: r.account,
-		Log:     r.log,
-	})
+	}
+	if log := r.logs.BuildLog(drvPath); log != nil {
+		req.Log = log
+		defer log.Close()
+	}
+	res, err := r.c.BuildDerivation(ctx, req)
 	if err != nil {
 		return nil, err
 	}
@@ -227,4 +235,18 @@ func (r *realiser) realiseOnce(ctx context.Context, drvPath storepath.Path) (*bu
 		res.HashModulo = hash // the full derivation's, not the BasicDerivation's
 	}
 	return res, nil
+}
+
+// AddBuildLog keeps a build log that a client uploads (nix store
+// copy-log) under logs/uploaded/<drv base name>.
+func (c *Coordinator) AddBuildLog(ctx context.Context, drvPath storepath.Path, account string, log []byte) error {
+	dir := filepath.Join(c.logDir, "uploaded")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, drvPath.Base()), log, 0o644); err != nil {
+		return fmt.Errorf("saving build log of %s: %w", drvPath, err)
+	}
+	c.log.Info("build log uploaded", "drv", drvPath, "account", account, "bytes", len(log))
+	return nil
 }

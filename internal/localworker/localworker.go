@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -82,7 +83,7 @@ func (w *Worker) Build(ctx context.Context, req *build.Request) (*build.Result, 
 	defer func() { <-w.slots }()
 	start := time.Now()
 
-	sess, err := w.start(ctx, req.Log)
+	sess, err := w.start(ctx, req.Log, req.Options)
 	if err != nil {
 		return nil, err
 	}
@@ -116,8 +117,11 @@ type session struct {
 	done   chan struct{}
 }
 
-func (w *Worker) start(ctx context.Context, log io.Writer) (*session, error) {
+func (w *Worker) start(ctx context.Context, log io.Writer, opts build.Options) (*session, error) {
 	args := []string{"--serve", "--write"}
+	if opts.Cores > 0 {
+		args = append(args, "--option", "cores", strconv.Itoa(opts.Cores))
+	}
 	if w.cfg.StoreURI != "" {
 		args = append(args, "--store", w.cfg.StoreURI)
 	}

@@ -26,7 +26,7 @@ type Builds interface {
 	// Realise makes derived paths valid, building derivations whose .drv
 	// closures are in the farm store, dependencies first; one result per
 	// path.
-	Realise(ctx context.Context, paths []build.DerivedPath, opts build.Options, account string, log io.Writer) ([]*build.Result, error)
+	Realise(ctx context.Context, paths []build.DerivedPath, opts build.Options, account string, logs build.Logs) ([]*build.Result, error)
 }
 
 // Server answers the serve protocol from the farm store.
@@ -433,7 +433,7 @@ func (c *serveConn) buildPaths(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	results, err := c.s.Builds.Realise(ctx, paths, opts, c.sess.Account, c.sess.Stderr)
+	results, err := c.s.Builds.Realise(ctx, paths, opts, c.sess.Account, build.LogWriter{W: c.sess.Stderr})
 	if err != nil {
 		results = []*build.Result{{Status: build.MiscFailure, ErrorMsg: err.Error()}}
 	}

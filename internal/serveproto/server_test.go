@@ -38,7 +38,7 @@ func (f *fakeBuilds) BuildDerivation(ctx context.Context, req *build.Request) (*
 	return f.result, f.err
 }
 
-func (f *fakeBuilds) Realise(ctx context.Context, paths []build.DerivedPath, opts build.Options, account string, log io.Writer) ([]*build.Result, error) {
+func (f *fakeBuilds) Realise(ctx context.Context, paths []build.DerivedPath, opts build.Options, account string, logs build.Logs) ([]*build.Result, error) {
 	f.targets = append(f.targets, paths...)
 	results := make([]*build.Result, len(paths))
 	for i := range paths {

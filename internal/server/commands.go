@@ -8,6 +8,7 @@ import (
 	"path"
 	"strings"
 
+	"github.com/nixfarm/nixfarm/internal/daemonproto"
 	"github.com/nixfarm/nixfarm/internal/serveproto"
 	"github.com/nixfarm/nixfarm/internal/sshd"
 )
@@ -129,14 +130,16 @@ func splitWords(s string) ([]string, error) {
 
 // execHandler routes SSH exec requests to the protocol servers.
 type execHandler struct {
-	serve *serveproto.Server
-	log   *slog.Logger
+	serve  *serveproto.Server
+	daemon *daemonproto.Server
+	log    *slog.Logger
 }
 
 var _ sshd.Handler = (*execHandler)(nil)
 
 const supportedCommands = "nixfarm: this endpoint runs only what Nix sends for remote builds:\n" +
-	"nixfarm:   nix-store --serve [--write]    (ssh:// builders and stores)\n"
+	"nixfarm:   nix-store --serve [--write]    (ssh:// builders and stores)\n" +
+	"nixfarm:   nix-daemon --stdio             (ssh-ng:// builders and stores)\n"
 
 // Exec implements sshd.Handler.
 func (h *execHandler) Exec(ctx context.Context, s *sshd.Session) uint32 {
@@ -148,18 +151,16 @@ func (h *execHandler) Exec(ctx context.Context, s *sshd.Session) uint32 {
 	}
 	switch c.kind {
 	case cmdDaemon:
-		fmt.Fprintf(s.Stderr, "nixfarm: ssh-ng:// (nix-daemon --stdio) is not available on this farm yet; use an ssh:// builder.\n")
-		return 1
+		err = h.daemon.Serve(ctx, s.Stdin, s.Stdout, &daemonproto.Session{Account: s.Account})
 	case cmdServe:
-		err := h.serve.Serve(ctx, s.Stdin, s.Stdout, &serveproto.Session{Account: s.Account, Write: c.write, Stderr: s.Stderr})
-		if err != nil {
-			if !errors.Is(err, context.Canceled) {
-				h.log.Warn("serve session failed", "account", s.Account, "err", err)
-			}
-			fmt.Fprintf(s.Stderr, "error: nixfarm: %v\n", err)
-			return 1
-		}
-		return 0
+		err = h.serve.Serve(ctx, s.Stdin, s.Stdout, &serveproto.Session{Account: s.Account, Write: c.write, Stderr: s.Stderr})
 	}
-	return 1
+	if err != nil {
+		if !errors.Is(err, context.Canceled) {
+			h.log.Warn("session failed", "account", s.Account, "command", s.Command, "err", err)
+		}
+		fmt.Fprintf(s.Stderr, "error: nixfarm: %v\n", err)
+		return 1
+	}
+	return 0
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/nixfarm/nixfarm/internal/blob"
 	"github.com/nixfarm/nixfarm/internal/build"
 	"github.com/nixfarm/nixfarm/internal/coordinator"
+	"github.com/nixfarm/nixfarm/internal/daemonproto"
 	"github.com/nixfarm/nixfarm/internal/db"
 	"github.com/nixfarm/nixfarm/internal/localworker"
 	"github.com/nixfarm/nixfarm/internal/serveproto"
@@ -48,6 +49,8 @@ type Config struct {
 	LocalJobs int
 	// NixStore is the nix-store binary the built-in worker runs.
 	NixStore string
+	// Version is nixfarm's version, shown to ssh-ng:// clients.
+	Version string
 	Log      *slog.Logger
 	// Out receives the set-up instructions printed at start.
 	Out io.Writer
@@ -131,6 +134,7 @@ func (f *Farm) init(ctx context.Context) error {
 		return err
 	}
 	serve := &serveproto.Server{Store: st, Builds: coord, Log: f.log, TempDir: tmp}
+	daemon := &daemonproto.Server{Store: st, Builds: coord, Log: f.log, TempDir: tmp, NixVersion: "nixfarm-" + cfg.Version}
 
 	hostKey, created, err := sshd.LoadOrCreateHostKey(filepath.Join(cfg.StateDir, "ssh_host_ed25519_key"))
 	if err != nil {
@@ -143,7 +147,7 @@ func (f *Farm) init(ctx context.Context) error {
 	f.ssh, err = sshd.New(sshd.Config{
 		HostKey:            hostKey,
 		AuthorizedKeysFile: cfg.AuthorizedKeys,
-		Handler:            &execHandler{serve: serve, log: f.log},
+		Handler:            &execHandler{serve: serve, daemon: daemon, log: f.log},
 		Log:                f.log,
 	})
 	if err != nil {

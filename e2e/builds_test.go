@@ -10,13 +10,26 @@ import (
 	"testing"
 )
 
+// forSchemes runs a test against both remote-build protocols: ssh://
+// (nix-store --serve) and ssh-ng:// (nix-daemon --stdio).
+func forSchemes(t *testing.T, test func(t *testing.T, scheme string)) {
+	for _, scheme := range []string{"ssh", "ssh-ng"} {
+		t.Run(scheme, func(t *testing.T) { test(t, scheme) })
+	}
+}
+
 // (a) The builder is busybox from the client's store, so the client must
 // upload it before the farm can build.
-func TestSSHUploadedInput(t *testing.T) {
+func TestUploadedInput(t *testing.T) { forSchemes(t, testUploadedInput) }
+
+func testUploadedInput(t *testing.T, scheme string) {
 	f := startFarm(t)
 	c := newClient(t)
-	file := c.expr("hello", `mk { name = "hello"; args = ["-c" "echo hello from the farm > $out"]; }`)
-	outs := c.mustBuild(f, "ssh", file)
+	file := c.expr("hello", `mk { name = "hello"; args = ["-c" "echo saying hello; echo hello from the farm > $out"]; }`)
+	outs := c.mustBuild(f, scheme, file)
+	if log := c.nixLog(c.instantiate(file)[0]); log != "saying hello\n" {
+		t.Errorf("nix log shows %q", log)
+	}
 	if len(outs) != 1 {
 		t.Fatalf("outputs: %v", outs)
 	}
@@ -34,14 +47,16 @@ func TestSSHUploadedInput(t *testing.T) {
 }
 
 // (b) A chain of three derivations, each referring to the one before.
-func TestSSHChain(t *testing.T) {
+func TestChain(t *testing.T) { forSchemes(t, testChain) }
+
+func testChain(t *testing.T, scheme string) {
 	f := startFarm(t)
 	c := newClient(t)
 	file := c.expr("chain", `
   let a = mk { name = "chain-a"; args = ["-c" "echo a > $out"]; };
       b = mk { name = "chain-b"; args = ["-c" "echo b ${a} > $out"]; };
   in mk { name = "chain-c"; args = ["-c" "echo c ${b} > $out"]; }`)
-	outs := c.mustBuild(f, "ssh", file)
+	outs := c.mustBuild(f, scheme, file)
 	if len(outs) != 1 {
 		t.Fatalf("outputs: %v", outs)
 	}
@@ -69,14 +84,16 @@ func TestSSHChain(t *testing.T) {
 }
 
 // (c) Two outputs, dev referring to out, and out referring to busybox.
-func TestSSHMultiOutput(t *testing.T) {
+func TestMultiOutput(t *testing.T) { forSchemes(t, testMultiOutput) }
+
+func testMultiOutput(t *testing.T, scheme string) {
 	f := startFarm(t)
 	c := newClient(t)
 	file := c.expr("multi", `let d = mk {
     name = "multi"; outputs = [ "out" "dev" ];
     args = [ "-c" "mkdir -p $out/bin $dev; printf '#!${bb}/bin/sh\\necho tool\\n' > $out/bin/tool; echo $out > $dev/out-path" ];
   }; in [ d.out d.dev ]`)
-	paths := c.mustBuild(f, "ssh", file)
+	paths := c.mustBuild(f, scheme, file)
 	if len(paths) != 2 {
 		t.Fatalf("outputs %v", paths)
 	}
@@ -103,12 +120,14 @@ func TestSSHMultiOutput(t *testing.T) {
 }
 
 // (d) An output of 64 MiB.
-func TestSSHLargeOutput(t *testing.T) {
+func TestLargeOutput(t *testing.T) { forSchemes(t, testLargeOutput) }
+
+func testLargeOutput(t *testing.T, scheme string) {
 	f := startFarm(t)
 	c := newClient(t)
 	const size = 64 << 20
 	file := c.expr("large", `mk { name = "large"; args = ["-c" "yes nixfarm-large-output | head -c 67108864 > $out"]; }`)
-	outs := c.mustBuild(f, "ssh", file)
+	outs := c.mustBuild(f, scheme, file)
 	c.verify(outs[0])
 	st, err := os.Stat(c.realPath(outs[0]))
 	if err != nil {
@@ -143,11 +162,13 @@ func fileSHA256(path string) (string, error) {
 }
 
 // (e) A failing build: Nix's normal error, with the log lines shown.
-func TestSSHFailingBuild(t *testing.T) {
+func TestFailingBuild(t *testing.T) { forSchemes(t, testFailingBuild) }
+
+func testFailingBuild(t *testing.T, scheme string) {
 	f := startFarm(t)
 	c := newClient(t)
 	file := c.expr("fail", `mk { name = "fail"; args = ["-c" "echo first-log-line; echo second-log-line >&2; exit 1"]; }`)
-	r := c.build(f, "ssh", file)
+	r := c.build(f, scheme, file)
 	if r.err == nil {
 		t.Fatalf("build succeeded:\n%s", r.stderr)
 	}
@@ -158,5 +179,10 @@ func TestSSHFailingBuild(t *testing.T) {
 		if !strings.Contains(r.stderr, want) {
 			t.Errorf("client output lacks %q:\n%s", want, r.stderr)
 		}
+	}
+	// The client kept the log: nix log shows both lines.
+	log := c.nixLog(c.instantiate(file)[0])
+	if !strings.Contains(log, "first-log-line\n") || !strings.Contains(log, "second-log-line\n") {
+		t.Errorf("nix log shows:\n%s", log)
 	}
 }
