@@ -1,0 +1,170 @@
+package e2e
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// storeURI names the farm as a Nix store over ssh-ng://.
+func (f *farm) storeURI() string {
+	return "ssh-ng://nixfarm?base64-ssh-public-host-key=" + f.hostKeyB64
+}
+
+// nix runs the nix command with the farm's ssh config and returns its
+// stdout, failing the test on error.
+func (c *client) nix(f *farm, args ...string) string {
+	c.t.Helper()
+	out, stderr, err := c.nixErr(f, args...)
+	if err != nil {
+		c.t.Fatalf("nix %s: %v\n%s\nfarm:\n%s", strings.Join(args, " "), err, stderr, f.logs())
+	}
+	return out
+}
+
+func (c *client) nixErr(f *farm, args ...string) (string, string, error) {
+	cmd := exec.Command("nix", args...)
+	cmd.Env = append(os.Environ(), "NIX_SSHOPTS=-F "+f.sshConfig)
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	return stdout.String(), stderr.String(), err
+}
+
+type pathInfo struct {
+	Path       string   `json:"path"`
+	NarHash    string   `json:"narHash"`
+	NarSize    uint64   `json:"narSize"`
+	References []string `json:"references"`
+	Valid      *bool    `json:"valid"`
+}
+
+func (c *client) pathInfo(f *farm, store string, paths ...string) []pathInfo {
+	c.t.Helper()
+	out := c.nix(f, append([]string{"path-info", "--json", "--store", store}, paths...)...)
+	var infos []pathInfo
+	if err := json.Unmarshal([]byte(out), &infos); err != nil {
+		c.t.Fatalf("path-info output %q: %v", out, err)
+	}
+	return infos
+}
+
+func TestStorePing(t *testing.T) {
+	f := startFarm(t)
+	c := newClient(t)
+	out, stderr, err := c.nixErr(f, "store", "ping", "--store", f.storeURI())
+	if err != nil {
+		t.Fatalf("nix store ping: %v\n%s", err, stderr)
+	}
+	if !strings.Contains(out+stderr, "ssh-ng://nixfarm") {
+		t.Errorf("ping output: %s %s", out, stderr)
+	}
+}
+
+// nix copy to the farm and back keeps a path's narHash and references,
+// and nix path-info on the farm shows them.
+func TestCopyRoundTrip(t *testing.T) {
+	f := startFarm(t)
+	c := newClient(t)
+	// A path with a reference: a text file naming busybox.
+	file := c.expr("copied", `builtins.toFile "copied.txt" "busybox is ${bb}"`)
+	var p string
+	if err := json.Unmarshal([]byte(c.mustRun(nil, "nix-instantiate", "--store", c.store, "--read-write-mode", "--eval", "--json", file)), &p); err != nil {
+		t.Fatal(err)
+	}
+	want := c.pathInfo(f, c.store, p)[0]
+	if len(want.References) != 1 || want.References[0] != c.bb {
+		t.Fatalf("test path has references %v", want.References)
+	}
+	c.nix(f, "copy", "--store", c.store, "--to", f.storeURI(), p)
+
+	got := c.pathInfo(f, f.storeURI(), p)[0]
+	if got.NarHash != want.NarHash || got.NarSize != want.NarSize || !slices.Equal(got.References, want.References) {
+		t.Errorf("on the farm: %+v, on the client: %+v", got, want)
+	}
+
+	c2 := newClient(t)
+	c2.nix(f, "copy", "--no-check-sigs", "--store", c2.store, "--from", f.storeURI(), p)
+	back := c2.pathInfo(f, c2.store, p)[0]
+	if back.NarHash != want.NarHash || back.NarSize != want.NarSize || !slices.Equal(back.References, want.References) {
+		t.Errorf("copied back: %+v, original: %+v", back, want)
+	}
+	c2.verify(p)
+	if got := c2.read(p); got != "busybox is "+c.bb {
+		t.Errorf("contents %q", got)
+	}
+}
+
+const chainExpr = `
+  let a = mk { name = "rs-a"; args = ["-c" "echo a > $out"]; };
+      b = mk { name = "rs-b"; args = ["-c" "echo b ${a} > $out"]; };
+  in mk { name = "rs-c"; args = ["-c" "echo c ${b} > $out"]; }`
+
+// Remote-store mode: the client evaluates, the farm builds the whole chain,
+// and nothing is downloaded.
+func TestRemoteStoreBuild(t *testing.T) {
+	f := startFarm(t)
+	c := newClient(t)
+	file := c.expr("remote-store", chainExpr)
+	c.nix(f, "build", "--store", f.storeURI(), "--eval-store", c.store, "--no-link", "-L", "-f", file)
+	drv := c.instantiate(file)[0]
+	outs := c.outputsOnFarm(f, drv)
+	if len(outs) != 1 || !strings.HasSuffix(outs[0].Path, "-rs-c") {
+		t.Fatalf("outputs on the farm: %+v", outs)
+	}
+	if _, err := os.Stat(c.realPath(outs[0].Path)); err == nil {
+		t.Errorf("the output was downloaded to the client")
+	}
+	for _, name := range []string{"rs-a", "rs-b", "rs-c"} {
+		if n := f.countBuilt(name); n != 1 {
+			t.Errorf("%s built %d times on the farm", name, n)
+		}
+	}
+}
+
+// Without an eval store: instantiate locally, copy the derivations, and
+// realise them through the store URI.
+func TestRemoteStoreRealise(t *testing.T) {
+	f := startFarm(t)
+	c := newClient(t)
+	file := c.expr("realise", chainExpr)
+	drv := c.instantiate(file)[0]
+	c.nix(f, "copy", "--store", c.store, "--derivation", "--to", f.storeURI(), drv)
+	cmd := exec.Command("nix-store", "--store", f.storeURI(), "--realise", drv)
+	cmd.Env = append(os.Environ(), "NIX_SSHOPTS=-F "+f.sshConfig)
+	out, err := cmd.Output()
+	if err != nil {
+		var stderr []byte
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = ee.Stderr
+		}
+		t.Fatalf("nix-store --realise: %v\n%s\nfarm:\n%s", err, stderr, f.logs())
+	}
+	paths := strings.Fields(string(out))
+	if len(paths) != 1 || !strings.HasSuffix(paths[0], "-rs-c") {
+		t.Fatalf("realised %v", paths)
+	}
+	outs := c.outputsOnFarm(f, drv)
+	if len(outs) != 1 || outs[0].Path != paths[0] || outs[0].NarSize == 0 {
+		t.Errorf("path-info on the farm: %+v", outs)
+	}
+}
+
+// outputsOnFarm lists a derivation's outputs with nix path-info on the farm.
+func (c *client) outputsOnFarm(f *farm, drv string) []pathInfo {
+	c.t.Helper()
+	outs := strings.Fields(c.mustRun(nil, "nix-store", "--store", c.store, "--query", "--outputs", drv))
+	return c.pathInfo(f, f.storeURI(), outs...)
+}
+
+// countBuilt counts successful builds of derivations named name.
+func (f *farm) countBuilt(name string) int {
+	var n int
+	if err := f.db().QueryRow(`SELECT count(*) FROM builds WHERE drv_path LIKE ? AND status = 0`, "%-"+name+".drv").Scan(&n); err != nil {
+		f.t.Fatal(err)
+	}
+	return n
+}
