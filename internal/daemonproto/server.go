@@ -40,6 +40,8 @@ type Server struct {
 	NixVersion string
 	// TempDir holds uploads that must be spooled ("" = os.TempDir()).
 	TempDir string
+
+	onOp func(Op) // for tests: called before each operation
 }
 
 // Session is one client connection.
@@ -85,6 +87,9 @@ func (s *Server) Serve(ctx context.Context, in io.Reader, out io.Writer, sess *S
 			return fmt.Errorf("reading operation: %w", err)
 		}
 		op := Op(raw)
+		if c.s.onOp != nil {
+			c.s.onOp(op)
+		}
 		start := time.Now()
 		err = c.dispatch(ctx, op)
 		if err != nil {
@@ -276,7 +281,7 @@ func writePathInfo(w *wire.Writer, ver uint64, info *store.PathInfo, keyed bool)
 	w.String(string(info.Deriver))
 	w.String(info.NarHash.Hex())
 	w.Strings(storepath.Strings(info.References))
-	w.Uint64(uint64(info.RegistrationTime.Unix()))
+	w.Uint64(unixTime(info.RegistrationTime))
 	w.Uint64(info.NarSize)
 	if minor(ver) >= 16 {
 		w.Bool(info.Ultimate)
