@@ -673,3 +673,7 @@ func readBuildResult(r *wire.Reader, ver uint64) (*build.Result, error) {
 	}
 	return res, nil
 }
+
+// CallRaw sends an operation with raw arguments and reads up to its reply,
+// for tests that send what a well-behaved client would not.
+func CallRaw(c *Client, op Op, args func(w *wire.Writer)) error { return c.call(op, args) }

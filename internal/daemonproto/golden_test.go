@@ -20,7 +20,10 @@ import (
 	"github.com/nixfarm/nixfarm/internal/testutil"
 )
 
-func readGz(t testing.TB, path string) []byte {
+func readGz(t testing.TB, path string) []byte { return ReadGz(t, path) }
+
+// ReadGz reads a gzipped fixture (exported to the external tests).
+func ReadGz(t testing.TB, path string) []byte {
 	t.Helper()
 	f, err := os.Open(path)
 	if err != nil {

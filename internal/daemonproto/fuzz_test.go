@@ -1,0 +1,54 @@
+package daemonproto_test
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"path/filepath"
+	"testing"
+
+	"github.com/nixfarm/nixfarm/internal/daemonproto"
+	"github.com/nixfarm/nixfarm/internal/wire"
+)
+
+// FuzzServe feeds arbitrary operations to the server after a valid
+// handshake at a version the input picks. The server must never panic or
+// hang, whatever the client sends.
+func FuzzServe(f *testing.F) {
+	sessions, _ := filepath.Glob("testdata/sessions/0[24]*")
+	for _, s := range sessions {
+		in := readGzF(f, filepath.Join(s, "in.gz"))
+		if len(in) > 32 && len(in) < 1<<16 {
+			f.Add(byte(7), in[32:]) // after the 1.34 handshake
+		}
+	}
+	var seed bytes.Buffer
+	w := wire.NewWriter(&seed)
+	w.Uint64(uint64(daemonproto.OpQueryValidPaths))
+	w.Strings([]string{"/nix/store/00000000000000000000000000000000-x"})
+	w.Uint64(0)
+	w.Uint64(uint64(daemonproto.OpAddToStoreNar))
+	w.String("/nix/store/00000000000000000000000000000000-x")
+	w.Flush()
+	f.Add(byte(9), seed.Bytes())
+	f.Add(byte(0), []byte{26, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
+
+	fm := newFarm(f)
+	f.Fuzz(func(t *testing.T, v byte, data []byte) {
+		version := versions[int(v)%len(versions)]
+		var in bytes.Buffer
+		hw := wire.NewWriter(&in)
+		hw.Uint64(daemonproto.Magic1)
+		hw.Uint64(version)
+		if version&0xff >= 38 {
+			hw.Strings(nil)
+		}
+		hw.Uint64(0)
+		hw.Uint64(0)
+		hw.Write(data)
+		hw.Flush()
+		fm.srv.Serve(context.Background(), &in, io.Discard, &daemonproto.Session{Account: "fuzz"})
+	})
+}
+
+func readGzF(f *testing.F, path string) []byte { return daemonproto.ReadGz(f, path) }

@@ -1,0 +1,239 @@
+package daemonproto_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nixfarm/nixfarm/internal/daemonproto"
+	"github.com/nixfarm/nixfarm/internal/nixhash"
+	"github.com/nixfarm/nixfarm/internal/store"
+	"github.com/nixfarm/nixfarm/internal/storepath"
+	"github.com/nixfarm/nixfarm/internal/testutil"
+	"github.com/nixfarm/nixfarm/internal/wire"
+)
+
+// enc builds expected bytes field by field, independently of the code
+// under test: u64 little-endian, strings padded to 8 bytes.
+type enc struct{ bytes.Buffer }
+
+func (e *enc) u(vs ...uint64) *enc {
+	for _, v := range vs {
+		var b [8]byte
+		binary.LittleEndian.PutUint64(b[:], v)
+		e.Write(b[:])
+	}
+	return e
+}
+
+func (e *enc) s(ss ...string) *enc {
+	for _, s := range ss {
+		e.u(uint64(len(s)))
+		e.WriteString(s)
+		e.Write(make([]byte, (8-len(s)%8)%8))
+	}
+	return e
+}
+
+func (e *enc) list(ss ...string) *enc { return e.u(uint64(len(ss))).s(ss...) }
+
+const (
+	stderrLast  = 0x616c7473
+	stderrRead  = 0x64617461
+	stderrStart = 0x53545254
+	stderrStop  = 0x53544f50
+	stderrRes   = 0x52534c54
+)
+
+// exchange drives a server as a scripted client: it sends bytes and
+// requires exactly the expected bytes back.
+type exchange struct {
+	t   *testing.T
+	in  *io.PipeWriter
+	out *io.PipeReader
+}
+
+func (x *exchange) send(e *enc) {
+	x.t.Helper()
+	if _, err := x.in.Write(e.Bytes()); err != nil {
+		x.t.Fatal(err)
+	}
+}
+
+func (x *exchange) expect(step string, e *enc) {
+	x.t.Helper()
+	want := e.Bytes()
+	got := make([]byte, len(want))
+	done := make(chan error, 1)
+	go func() { _, err := io.ReadFull(x.out, got); done <- err }()
+	select {
+	case err := <-done:
+		if err != nil {
+			x.t.Fatalf("%s: reading %d bytes: %v", step, len(want), err)
+		}
+	case <-time.After(10 * time.Second):
+		x.t.Fatalf("%s: the server sent less than the %d bytes expected", step, len(want))
+	}
+	for i := 0; i < len(want); i += 8 {
+		if !bytes.Equal(got[i:i+8], want[i:i+8]) {
+			x.t.Fatalf("%s: byte %d: got % x, want % x", step, i, got[i:i+8], want[i:i+8])
+		}
+	}
+}
+
+func (x *exchange) u64() uint64 {
+	var b [8]byte
+	if _, err := io.ReadFull(x.out, b[:]); err != nil {
+		x.t.Fatal(err)
+	}
+	return binary.LittleEndian.Uint64(b[:])
+}
+
+type transcriptFixture struct {
+	f        *farm
+	known    *store.PathInfo // registered before the session, at a fixed time
+	upload   *store.PathInfo
+	uploadNar []byte
+}
+
+func newTranscriptFixture(t *testing.T) *transcriptFixture {
+	f := newFarm(t)
+	n := testutil.FileNar("known")
+	known := &store.PathInfo{
+		Path: storepath.Path("/nix/store/" + strings.Repeat("k", 32) + "-known"), NarHash: nixhash.SHA256Of(n),
+		NarSize: uint64(len(n)), RegistrationTime: time.Unix(1650000000, 0),
+		Deriver: storepath.Path("/nix/store/" + strings.Repeat("d", 32) + "-known.drv"), Sigs: []string{"k:c2ln"},
+	}
+	if err := f.st.AddToStore(context.Background(), known, bytes.NewReader(n)); err != nil {
+		t.Fatal(err)
+	}
+	un, upload := textNar("uploaded in a transcript")
+	upload.References = []storepath.Path{known.Path}
+	upload.Path, _ = storepath.MakeFixedOutput("upload", true, upload.NarHash, upload.References, false)
+	return &transcriptFixture{f: f, known: known, upload: upload, uploadNar: un}
+}
+
+func (fx *transcriptFixture) start(t *testing.T) (*exchange, func()) {
+	inR, inW := io.Pipe()
+	outR, outW := io.Pipe()
+	done := make(chan struct{})
+	go func() {
+		fx.f.srv.Serve(context.Background(), inR, outW, &daemonproto.Session{Account: "alice"})
+		outW.Close()
+		close(done)
+	}()
+	return &exchange{t: t, in: inW, out: outR}, func() { inW.Close(); <-done }
+}
+
+func (fx *transcriptFixture) pathInfoReply(e *enc) *enc {
+	k := fx.known
+	return e.s(string(k.Deriver), k.NarHash.Hex()).list().u(1650000000, k.NarSize, 0).list("k:c2ln").s("")
+}
+
+func (fx *transcriptFixture) uploadArgs(e *enc) *enc {
+	up := fx.upload
+	return e.u(39).s(string(up.Path), "", up.NarHash.Hex()).list(string(fx.known.Path)).
+		u(0, up.NarSize, 0).list().s(up.CA).u(0, 1)
+}
+
+func logFrames(drvPath string, lines ...string) *enc {
+	id := uint64(0x6e66<<32 | 1)
+	e := (&enc{}).u(stderrStart, id, 3, 105).s("building '"+drvPath+"'").
+		u(4, 1).s(drvPath).u(1).s("").u(0, 1, 0, 1).u(0)
+	for _, l := range lines {
+		e.u(stderrRes, id, 101, 1, 1).s(l)
+	}
+	return e.u(stderrStop, id)
+}
+
+// TestTranscriptNix23 is a session as a Nix 2.3 client (protocol 1.21)
+// has it, byte for byte, as Nix 2.3's remote-store.cc and daemon.cc lay it
+// out: no version string or trust in the handshake, NARs pulled with
+// STDERR_READ, and a BuildResult of only status and message.
+func TestTranscriptNix23(t *testing.T) {
+	fx := newTranscriptFixture(t)
+	x, stop := fx.start(t)
+	defer stop()
+
+	x.send((&enc{}).u(daemonproto.Magic1))
+	x.expect("handshake", (&enc{}).u(daemonproto.Magic2, daemonproto.Version))
+	x.send((&enc{}).u(0x115, 0, 0)) // version, CPU affinity, reserveSpace
+	x.expect("handshake end", (&enc{}).u(stderrLast))
+
+	x.send((&enc{}).u(26).s(string(fx.known.Path)))
+	x.expect("QueryPathInfo", fx.pathInfoReply((&enc{}).u(stderrLast, 1)))
+
+	x.send(fx.uploadArgs(&enc{}))
+	left := fx.upload.NarSize
+	for left > 0 {
+		if msg := x.u64(); msg != stderrRead {
+			t.Fatalf("AddToStoreNar: frame 0x%x with %d NAR bytes still to send", msg, left)
+		}
+		n := x.u64()
+		if n == 0 || n > left {
+			t.Fatalf("AddToStoreNar: asked for %d bytes with %d left", n, left)
+		}
+		off := fx.upload.NarSize - left
+		x.send((&enc{}).s(string(fx.uploadNar[off : off+n])))
+		left -= n
+	}
+	x.expect("AddToStoreNar", (&enc{}).u(stderrLast))
+
+	drvPath, drv, _ := basic(t, "nix23")
+	var args bytes.Buffer
+	w := wire.NewWriter(&args)
+	w.Uint64(36)
+	w.String(string(drvPath))
+	drv.Write(w)
+	w.Uint64(0)
+	w.Flush()
+	x.send((&enc{Buffer: args}))
+	x.expect("BuildDerivation", logFrames(string(drvPath), "building nix23", "second line").u(stderrLast, 0).s(""))
+}
+
+// TestTranscriptNix224 is the same session as Nix 2.24 (protocol 1.38)
+// has it: features exchanged, version string and trust in the handshake,
+// framed NARs, and a BuildResult with times, CPU times and realisations.
+func TestTranscriptNix224(t *testing.T) {
+	fx := newTranscriptFixture(t)
+	x, stop := fx.start(t)
+	defer stop()
+
+	x.send((&enc{}).u(daemonproto.Magic1, 0x126)) // 2.24 sends both at once
+	x.expect("handshake", (&enc{}).u(daemonproto.Magic2, daemonproto.Version))
+	x.send((&enc{}).list()) // features
+	x.expect("features", (&enc{}).list())
+	x.send((&enc{}).u(0, 0))
+	x.expect("handshake end", (&enc{}).s("nixfarm-test").u(1, stderrLast))
+
+	x.send((&enc{}).u(26).s(string(fx.known.Path)))
+	x.expect("QueryPathInfo", fx.pathInfoReply((&enc{}).u(stderrLast, 1)))
+
+	framed := fx.uploadArgs(&enc{})
+	half := len(fx.uploadNar) / 2
+	framed.u(uint64(half)).Write(fx.uploadNar[:half])
+	framed.u(uint64(len(fx.uploadNar) - half)).Write(fx.uploadNar[half:])
+	framed.u(0)
+	x.send(framed)
+	x.expect("AddToStoreNar", (&enc{}).u(stderrLast))
+
+	drvPath, drv, _ := basic(t, "nix224")
+	var args bytes.Buffer
+	w := wire.NewWriter(&args)
+	w.Uint64(36)
+	w.String(string(drvPath))
+	drv.Write(w)
+	w.Uint64(0)
+	w.Flush()
+	x.send((&enc{Buffer: args}))
+	out := string(drv.OutputPaths()["out"])
+	hash, _ := derivationHash(drv)
+	id := "sha256:" + hash + "!out"
+	real := `{"dependentRealisations":{},"id":"` + id + `","outPath":"` + strings.TrimPrefix(out, "/nix/store/") + `","signatures":[]}`
+	x.expect("BuildDerivation", logFrames(string(drvPath), "building nix224", "second line").
+		u(stderrLast, 0).s("").u(1, 0, 1700000000, 1700000005).u(0, 0).u(1).s(id, real))
+}
