@@ -15,11 +15,13 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/nixfarm/nixfarm/internal/daemonproto"
 	"github.com/nixfarm/nixfarm/internal/nar"
 	"github.com/nixfarm/nixfarm/internal/nixhash"
 	"github.com/nixfarm/nixfarm/internal/serveproto"
 	"github.com/nixfarm/nixfarm/internal/store"
 	"github.com/nixfarm/nixfarm/internal/storepath"
+	"github.com/nixfarm/nixfarm/internal/wire"
 )
 
 // sshCmd runs the OpenSSH client with the farm's config.
@@ -106,28 +108,7 @@ type serveSession struct {
 
 func openServe(t *testing.T, f *farm, command string) *serveSession {
 	t.Helper()
-	keyData, err := os.ReadFile(f.clientKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := ssh.ParsePrivateKey(keyData)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := ssh.Dial("tcp", f.addr(), &ssh.ClientConfig{
-		User:            "alice",
-		Auth:            []ssh.AuthMethod{ssh.PublicKeys(signer)},
-		HostKeyCallback: ssh.InsecureIgnoreHostKey(),
-		Timeout:         10 * time.Second,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	sess, err := conn.NewSession()
-	if err != nil {
-		t.Fatal(err)
-	}
+	sess := openSession(t, f)
 	s := &serveSession{stderr: &bytes.Buffer{}, sess: sess}
 	sess.Stderr = s.stderr
 	s.stdin, _ = sess.StdinPipe()
@@ -135,6 +116,7 @@ func openServe(t *testing.T, f *farm, command string) *serveSession {
 	if err := sess.Start(command); err != nil {
 		t.Fatal(err)
 	}
+	var err error
 	if s.client, err = serveproto.NewClient(stdout, s.stdin); err != nil {
 		t.Fatalf("serve handshake: %v\nstderr: %s", err, s.stderr)
 	}
@@ -216,6 +198,128 @@ func assertServes(t *testing.T, f *farm) {
 	if err := s.close(); err != nil {
 		t.Errorf("clean session ended with %v; stderr:\n%s", err, s.stderr)
 	}
+}
+
+// Bad input on ssh-ng:// (nix-daemon --stdio): each gets an error that names
+// it, nothing half-written is registered, and the farm goes on serving.
+func TestDaemonBadInput(t *testing.T) {
+	f := startFarm(t)
+
+	// A wrong magic number: the session ends with a message on stderr.
+	sess := openSession(t, f)
+	stdin, _ := sess.StdinPipe()
+	var stderr bytes.Buffer
+	sess.Stderr = &stderr
+	if err := sess.Start("nix-daemon --stdio"); err != nil {
+		t.Fatal(err)
+	}
+	stdin.Write([]byte("GET / HTTP/1.1\r\n\r\n"))
+	stdin.Close()
+	if code := exitStatus(sess.Wait()); code == 0 || !strings.Contains(stderr.String(), "bad magic number") {
+		t.Errorf("wrong magic: exit %d, stderr %q", code, stderr.String())
+	}
+
+	// A client version below 1.10.
+	sess = openSession(t, f)
+	stdin, _ = sess.StdinPipe()
+	stderr.Reset()
+	sess.Stderr = &stderr
+	sess.Start("nix-daemon --stdio")
+	w := wire.NewWriter(stdin)
+	w.Uint64(daemonproto.Magic1)
+	w.Uint64(0x109)
+	w.Flush()
+	stdin.Close()
+	if code := exitStatus(sess.Wait()); code == 0 || !strings.Contains(stderr.String(), "1.9") {
+		t.Errorf("old client: exit %d, stderr %q", code, stderr.String())
+	}
+
+	// Over a good connection: a framed NAR cut short, a NAR that does not
+	// match its narHash, an unknown opcode.
+	c, closeFn := openDaemon(t, f)
+	var n bytes.Buffer
+	nw := nar.NewWriter(&n)
+	contents := "daemon upload\n"
+	nw.WriteHeader(&nar.Header{Path: "/", Type: nar.TypeRegular, Size: int64(len(contents))})
+	nw.Write([]byte(contents))
+	nw.Close()
+	p := storepath.Path("/nix/store/" + strings.Repeat("3", 32) + "-daemon-upload")
+	info := &store.PathInfo{Path: p, NarHash: nixhash.SHA256Of(n.Bytes()), NarSize: uint64(n.Len())}
+	cut := *info
+	cut.NarSize = uint64(n.Len() / 2)
+	var re *daemonproto.RemoteError
+	if err := c.AddToStoreNar(&cut, bytes.NewReader(n.Bytes())); !errors.As(err, &re) {
+		t.Errorf("cut-short NAR: %v", err)
+	}
+	lie := *info
+	lie.NarHash = nixhash.SHA256Of([]byte("lie"))
+	if err := c.AddToStoreNar(&lie, bytes.NewReader(n.Bytes())); !errors.As(err, &re) || !strings.Contains(re.Message, "NAR hash mismatch") {
+		t.Errorf("wrong narHash: %v", err)
+	}
+	if ok, err := c.IsValidPath(p); err != nil || ok {
+		t.Errorf("after bad uploads: valid=%v err=%v", ok, err)
+	}
+	if err := daemonproto.CallRaw(c, 250, nil); !errors.As(err, &re) || !strings.Contains(re.Message, "unknown operation 250") {
+		t.Errorf("unknown opcode: %v", err)
+	}
+	closeFn()
+	var count int
+	f.db().QueryRow(`SELECT count(*) FROM paths WHERE path = ?`, string(p)).Scan(&count)
+	if count != 0 {
+		t.Errorf("a bad upload was registered")
+	}
+	assertNoBlobs(t, f)
+
+	// The farm still serves others.
+	c2, close2 := openDaemon(t, f)
+	if err := c2.AddToStoreNar(info, bytes.NewReader(n.Bytes())); err != nil {
+		t.Errorf("good upload: %v", err)
+	}
+	close2()
+}
+
+// openSession opens an SSH session with the client's key.
+func openSession(t *testing.T, f *farm) *ssh.Session {
+	t.Helper()
+	keyData, err := os.ReadFile(f.clientKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := ssh.ParsePrivateKey(keyData)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := ssh.Dial("tcp", f.addr(), &ssh.ClientConfig{
+		User:            "alice",
+		Auth:            []ssh.AuthMethod{ssh.PublicKeys(signer)},
+		HostKeyCallback: ssh.InsecureIgnoreHostKey(),
+		Timeout:         10 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	sess, err := conn.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sess
+}
+
+// openDaemon starts `nix-daemon --stdio` and returns a client at 1.38.
+func openDaemon(t *testing.T, f *farm) (*daemonproto.Client, func() error) {
+	t.Helper()
+	sess := openSession(t, f)
+	stdin, _ := sess.StdinPipe()
+	stdout, _ := sess.StdoutPipe()
+	if err := sess.Start("nix-daemon --stdio"); err != nil {
+		t.Fatal(err)
+	}
+	c, err := daemonproto.NewClient(stdout, stdin, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, func() error { stdin.Close(); return sess.Wait() }
 }
 
 func TestGarbageAfterHandshake(t *testing.T) {

@@ -10,12 +10,14 @@ import (
 // answered from the farm store: the builder does not run again. To prove
 // it, the worker's Nix store is deleted before the restart, so the only
 // copy of the output is the farm store's.
-func TestSSHRestartAnswersFromFarmStore(t *testing.T) {
+func TestRestartAnswersFromFarmStore(t *testing.T) { forSchemes(t, testRestart) }
+
+func testRestart(t *testing.T, scheme string) {
 	f := startFarm(t)
 	c1 := newClient(t)
 	file := c1.expr("restart", `mk { name = "restart"; args = ["-c" "echo built once > $out"]; }`)
 	drvs := c1.instantiate(file)
-	first := c1.mustBuild(f, "ssh", file)
+	first := c1.mustBuild(f, scheme, file)
 	if got := f.builtCount(drvs[0]); got != 1 {
 		t.Fatalf("builds of %s after the first request: %d, want 1", drvs[0], got)
 	}
@@ -28,7 +30,7 @@ func TestSSHRestartAnswersFromFarmStore(t *testing.T) {
 
 	c2 := newClient(t) // an empty client store: it must fetch the output
 	file2 := c2.expr("restart", `mk { name = "restart"; args = ["-c" "echo built once > $out"]; }`)
-	second := c2.mustBuild(f, "ssh", file2)
+	second := c2.mustBuild(f, scheme, file2)
 	if second[0] != first[0] {
 		t.Fatalf("output path changed: %s vs %s", second[0], first[0])
 	}

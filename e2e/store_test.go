@@ -99,9 +99,9 @@ func TestCopyRoundTrip(t *testing.T) {
 }
 
 const chainExpr = `
-  let a = mk { name = "rs-a"; args = ["-c" "echo a > $out"]; };
-      b = mk { name = "rs-b"; args = ["-c" "echo b ${a} > $out"]; };
-  in mk { name = "rs-c"; args = ["-c" "echo c ${b} > $out"]; }`
+  let a = mk { name = "rs-a"; args = ["-c" "echo building-rs-a; echo a > $out"]; };
+      b = mk { name = "rs-b"; args = ["-c" "echo building-rs-b; echo b ${a} > $out"]; };
+  in mk { name = "rs-c"; args = ["-c" "echo building-rs-c; echo c ${b} > $out"]; }`
 
 // Remote-store mode: the client evaluates, the farm builds the whole chain,
 // and nothing is downloaded.
@@ -109,7 +109,16 @@ func TestRemoteStoreBuild(t *testing.T) {
 	f := startFarm(t)
 	c := newClient(t)
 	file := c.expr("remote-store", chainExpr)
-	c.nix(f, "build", "--store", f.storeURI(), "--eval-store", c.store, "--no-link", "-L", "-f", file)
+	_, stderr, err := c.nixErr(f, "build", "--store", f.storeURI(), "--eval-store", c.store, "--no-link", "-L", "-f", file)
+	if err != nil {
+		t.Fatalf("nix build: %v\n%s\nfarm:\n%s", err, stderr, f.logs())
+	}
+	// -L shows each build's log, prefixed with the derivation's name.
+	for _, name := range []string{"rs-a", "rs-b", "rs-c"} {
+		if !strings.Contains(stderr, name+"> building-"+name) {
+			t.Errorf("nix build -L does not show %s's log:\n%s", name, stderr)
+		}
+	}
 	drv := c.instantiate(file)[0]
 	outs := c.outputsOnFarm(f, drv)
 	if len(outs) != 1 || !strings.HasSuffix(outs[0].Path, "-rs-c") {

@@ -35,7 +35,6 @@ type Coordinator struct {
 	now     func() time.Time
 }
 
-
 // New returns a coordinator. Build records go to db, build logs to files in
 // logDir.
 func New(st store.Store, builder build.Builder, db *sql.DB, logDir string, log *slog.Logger) (*Coordinator, error) {

@@ -134,7 +134,13 @@ func TestHandshakeRejects(t *testing.T) {
 	// A client below 1.10 gets its connection closed.
 	for _, v := range []uint64{0x109, 0x200, 0x5} {
 		in := new(bytes.Buffer)
-		le := func(x uint64) { b := make([]byte, 8); for i := range b { b[i] = byte(x >> (8 * i)) }; in.Write(b) }
+		le := func(x uint64) {
+			b := make([]byte, 8)
+			for i := range b {
+				b[i] = byte(x >> (8 * i))
+			}
+			in.Write(b)
+		}
 		le(daemonproto.Magic1)
 		le(v)
 		out.Reset()
@@ -366,7 +372,9 @@ func TestRealise(t *testing.T) {
 		Platform:  "x86_64-linux", Builder: "/bin/sh", Args: []string{"-c", "true"},
 		Env: map[string]string{"out": ""},
 	}
-	resolve := func(p string) (*derivation.Derivation, error) { return store.ReadDerivation(context.Background(), f.st, storepath.Path(p)) }
+	resolve := func(p string) (*derivation.Derivation, error) {
+		return store.ReadDerivation(context.Background(), f.st, storepath.Path(p))
+	}
 	outs, err := derivation.OutputPaths("top", top, resolve)
 	if err != nil {
 		t.Fatal(err)

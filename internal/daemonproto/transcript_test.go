@@ -94,9 +94,9 @@ func (x *exchange) u64() uint64 {
 }
 
 type transcriptFixture struct {
-	f        *farm
-	known    *store.PathInfo // registered before the session, at a fixed time
-	upload   *store.PathInfo
+	f         *farm
+	known     *store.PathInfo // registered before the session, at a fixed time
+	upload    *store.PathInfo
 	uploadNar []byte
 }
 

@@ -51,7 +51,7 @@ type Config struct {
 	NixStore string
 	// Version is nixfarm's version, shown to ssh-ng:// clients.
 	Version string
-	Log      *slog.Logger
+	Log     *slog.Logger
 	// Out receives the set-up instructions printed at start.
 	Out io.Writer
 }
