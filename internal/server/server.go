@@ -236,17 +236,26 @@ Host nixfarm
     # Nix checks the host key from the builders line under the name "nixfarm":
     HostKeyAlias nixfarm
 
-3. Use it as a builder, in nix.conf ("builders = ...") or on the command line:
+3. Use it as a builder, in nix.conf ("builders = ...") or on the command line.
+   ssh-ng:// is the daemon protocol; ssh:// the older serve protocol. Both work:
 
+ssh-ng://nixfarm %s - %d 1 - - %s
 ssh://nixfarm %s - %d 1 - - %s
 
-   nix-build --max-jobs 0 --builders 'ssh://nixfarm %s - %d 1 - - %s' ...
+   nix-build --max-jobs 0 --builders 'ssh-ng://nixfarm %s - %d 1 - - %s' ...
+
+4. Or use it as a remote store: evaluate locally, build everything on the farm,
+   download nothing:
+
+   nix build --store 'ssh-ng://nixfarm?base64-ssh-public-host-key=%s' --eval-store auto ...
 `,
 		ssh.FingerprintSHA256(f.hostKey), line[:len(line)-1],
 		f.cfg.AuthorizedKeys,
 		host, port,
 		nixSystem(), jobs, hostKeyB64,
-		nixSystem(), jobs, hostKeyB64)
+		nixSystem(), jobs, hostKeyB64,
+		nixSystem(), jobs, hostKeyB64,
+		hostKeyB64)
 }
 
 // nixSystem names this machine's Nix system, e.g. x86_64-linux.
