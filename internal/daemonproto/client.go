@@ -677,3 +677,7 @@ func readBuildResult(r *wire.Reader, ver uint64) (*build.Result, error) {
 // CallRaw sends an operation with raw arguments and reads up to its reply,
 // for tests that send what a well-behaved client would not.
 func CallRaw(c *Client, op Op, args func(w *wire.Writer)) error { return c.call(op, args) }
+
+// ClientReader exposes the client's reader, for tests that read replies
+// of operations sent with CallRaw.
+func ClientReader(c *Client) *wire.Reader { return c.r }

@@ -20,6 +20,7 @@ import (
 	"github.com/nixfarm/nixfarm/internal/store"
 	"github.com/nixfarm/nixfarm/internal/storepath"
 	"github.com/nixfarm/nixfarm/internal/testutil"
+	"github.com/nixfarm/nixfarm/internal/wire"
 )
 
 // fakeBuilder "builds" by printing two log lines and writing each output
@@ -443,4 +444,76 @@ func TestSetOptions(t *testing.T) {
 func derivationHash(drv *derivation.Basic) (string, error) {
 	h, err := derivation.HashModulo(drv.Derivation(), nil)
 	return h.Hex(), err
+}
+
+// TestSmallOps covers the operations clients send around builds.
+func TestSmallOps(t *testing.T) {
+	f := newFarm(t)
+	c, closeFn := f.connect(t, 0x126)
+	n, info := textNar("referenced")
+	if err := c.AddToStoreNar(info, bytes.NewReader(n)); err != nil {
+		t.Fatal(err)
+	}
+	rn := testutil.FileNar("refers to " + string(info.Path))
+	referrer := &store.PathInfo{Path: storepath.Path("/nix/store/" + strings.Repeat("r", 32) + "-referrer"),
+		NarHash: nixhash.SHA256Of(rn), NarSize: uint64(len(rn)), References: []storepath.Path{info.Path}}
+	if err := c.AddToStoreNar(referrer, bytes.NewReader(rn)); err != nil {
+		t.Fatal(err)
+	}
+	path := func(w *wire.Writer) { w.String(string(info.Path)) }
+
+	var got []string
+	reply := func(op daemonproto.Op, args func(w *wire.Writer), read func(r *wire.Reader) error) {
+		t.Helper()
+		if err := daemonproto.CallRaw(c, op, args); err != nil {
+			t.Fatalf("%s: %v", op, err)
+		}
+		if err := read(daemonproto.ClientReader(c)); err != nil {
+			t.Fatalf("%s reply: %v", op, err)
+		}
+	}
+	strs := func(r *wire.Reader) error { var err error; got, err = r.Strings(100, 1000); return err }
+	str := func(r *wire.Reader) error { s, err := r.String(1000); got = []string{s}; return err }
+	one := func(r *wire.Reader) error {
+		v, err := r.Uint64()
+		if err == nil && v != 1 {
+			err = fmt.Errorf("replied %d", v)
+		}
+		return err
+	}
+
+	reply(daemonproto.OpQueryReferrers, path, strs)
+	if len(got) != 1 || got[0] != string(referrer.Path) {
+		t.Errorf("QueryReferrers %v", got)
+	}
+	reply(daemonproto.OpQueryPathFromHashPart, func(w *wire.Writer) { w.String(info.Path.HashPart()) }, str)
+	if got[0] != string(info.Path) {
+		t.Errorf("QueryPathFromHashPart %v", got)
+	}
+	reply(daemonproto.OpQueryPathFromHashPart, func(w *wire.Writer) { w.String(strings.Repeat("0", 32)) }, str)
+	if got[0] != "" {
+		t.Errorf("QueryPathFromHashPart of an unknown hash: %v", got)
+	}
+	reply(daemonproto.OpAddTempRoot, path, one)
+	reply(daemonproto.OpAddIndirectRoot, func(w *wire.Writer) { w.String("/home/alice/result") }, one)
+	reply(daemonproto.OpAddPermRoot, func(w *wire.Writer) { path(w); w.String("/home/alice/result") }, str)
+	reply(daemonproto.OpAddSignatures, func(w *wire.Writer) { path(w); w.Strings([]string{"cache.example.org-1:c2lnbmF0dXJl"}) }, one)
+	if info, _ := c.QueryPathInfo(info.Path); info == nil || len(info.Sigs) != 1 {
+		t.Errorf("signature not kept: %+v", info)
+	}
+	reply(daemonproto.OpQueryRealisation, func(w *wire.Writer) { w.String("sha256:" + strings.Repeat("0", 64) + "!out") }, strs)
+	if len(got) != 0 {
+		t.Errorf("QueryRealisation %v", got)
+	}
+	if err := daemonproto.CallRaw(c, daemonproto.OpRegisterDrvOutput, func(w *wire.Writer) { w.String(`{"id":"x"}`) }); err != nil {
+		t.Errorf("RegisterDrvOutput: %v", err)
+	}
+	reply(daemonproto.OpQueryValidDerivers, path, strs)
+	reply(daemonproto.OpQuerySubstitutablePaths, func(w *wire.Writer) { w.Strings([]string{string(info.Path)}) }, strs)
+	if len(got) != 0 {
+		t.Errorf("QuerySubstitutablePaths %v", got)
+	}
+	if err := closeFn(); err != nil {
+		t.Error(err)
+	}
 }
