@@ -92,7 +92,6 @@ func newFarm(t *testing.T) *farm {
 // stores its .drv, and returns its path.
 func (f *farm) addDrv(t *testing.T, name string, outputs []string, inputDrvs map[string][]string) storepath.Path {
 	t.Helper()
-	dummy := "/nix/store/" + strings.Repeat("0", 32) + "-dummy"
 	d := &derivation.Derivation{
 		Outputs:   map[string]derivation.Output{},
 		InputDrvs: inputDrvs,
@@ -103,24 +102,12 @@ func (f *farm) addDrv(t *testing.T, name string, outputs []string, inputDrvs map
 		Env:       map[string]string{"name": name},
 	}
 	for _, o := range outputs {
-		d.Outputs[o] = derivation.Output{Path: dummy}
-		d.Env[o] = ""
+		d.Outputs[o] = derivation.Output{}
 	}
 	resolve := func(p string) (*derivation.Derivation, error) {
 		return store.ReadDerivation(context.Background(), f.st, storepath.Path(p))
 	}
-	paths, err := derivation.OutputPaths(name, d, resolve)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for o, p := range paths {
-		d.Outputs[o] = derivation.Output{Path: string(p)}
-		d.Env[o] = string(p)
-	}
-	drvPath, err := derivation.PathOf(name, d)
-	if err != nil {
-		t.Fatal(err)
-	}
+	drvPath := testutil.Derivation(t, name, d, resolve)
 	addFile(t, f.st, drvPath, string(d.Bytes()), d.References())
 	return drvPath
 }

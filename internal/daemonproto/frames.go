@@ -241,6 +241,9 @@ func (rr *readRequester) Read(p []byte) (int, error) {
 	if rr.left == 0 {
 		return 0, io.EOF
 	}
+	if len(p) == 0 {
+		return 0, nil
+	}
 	want := min(uint64(len(p)), rr.left, 64<<10)
 	f := rr.c.out
 	f.mu.Lock()

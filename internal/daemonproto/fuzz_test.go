@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/nixfarm/nixfarm/internal/daemonproto"
+	"github.com/nixfarm/nixfarm/internal/testutil"
 	"github.com/nixfarm/nixfarm/internal/wire"
 )
 
@@ -17,7 +18,7 @@ import (
 func FuzzServe(f *testing.F) {
 	sessions, _ := filepath.Glob("testdata/sessions/0[24]*")
 	for _, s := range sessions {
-		in := readGzF(f, filepath.Join(s, "in.gz"))
+		in := testutil.ReadGz(f, filepath.Join(s, "in.gz"))
 		if len(in) > 32 && len(in) < 1<<16 {
 			f.Add(byte(7), in[32:]) // after the 1.34 handshake
 		}
@@ -50,5 +51,3 @@ func FuzzServe(f *testing.F) {
 		fm.srv.Serve(context.Background(), &in, io.Discard, &daemonproto.Session{Account: "fuzz"})
 	})
 }
-
-func readGzF(f *testing.F, path string) []byte { return daemonproto.ReadGz(f, path) }

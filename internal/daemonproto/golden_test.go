@@ -2,12 +2,10 @@ package daemonproto
 
 import (
 	"bytes"
-	"compress/gzip"
 	"context"
 	"encoding/binary"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -19,27 +17,6 @@ import (
 	"github.com/nixfarm/nixfarm/internal/nar"
 	"github.com/nixfarm/nixfarm/internal/testutil"
 )
-
-func readGz(t testing.TB, path string) []byte { return ReadGz(t, path) }
-
-// ReadGz reads a gzipped fixture (exported to the external tests).
-func ReadGz(t testing.TB, path string) []byte {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	zr, err := gzip.NewReader(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	data, err := io.ReadAll(zr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return data
-}
 
 // cursor decodes a recorded stream field by field, so that each reply's
 // exact bytes can be cut out of it.
@@ -242,8 +219,8 @@ func TestGoldenSessions(t *testing.T) {
 	sort.Strings(sessions)
 	for _, s := range sessions {
 		name := filepath.Base(s)
-		in := readGz(t, filepath.Join(s, "in.gz"))
-		stock := readGz(t, filepath.Join(s, "out.gz"))
+		in := testutil.ReadGz(t, filepath.Join(s, "in.gz"))
+		stock := testutil.ReadGz(t, filepath.Join(s, "out.gz"))
 		var ops []Op
 		srv := &Server{Store: st, Builds: coord, TempDir: dir, onOp: func(op Op) { ops = append(ops, op) }}
 		var out bytes.Buffer

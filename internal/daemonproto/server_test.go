@@ -302,24 +302,10 @@ func TestBadInput(t *testing.T) {
 func basic(t *testing.T, name string) (storepath.Path, *derivation.Basic, *derivation.Derivation) {
 	t.Helper()
 	d := &derivation.Derivation{
-		Outputs:   map[string]derivation.Output{"out": {Path: "/nix/store/" + strings.Repeat("0", 32) + "-x"}},
-		InputDrvs: map[string][]string{},
-		InputSrcs: []string{},
-		Platform:  "x86_64-linux",
-		Builder:   "/bin/sh",
-		Args:      []string{"-c", "true"},
-		Env:       map[string]string{"out": ""},
+		Outputs:  map[string]derivation.Output{"out": {}},
+		Platform: "x86_64-linux", Builder: "/bin/sh", Args: []string{"-c", "true"},
 	}
-	outs, err := derivation.OutputPaths(name, d, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d.Outputs["out"] = derivation.Output{Path: string(outs["out"])}
-	d.Env["out"] = string(outs["out"])
-	drvPath, err := derivation.PathOf(name, d)
-	if err != nil {
-		t.Fatal(err)
-	}
+	drvPath := testutil.Derivation(t, name, d, nil)
 	return drvPath, d.Basic(name, nil), d
 }
 
@@ -367,21 +353,15 @@ func TestRealise(t *testing.T) {
 		t.Fatal(err)
 	}
 	top := &derivation.Derivation{
-		Outputs:   map[string]derivation.Output{"out": {Path: "/nix/store/" + strings.Repeat("0", 32) + "-x"}},
+		Outputs:   map[string]derivation.Output{"out": {}},
 		InputDrvs: map[string][]string{string(aPath): {"out"}},
-		InputSrcs: []string{},
 		Platform:  "x86_64-linux", Builder: "/bin/sh", Args: []string{"-c", "true"},
-		Env: map[string]string{"out": ""},
 	}
 	resolve := func(p string) (*derivation.Derivation, error) {
 		return store.ReadDerivation(context.Background(), f.st, storepath.Path(p))
 	}
-	outs, err := derivation.OutputPaths("top", top, resolve)
-	if err != nil {
-		t.Fatal(err)
-	}
-	top.Outputs["out"] = derivation.Output{Path: string(outs["out"])}
-	top.Env["out"] = string(outs["out"])
+	testutil.Derivation(t, "top", top, resolve)
+	outs := top.Basic("top", nil).OutputPaths()
 	topPath, err := c.AddTextToStore("top.drv", string(top.Bytes()), []storepath.Path{aPath})
 	if err != nil {
 		t.Fatal(err)

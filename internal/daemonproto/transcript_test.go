@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nixfarm/nixfarm/internal/daemonproto"
+	"github.com/nixfarm/nixfarm/internal/derivation"
 	"github.com/nixfarm/nixfarm/internal/nixhash"
 	"github.com/nixfarm/nixfarm/internal/store"
 	"github.com/nixfarm/nixfarm/internal/storepath"
@@ -140,6 +141,15 @@ func (fx *transcriptFixture) uploadArgs(e *enc) *enc {
 		u(0, up.NarSize, 0).list().s(up.CA).u(0, 1)
 }
 
+// buildDerivationArgs is a BuildDerivation request for a normal build.
+func buildDerivationArgs(drvPath storepath.Path, drv *derivation.Basic) *enc {
+	e := (&enc{}).u(36).s(string(drvPath))
+	w := wire.NewWriter(e)
+	drv.Write(w)
+	w.Flush()
+	return e.u(0)
+}
+
 func logFrames(drvPath string, lines ...string) *enc {
 	id := uint64(0x6e66<<32 | 1)
 	e := (&enc{}).u(stderrStart, id, 3, 105).s("building '"+drvPath+"'").
@@ -184,14 +194,7 @@ func TestTranscriptNix23(t *testing.T) {
 	x.expect("AddToStoreNar", (&enc{}).u(stderrLast))
 
 	drvPath, drv, _ := basic(t, "nix23")
-	var args bytes.Buffer
-	w := wire.NewWriter(&args)
-	w.Uint64(36)
-	w.String(string(drvPath))
-	drv.Write(w)
-	w.Uint64(0)
-	w.Flush()
-	x.send((&enc{Buffer: args}))
+	x.send(buildDerivationArgs(drvPath, drv))
 	x.expect("BuildDerivation", logFrames(string(drvPath), "building nix23", "second line").u(stderrLast, 0).s(""))
 }
 
@@ -222,14 +225,7 @@ func TestTranscriptNix224(t *testing.T) {
 	x.expect("AddToStoreNar", (&enc{}).u(stderrLast))
 
 	drvPath, drv, _ := basic(t, "nix224")
-	var args bytes.Buffer
-	w := wire.NewWriter(&args)
-	w.Uint64(36)
-	w.String(string(drvPath))
-	drv.Write(w)
-	w.Uint64(0)
-	w.Flush()
-	x.send((&enc{Buffer: args}))
+	x.send(buildDerivationArgs(drvPath, drv))
 	out := string(drv.OutputPaths()["out"])
 	hash, _ := derivationHash(drv)
 	id := "sha256:" + hash + "!out"

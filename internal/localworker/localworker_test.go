@@ -53,24 +53,14 @@ func addBusybox(t *testing.T, st store.Store) storepath.Path {
 func basic(t *testing.T, bb storepath.Path, name, script string) (storepath.Path, *derivation.Basic) {
 	t.Helper()
 	d := &derivation.Derivation{
-		Outputs:   map[string]derivation.Output{"out": {Path: "/nix/store/" + strings.Repeat("0", 32) + "-x"}},
-		InputDrvs: map[string][]string{},
+		Outputs:   map[string]derivation.Output{"out": {}},
 		InputSrcs: []string{string(bb)},
 		Platform:  "x86_64-linux",
 		Builder:   string(bb) + "/bin/sh",
 		Args:      []string{"-c", script},
-		Env:       map[string]string{"PATH": string(bb) + "/bin", "out": ""},
+		Env:       map[string]string{"PATH": string(bb) + "/bin"},
 	}
-	outs, err := derivation.OutputPaths(name, d, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d.Outputs["out"] = derivation.Output{Path: string(outs["out"])}
-	d.Env["out"] = string(outs["out"])
-	drvPath, err := derivation.PathOf(name, d)
-	if err != nil {
-		t.Fatal(err)
-	}
+	drvPath := testutil.Derivation(t, name, d, nil)
 	return drvPath, d.Basic(name, nil)
 }
 

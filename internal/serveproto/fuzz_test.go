@@ -18,7 +18,7 @@ import (
 func FuzzServe(f *testing.F) {
 	sessions, _ := filepath.Glob("testdata/sessions/[0-9]*")
 	for _, s := range sessions {
-		in := readGzTB(f, filepath.Join(s, "in.gz"))
+		in := testutil.ReadGz(f, filepath.Join(s, "in.gz"))
 		if len(in) > 16 && len(in) < 1<<16 {
 			f.Add(in[16:])
 		}

@@ -2,11 +2,8 @@ package serveproto_test
 
 import (
 	"bytes"
-	"compress/gzip"
 	"context"
 	"encoding/binary"
-	"io"
-	"os"
 	"path/filepath"
 	"sort"
 	"testing"
@@ -17,26 +14,6 @@ import (
 	"github.com/nixfarm/nixfarm/internal/serveproto"
 	"github.com/nixfarm/nixfarm/internal/testutil"
 )
-
-func readGz(t *testing.T, path string) []byte { return readGzTB(t, path) }
-
-func readGzTB(t testing.TB, path string) []byte {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	zr, err := gzip.NewReader(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	data, err := io.ReadAll(zr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return data
-}
 
 // sameModuloTimes compares two serve-protocol streams word by word (every
 // field is 8-byte aligned). Words may differ only where both are plausible
@@ -77,9 +54,9 @@ func TestGoldenSessions(t *testing.T) {
 	}
 	sort.Strings(sessions)
 	for _, s := range sessions {
-		in := readGz(t, filepath.Join(s, "in.gz"))
-		want := readGz(t, filepath.Join(s, "out.gz"))
-		wantErr := readGz(t, filepath.Join(s, "err.gz"))
+		in := testutil.ReadGz(t, filepath.Join(s, "in.gz"))
+		want := testutil.ReadGz(t, filepath.Join(s, "out.gz"))
+		wantErr := testutil.ReadGz(t, filepath.Join(s, "err.gz"))
 		var out, stderr bytes.Buffer
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		err := srv.Serve(ctx, bytes.NewReader(in), &out, &serveproto.Session{Account: "golden", Write: true, Stderr: &stderr})

@@ -5,18 +5,23 @@ package testutil
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"database/sql"
+
 	"github.com/nixfarm/nixfarm/internal/blob"
 	"github.com/nixfarm/nixfarm/internal/db"
+	"github.com/nixfarm/nixfarm/internal/derivation"
 	"github.com/nixfarm/nixfarm/internal/nar"
 	"github.com/nixfarm/nixfarm/internal/store"
+	"github.com/nixfarm/nixfarm/internal/storepath"
 )
 
 // RequireTools skips the test with a loud message when a tool is missing,
@@ -73,4 +78,58 @@ func FileNar(contents string) []byte {
 		panic(err)
 	}
 	return b.Bytes()
+}
+
+// ReadGz reads a gzipped fixture.
+func ReadGz(t testing.TB, path string) []byte {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := io.ReadAll(zr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+// Derivation completes an input-addressed derivation named name: it sets
+// the paths of the outputs listed in d.Outputs (and their environment
+// variables) as Nix computes them, and returns the .drv path. resolve
+// loads input derivations; it may be nil when there are none.
+func Derivation(t testing.TB, name string, d *derivation.Derivation, resolve derivation.Resolver) storepath.Path {
+	t.Helper()
+	dummy := storepath.Dir + "/" + strings.Repeat("0", 32) + "-placeholder"
+	if d.Env == nil {
+		d.Env = map[string]string{}
+	}
+	if d.InputDrvs == nil {
+		d.InputDrvs = map[string][]string{}
+	}
+	if d.InputSrcs == nil {
+		d.InputSrcs = []string{}
+	}
+	for o := range d.Outputs {
+		d.Outputs[o] = derivation.Output{Path: dummy} // blanked when hashing
+		d.Env[o] = ""
+	}
+	outs, err := derivation.OutputPaths(name, d, resolve)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for o, p := range outs {
+		d.Outputs[o] = derivation.Output{Path: string(p)}
+		d.Env[o] = string(p)
+	}
+	drvPath, err := derivation.PathOf(name, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return drvPath
 }
