@@ -166,6 +166,7 @@ func (f *farm) start() {
 		"--authorized-keys", f.keysFile,
 		"--local-store", f.workerStore,
 		"--local-jobs", "4",
+		"--http-listen", "127.0.0.1:0",
 		"--log-level", "debug",
 	}, f.extraArgs...)
 	cmd := exec.Command(nixfarmBin, args...)

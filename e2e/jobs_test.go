@@ -45,14 +45,14 @@ func TestLocalJobsLimit(t *testing.T) {
 // Without the built-in worker and no other worker, a build fails at once
 // with a message that says why, instead of hanging.
 func TestNoWorkerFailsClearly(t *testing.T) {
-	f := startFarm(t, "--local-worker=false")
+	f := startFarm(t, "--local-worker=false", "--unbuildable-grace", "1s")
 	c := newClient(t)
 	file := c.expr("noworker", `mk { name = "noworker"; args = ["-c" "echo > $out"]; }`)
 	r := c.build(f, "ssh", file)
 	if r.err == nil {
 		t.Fatal("built without a worker")
 	}
-	for _, want := range []string{"no worker can build", "--local-worker=false", "x86_64-linux"} {
+	for _, want := range []string{"nixfarm has no worker that can build", "'x86_64-linux' machine", "no workers at all"} {
 		if !strings.Contains(r.stderr, want) {
 			t.Errorf("client output lacks %q:\n%s", want, r.stderr)
 		}

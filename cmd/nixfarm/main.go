@@ -5,15 +5,13 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
+	"time"
 
 	"github.com/nixfarm/nixfarm/internal/server"
 )
@@ -21,11 +19,11 @@ import (
 const usage = `nixfarm is an open, self-hostable build farm for Nix.
 
 Usage:
-  nixfarm serve [flags]     run the farm: SSH endpoint, farm store, built-in worker
+  nixfarm serve [flags]     run the farm: SSH endpoint, farm store, scheduler, built-in worker
+  nixfarm worker [flags]    run a build machine that joins a farm
+  nixfarm workers [flags]   list a farm's workers
   nixfarm version           print the version
-  nixfarm help [command]    show help
-
-Run "nixfarm serve --help" for the serve flags.
+  nixfarm help [command]    show a command's flags
 `
 
 var version = "dev"
@@ -42,6 +40,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "serve":
 		return serve(args[1:], stdout, stderr)
+	case "worker":
+		return workerCmd(args[1:], stdout, stderr)
+	case "workers":
+		return workersCmd(args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "nixfarm", version)
 		return 0
@@ -67,28 +69,26 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.LocalStore, "local-store", "", "Nix store URI the built-in worker builds in (default STATE-DIR/worker-store, a chroot store; \"daemon\" or \"auto\" for the machine's store)")
 	fs.IntVar(&cfg.LocalJobs, "local-jobs", 4, "builds the built-in worker runs at once; more wait their turn")
 	fs.StringVar(&cfg.NixStore, "nix-store", "nix-store", "nix-store binary the built-in worker runs")
+	fs.StringVar(&cfg.Machines, "machines", "", "Nix machines file of static workers, driven over SSH with the serve protocol (NIX_SSHOPTS applies)")
+	fs.StringVar(&cfg.WorkerListen, "worker-listen", "", "address `nixfarm worker` agents dial, e.g. :2223 (default: no agents)")
+	fs.StringVar(&cfg.WorkerTokenFile, "worker-token-file", "", "file holding the join token agents present; created if missing (default STATE-DIR/worker-token)")
+	fs.StringVar(&cfg.HTTPListen, "http-listen", "127.0.0.1:2280", "address of the HTTP API that `nixfarm workers` reads (\"\" to disable)")
+	fs.DurationVar(&cfg.Scheduler.UnbuildableGrace, "unbuildable-grace", 30*time.Second, "how long a build no worker can take waits for one to join before it fails")
+	fs.IntVar(&cfg.Scheduler.MaxAttempts, "max-attempts", 3, "workers a build is tried on when workers are lost or fail to run it")
+	fs.DurationVar(&cfg.Scheduler.QuarantineFor, "quarantine", time.Minute, "how long a worker that failed 3 builds in a row gets no builds")
+	fs.BoolVar(&cfg.CancelOnDisconnect, "cancel-on-disconnect", false, "stop a build when every client waiting for it has gone (default: finish it and keep the result)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: nixfarm serve [flags]\n\nRuns the farm. Stock Nix clients build through it with an ssh:// builder.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
+	if code, ok := parseFlags(fs, args, stderr); !ok {
+		return code
+	}
+	log, ok := newLogger(*logLevel, stderr)
+	if !ok {
 		return 2
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "nixfarm serve: unexpected arguments: %s\n", strings.Join(fs.Args(), " "))
-		return 2
-	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
-		fmt.Fprintf(stderr, "nixfarm serve: --log-level: %v\n", err)
-		return 2
-	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	slog.SetDefault(log)
 	cfg.Log = log
 	cfg.Out = stdout
 	cfg.Version = version

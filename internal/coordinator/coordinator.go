@@ -1,8 +1,9 @@
 // Package coordinator turns build requests from the protocol servers into
 // builds: it answers from the farm store when the outputs exist already,
-// checks that the inputs are present, resolves .drv closures into
+// checks that the inputs are present, builds a derivation requested by
+// several clients at once only once, resolves .drv closures into
 // BasicDerivations in dependency order, records every build with its log,
-// and hands the work to a build.Builder.
+// and hands the work to the scheduler.
 package coordinator
 
 import (
@@ -10,7 +11,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -25,32 +25,72 @@ import (
 	"github.com/nixfarm/nixfarm/internal/storepath"
 )
 
-// Coordinator implements serveproto.Builds.
+// Scheduler places builds on workers.
+type Scheduler interface {
+	Schedule(ctx context.Context, req *build.Request) (*build.Result, error)
+}
+
+// Options tune the coordinator.
+type Options struct {
+	// CancelOnDisconnect stops a build once every client waiting for it
+	// has gone. By default builds run to the end and their results are
+	// kept.
+	CancelOnDisconnect bool
+	Log                *slog.Logger
+}
+
+// Coordinator implements the protocol servers' Builds interfaces.
 type Coordinator struct {
-	store   store.Store
-	builder build.Builder
-	db      *sql.DB
-	logDir  string
-	log     *slog.Logger
-	now     func() time.Time
+	store  store.Store
+	sched  Scheduler
+	db     *sql.DB
+	logDir string
+	log    *slog.Logger
+	opts   Options
+	now    func() time.Time
+
+	mu       sync.Mutex
+	inflight map[storepath.Path]*inflight
+}
+
+// inflight is a build under way, shared by every request for it.
+type inflight struct {
+	id      int64
+	log     *fanout
+	cancel  context.CancelFunc
+	waiters int
+	done    chan struct{}
+	res     *build.Result
+	err     error
 }
 
 // New returns a coordinator. Build records go to db, build logs to files in
-// logDir.
-func New(st store.Store, builder build.Builder, db *sql.DB, logDir string, log *slog.Logger) (*Coordinator, error) {
+// logDir. Builds interrupted by an earlier stop are marked as such.
+func New(st store.Store, sched Scheduler, db *sql.DB, logDir string, opts Options) (*Coordinator, error) {
 	if err := os.MkdirAll(logDir, 0o755); err != nil {
 		return nil, fmt.Errorf("creating log directory: %w", err)
 	}
-	if log == nil {
-		log = slog.Default()
+	if opts.Log == nil {
+		opts.Log = slog.Default()
 	}
-	return &Coordinator{store: st, builder: builder, db: db, logDir: logDir, log: log, now: time.Now}, nil
+	c := &Coordinator{store: st, sched: sched, db: db, logDir: logDir, log: opts.Log, opts: opts, now: time.Now,
+		inflight: map[storepath.Path]*inflight{}}
+	res, err := db.Exec(`UPDATE builds SET error = 'interrupted: nixfarm stopped before the build finished', stopped_at = ?
+		WHERE stopped_at = 0`, c.now().UnixMilli())
+	if err != nil {
+		return nil, fmt.Errorf("marking interrupted builds: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n > 0 {
+		c.log.Warn("builds were interrupted by the last stop; clients that retry will build them again", "builds", n)
+	}
+	return c, nil
 }
 
 // ErrMissingInput is returned when a build's inputs are not in the farm store.
 var ErrMissingInput = errors.New("input is missing from the farm store")
 
-// BuildDerivation implements serveproto.Builds.
+// BuildDerivation builds a BasicDerivation whose inputs are in the farm
+// store, or answers from the store, or joins the same build under way.
 func (c *Coordinator) BuildDerivation(ctx context.Context, req *build.Request) (*build.Result, error) {
 	log := c.log.With("drv", req.DrvPath, "account", req.Account)
 	if err := checkKind(req.DrvPath, req.Drv.Kind()); err != nil {
@@ -80,6 +120,48 @@ func (c *Coordinator) BuildDerivation(ctx context.Context, req *build.Request) (
 		return nil, err
 	}
 
+	c.mu.Lock()
+	f, joined := c.inflight[req.DrvPath]
+	if !joined {
+		f, err = c.startLocked(ctx, req, log)
+		if err != nil {
+			c.mu.Unlock()
+			return nil, err
+		}
+	} else {
+		log.Info("joining the same build under way", "build", f.id)
+	}
+	f.waiters++
+	c.mu.Unlock()
+	unsubscribe := f.log.subscribe(req.Log)
+	defer unsubscribe()
+
+	select {
+	case <-f.done:
+	case <-ctx.Done():
+		c.mu.Lock()
+		f.waiters--
+		if f.waiters == 0 && c.opts.CancelOnDisconnect {
+			f.cancel()
+		}
+		c.mu.Unlock()
+		if !c.opts.CancelOnDisconnect {
+			log.Info("client went away; the build goes on and its result will be kept", "build", f.id)
+		}
+		return nil, ctx.Err()
+	}
+	if f.err != nil {
+		return nil, f.err
+	}
+	res := *f.res
+	if res.Status.Success() {
+		setBasicHash(&res, req.Drv)
+	}
+	return &res, nil
+}
+
+// startLocked records a new build and starts it in the background.
+func (c *Coordinator) startLocked(ctx context.Context, req *build.Request, log *slog.Logger) (*inflight, error) {
 	queued := c.now()
 	id, err := c.insert(ctx, req, queued)
 	if err != nil {
@@ -89,37 +171,34 @@ func (c *Coordinator) BuildDerivation(ctx context.Context, req *build.Request) (
 	if err != nil {
 		return nil, fmt.Errorf("creating build log: %w", err)
 	}
-	defer logFile.Close()
-	tee := &logTee{file: logFile, client: req.Log}
+	// The build belongs to the farm, not to the client that asked first:
+	// unless told otherwise, it outlives that client's connection.
+	buildCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	f := &inflight{id: id, log: newFanout(logFile), cancel: cancel, done: make(chan struct{})}
+	c.inflight[req.DrvPath] = f
 	breq := *req
-	breq.Log = tee
-
-	log.Info("build started", "build", id)
-	res, err := c.builder.Build(ctx, &breq)
-	if err != nil {
-		res = &build.Result{Status: build.MiscFailure, ErrorMsg: err.Error(), StartTime: queued, StopTime: c.now()}
-		log.Warn("build could not run", "build", id, "err", err)
-	} else {
-		log.Info("build finished", "build", id, "status", res.Status, "worker", res.Worker, "duration", res.StopTime.Sub(res.StartTime))
-	}
-	if uerr := c.update(context.WithoutCancel(ctx), id, res, tee.n); uerr != nil {
-		log.Error("recording build", "build", id, "err", uerr)
-	}
-	if err == nil {
-		setBasicHash(res, req.Drv)
-	}
-	return res, err
-}
-
-// setBasicHash names a successful result's realisations after the
-// BasicDerivation as received, as a stock builder does: it cannot know the
-// input derivations.
-func setBasicHash(res *build.Result, drv *derivation.Basic) {
-	if res.Status.Success() && res.HashModulo.IsZero() {
-		if h, err := derivation.HashModulo(drv.Derivation(), nil); err == nil {
-			res.HashModulo = h
+	breq.Log = f.log
+	log.Info("build queued", "build", id)
+	go func() {
+		defer cancel()
+		res, err := c.sched.Schedule(buildCtx, &breq)
+		if err != nil {
+			res = &build.Result{Status: build.MiscFailure, ErrorMsg: err.Error(), StartTime: queued, StopTime: c.now()}
+			log.Warn("build could not run", "build", id, "err", err)
+		} else {
+			log.Info("build finished", "build", id, "status", res.Status, "worker", res.Worker, "duration", res.StopTime.Sub(res.StartTime))
 		}
-	}
+		if uerr := c.update(context.WithoutCancel(ctx), id, res, f.log.size()); uerr != nil {
+			log.Error("recording build", "build", id, "err", uerr)
+		}
+		logFile.Close()
+		c.mu.Lock()
+		delete(c.inflight, req.DrvPath)
+		c.mu.Unlock()
+		f.res, f.err = res, err
+		close(f.done)
+	}()
+	return f, nil
 }
 
 // checkKind refuses derivations whose output paths are known only after
@@ -182,24 +261,14 @@ func (c *Coordinator) record(ctx context.Context, req *build.Request, res *build
 	return id, c.update(ctx, id, res, 0)
 }
 
-// logTee writes a build log to its file and to the client. A client that
-// went away must not stop the log from being kept.
-type logTee struct {
-	mu     sync.Mutex
-	file   io.Writer
-	client io.Writer
-	n      int64
-}
 
-func (t *logTee) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	n, err := t.file.Write(p)
-	t.n += int64(n)
-	if t.client != nil {
-		if _, cerr := t.client.Write(p); cerr != nil {
-			t.client = nil
+// setBasicHash names a successful result's realisations after the
+// BasicDerivation as received, as a stock builder does: it cannot know the
+// input derivations.
+func setBasicHash(res *build.Result, drv *derivation.Basic) {
+	if res.Status.Success() && res.HashModulo.IsZero() {
+		if h, err := derivation.HashModulo(drv.Derivation(), nil); err == nil {
+			res.HashModulo = h
 		}
 	}
-	return n, err
 }

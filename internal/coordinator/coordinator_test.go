@@ -79,7 +79,7 @@ func newFarm(t *testing.T) *farm {
 	t.Helper()
 	st, database, dir := testutil.Store(t)
 	fb := &fakeBuilder{st: st, fail: map[string]bool{}}
-	c, err := coordinator.New(st, fb, database, filepath.Join(dir, "logs"), nil)
+	c, err := coordinator.New(st, testutil.Scheduler(t, fb), database, filepath.Join(dir, "logs"), coordinator.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

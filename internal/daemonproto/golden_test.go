@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/nixfarm/nixfarm/internal/coordinator"
-	"github.com/nixfarm/nixfarm/internal/localworker"
+	"github.com/nixfarm/nixfarm/internal/worker"
 	"github.com/nixfarm/nixfarm/internal/nar"
 	"github.com/nixfarm/nixfarm/internal/testutil"
 )
@@ -207,8 +207,8 @@ func sameModuloTimes(got, want []byte) error {
 func TestGoldenSessions(t *testing.T) {
 	testutil.RequireTools(t, "nix-store")
 	st, database, dir := testutil.Store(t)
-	worker := localworker.New(st, localworker.Config{StoreURI: filepath.Join(dir, "worker-store"), Jobs: 1})
-	coord, err := coordinator.New(st, worker, database, filepath.Join(dir, "logs"), nil)
+	executor := worker.NewExecutor("local", st, &worker.Local{StoreURI: filepath.Join(dir, "worker-store")}, nil)
+	coord, err := coordinator.New(st, testutil.Scheduler(t, executor), database, filepath.Join(dir, "logs"), coordinator.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

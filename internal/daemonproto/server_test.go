@@ -60,7 +60,7 @@ func newFarm(t testing.TB) *farm {
 	t.Helper()
 	st, database, dir := testutil.Store(t)
 	fb := &fakeBuilder{st: st}
-	coord, err := coordinator.New(st, fb, database, filepath.Join(dir, "logs"), nil)
+	coord, err := coordinator.New(st, testutil.Scheduler(t, fb), database, filepath.Join(dir, "logs"), coordinator.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

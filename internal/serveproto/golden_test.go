@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/nixfarm/nixfarm/internal/coordinator"
-	"github.com/nixfarm/nixfarm/internal/localworker"
+	"github.com/nixfarm/nixfarm/internal/worker"
 	"github.com/nixfarm/nixfarm/internal/serveproto"
 	"github.com/nixfarm/nixfarm/internal/testutil"
 )
@@ -41,8 +41,8 @@ func sameModuloTimes(t *testing.T, name string, got, want []byte) {
 func TestGoldenSessions(t *testing.T) {
 	testutil.RequireTools(t, "nix-store")
 	st, database, dir := testutil.Store(t)
-	worker := localworker.New(st, localworker.Config{StoreURI: filepath.Join(dir, "worker-store"), Jobs: 1})
-	coord, err := coordinator.New(st, worker, database, filepath.Join(dir, "logs"), nil)
+	executor := worker.NewExecutor("local", st, &worker.Local{StoreURI: filepath.Join(dir, "worker-store")}, nil)
+	coord, err := coordinator.New(st, testutil.Scheduler(t, executor), database, filepath.Join(dir, "logs"), coordinator.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

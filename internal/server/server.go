@@ -6,36 +6,43 @@ package server
 
 import (
 	"context"
+	"crypto/rand"
 	"database/sql"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
+	"sync"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/nixfarm/nixfarm/internal/agent"
 	"github.com/nixfarm/nixfarm/internal/blob"
-	"github.com/nixfarm/nixfarm/internal/build"
 	"github.com/nixfarm/nixfarm/internal/coordinator"
 	"github.com/nixfarm/nixfarm/internal/daemonproto"
 	"github.com/nixfarm/nixfarm/internal/db"
-	"github.com/nixfarm/nixfarm/internal/localworker"
+	"github.com/nixfarm/nixfarm/internal/scheduler"
 	"github.com/nixfarm/nixfarm/internal/serveproto"
 	"github.com/nixfarm/nixfarm/internal/sshd"
 	"github.com/nixfarm/nixfarm/internal/store"
+	"github.com/nixfarm/nixfarm/internal/worker"
 )
 
 // Config is the configuration of `nixfarm serve`.
 type Config struct {
 	// StateDir holds the database, NAR blobs, logs and the host key.
 	StateDir string
-	// SSHListen is the SSH address, such as ":2222".
+	// SSHListen is the SSH address for clients, such as ":2222".
 	SSHListen string
 	// AuthorizedKeys is an OpenSSH authorized_keys file ("" =
 	// <StateDir>/authorized_keys).
@@ -49,6 +56,19 @@ type Config struct {
 	LocalJobs int
 	// NixStore is the nix-store binary the built-in worker runs.
 	NixStore string
+	// Machines is a Nix machines file of static workers, driven over SSH.
+	Machines string
+	// WorkerListen is the address `nixfarm worker` agents dial ("" = no
+	// agents), and WorkerTokenFile the join token they must present
+	// (created if missing).
+	WorkerListen    string
+	WorkerTokenFile string
+	// HTTPListen serves the API (`nixfarm workers` reads it); "" = none.
+	HTTPListen string
+	// Scheduler tunes placement, retries and grace periods.
+	Scheduler scheduler.Config
+	// CancelOnDisconnect stops a build when its last client goes away.
+	CancelOnDisconnect bool
 	// Version is nixfarm's version, shown to ssh-ng:// clients.
 	Version string
 	Log     *slog.Logger
@@ -60,8 +80,15 @@ type Config struct {
 type Farm struct {
 	cfg     Config
 	db      *sql.DB
+	store   *store.Local
+	sched   *scheduler.Scheduler
 	ssh     *sshd.Server
 	ln      net.Listener
+	agents  *agent.Server
+	agentLn net.Listener
+	token   string
+	httpSrv *http.Server
+	httpLn  net.Listener
 	log     *slog.Logger
 	hostKey ssh.PublicKey
 }
@@ -118,23 +145,27 @@ func (f *Farm) init(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	st := store.NewLocal(f.db, blobs)
-	var builder build.Builder = noWorkers{}
-	if cfg.LocalWorker {
-		builder = localworker.New(st, localworker.Config{
-			StoreURI: cfg.LocalStore, Jobs: cfg.LocalJobs, NixStore: cfg.NixStore, Log: f.log,
-		})
-	}
-	coord, err := coordinator.New(st, builder, f.db, filepath.Join(cfg.StateDir, "logs"), f.log)
-	if err != nil {
-		return err
-	}
 	tmp := filepath.Join(cfg.StateDir, "tmp")
 	if err := os.MkdirAll(tmp, 0o700); err != nil {
 		return err
 	}
-	serve := &serveproto.Server{Store: st, Builds: coord, Log: f.log, TempDir: tmp}
-	daemon := &daemonproto.Server{Store: st, Builds: coord, Log: f.log, TempDir: tmp, NixVersion: "nixfarm-" + cfg.Version}
+	f.store = store.NewLocal(f.db, blobs)
+	schedCfg := cfg.Scheduler
+	schedCfg.Log = f.log
+	f.sched = scheduler.New(schedCfg)
+	if err := f.addLocalWorker(ctx); err != nil {
+		return err
+	}
+	if err := f.addStaticWorkers(tmp); err != nil {
+		return err
+	}
+	coord, err := coordinator.New(f.store, f.sched, f.db, filepath.Join(cfg.StateDir, "logs"),
+		coordinator.Options{CancelOnDisconnect: cfg.CancelOnDisconnect, Log: f.log})
+	if err != nil {
+		return err
+	}
+	serve := &serveproto.Server{Store: f.store, Builds: coord, Log: f.log, TempDir: tmp}
+	daemon := &daemonproto.Server{Store: f.store, Builds: coord, Log: f.log, TempDir: tmp, NixVersion: "nixfarm-" + cfg.Version}
 
 	hostKey, created, err := sshd.LoadOrCreateHostKey(filepath.Join(cfg.StateDir, "ssh_host_ed25519_key"))
 	if err != nil {
@@ -153,11 +184,123 @@ func (f *Farm) init(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if cfg.WorkerListen != "" {
+		if err := f.initAgents(hostKey); err != nil {
+			return err
+		}
+	}
+	if cfg.HTTPListen != "" {
+		f.httpLn, err = net.Listen("tcp", cfg.HTTPListen)
+		if err != nil {
+			return fmt.Errorf("listening for HTTP: %w", err)
+		}
+		f.httpSrv = &http.Server{Handler: f.api(), ReadHeaderTimeout: 10 * time.Second}
+	}
 	f.ln, err = net.Listen("tcp", cfg.SSHListen)
 	if err != nil {
 		return fmt.Errorf("listening for SSH: %w", err)
 	}
 	return nil
+}
+
+// addLocalWorker registers the built-in worker, with what the local Nix
+// says it can build.
+func (f *Farm) addLocalWorker(ctx context.Context) error {
+	if !f.cfg.LocalWorker {
+		return nil
+	}
+	caps := worker.Capabilities{Systems: []string{nixSystem()}, MaxJobs: f.cfg.LocalJobs, SpeedFactor: 1}
+	nc, err := worker.DetectNix(ctx, "")
+	if err != nil {
+		f.log.Warn("could not ask the local Nix what it builds; assuming this machine's system and no features", "err", err)
+	} else {
+		caps.Systems = nc.Systems()
+		caps.SupportedFeatures = nc.SystemFeatures
+	}
+	transport := &worker.Local{NixStore: f.cfg.NixStore, StoreURI: f.cfg.LocalStore}
+	return f.sched.AddWorker(scheduler.Worker{Name: "local", Kind: "local", Caps: caps,
+		Builder: worker.NewExecutor("local", f.store, transport, f.log)})
+}
+
+// addStaticWorkers registers the machines of the machines file.
+func (f *Farm) addStaticWorkers(tmp string) error {
+	if f.cfg.Machines == "" {
+		return nil
+	}
+	machines, err := worker.ReadMachinesFile(f.cfg.Machines, nixSystem())
+	if err != nil {
+		return err
+	}
+	sshOpts := strings.Fields(os.Getenv("NIX_SSHOPTS"))
+	seen := map[string]int{}
+	for _, m := range machines {
+		if m.MaxJobs == 0 {
+			f.log.Warn("machine has max jobs 0; skipping it, as Nix does", "machine", m.URI)
+			continue
+		}
+		name := m.Host
+		if seen[name]++; seen[name] > 1 {
+			name = fmt.Sprintf("%s#%d", name, seen[name])
+		}
+		transport := &worker.SSH{Host: m.Host, Key: m.SSHKey, HostKey: m.HostKey, RemoteProgram: m.RemoteProgram,
+			RemoteStore: m.RemoteStore, Options: sshOpts, TempDir: tmp}
+		if err := f.sched.AddWorker(scheduler.Worker{Name: name, Kind: "static", Caps: m.Capabilities,
+			Builder: worker.NewExecutor(name, f.store, transport, f.log)}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// initAgents starts listening for `nixfarm worker` agents.
+func (f *Farm) initAgents(hostKey ssh.Signer) error {
+	path := f.cfg.WorkerTokenFile
+	if path == "" {
+		path = filepath.Join(f.cfg.StateDir, "worker-token")
+	}
+	token, created, err := loadOrCreateToken(path)
+	if err != nil {
+		return err
+	}
+	if created {
+		f.log.Info("created a worker join token", "path", path)
+	}
+	f.cfg.WorkerTokenFile = path
+	f.token = token
+	f.agents, err = agent.NewServer(agent.ServerConfig{HostKey: hostKey, Token: token, Farm: f.store, Registry: f.sched, Log: f.log})
+	if err != nil {
+		return err
+	}
+	f.agentLn, err = net.Listen("tcp", f.cfg.WorkerListen)
+	if err != nil {
+		return fmt.Errorf("listening for workers: %w", err)
+	}
+	return nil
+}
+
+// loadOrCreateToken reads a join token, creating a random one if the file
+// does not exist.
+func loadOrCreateToken(path string) (string, bool, error) {
+	data, err := os.ReadFile(path)
+	if err == nil {
+		token := strings.TrimSpace(string(data))
+		if len(token) < 16 {
+			return "", false, fmt.Errorf("worker token file %s holds %d characters; a join token needs at least 16", path, len(token))
+		}
+		return token, false, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return "", false, fmt.Errorf("worker token: %w", err)
+	}
+	var b [24]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", false, err
+	}
+	token := hex.EncodeToString(b[:])
+	if err := os.WriteFile(path, []byte(token+"\n"), 0o600); err != nil {
+		return "", false, fmt.Errorf("writing worker token: %w", err)
+	}
+	return token, true, nil
 }
 
 const authorizedKeysHeader = `# nixfarm authorized keys: one OpenSSH public key per line.
@@ -187,15 +330,42 @@ func (f *Farm) Addr() net.Addr { return f.ln.Addr() }
 // HostKey returns the SSH host key.
 func (f *Farm) HostKey() ssh.PublicKey { return f.hostKey }
 
-// Serve runs until ctx ends, then closes everything.
+// Serve runs until ctx ends, then closes everything: the listeners first,
+// then the running builds, then the database.
 func (f *Farm) Serve(ctx context.Context) error {
 	defer f.db.Close()
+	defer f.sched.Close()
 	f.log.Info("nixfarm serving", "ssh", f.ln.Addr().String(), "host_key", ssh.FingerprintSHA256(f.hostKey),
 		"local_worker", f.cfg.LocalWorker, "local_store", f.cfg.LocalStore, "local_jobs", f.cfg.LocalJobs)
 	if f.cfg.Out != nil {
 		f.PrintInstructions(f.cfg.Out)
 	}
-	return f.ssh.Serve(ctx, f.ln)
+	var wg sync.WaitGroup
+	if f.agents != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f.agents.Serve(ctx, f.agentLn); err != nil {
+				f.log.Error("worker listener failed", "err", err)
+			}
+		}()
+		f.log.Info("listening for workers", "addr", f.agentLn.Addr().String(), "token_file", f.cfg.WorkerTokenFile)
+	}
+	if f.httpSrv != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f.httpSrv.Serve(f.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				f.log.Error("HTTP listener failed", "err", err)
+			}
+		}()
+		stop := context.AfterFunc(ctx, func() { f.httpSrv.Close() })
+		defer stop()
+		f.log.Info("serving the API", "url", "http://"+f.httpLn.Addr().String())
+	}
+	err := f.ssh.Serve(ctx, f.ln)
+	wg.Wait()
+	return err
 }
 
 // PrintInstructions writes what a client needs: the builders line with the
@@ -256,6 +426,14 @@ ssh://nixfarm %s - %d 1 - - %s
 		nixSystem(), jobs, hostKeyB64,
 		nixSystem(), jobs, hostKeyB64,
 		hostKeyB64)
+	if f.agentLn != nil {
+		_, port, _ := net.SplitHostPort(f.agentLn.Addr().String())
+		fmt.Fprintf(w, `
+Build machines join the farm with (copy the token file to them):
+
+   nixfarm worker --coordinator %s:%s --token-file %s --coordinator-host-key '%s'
+`, host, port, f.cfg.WorkerTokenFile, ssh.FingerprintSHA256(f.hostKey))
+	}
 }
 
 // nixSystem names this machine's Nix system, e.g. x86_64-linux.
@@ -265,12 +443,4 @@ func nixSystem() string {
 		arch = runtime.GOARCH
 	}
 	return arch + "-" + runtime.GOOS
-}
-
-// noWorkers is the builder when the built-in worker is disabled and no
-// other worker exists.
-type noWorkers struct{}
-
-func (noWorkers) Build(ctx context.Context, req *build.Request) (*build.Result, error) {
-	return nil, fmt.Errorf("no worker can build %s for %s: this farm runs with --local-worker=false and has no other workers", req.DrvPath, req.Drv.Platform)
 }

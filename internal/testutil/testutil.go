@@ -8,6 +8,7 @@ import (
 	"compress/gzip"
 	"context"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,11 +18,14 @@ import (
 	"database/sql"
 
 	"github.com/nixfarm/nixfarm/internal/blob"
+	"github.com/nixfarm/nixfarm/internal/build"
 	"github.com/nixfarm/nixfarm/internal/db"
 	"github.com/nixfarm/nixfarm/internal/derivation"
+	"github.com/nixfarm/nixfarm/internal/scheduler"
 	"github.com/nixfarm/nixfarm/internal/nar"
 	"github.com/nixfarm/nixfarm/internal/store"
 	"github.com/nixfarm/nixfarm/internal/storepath"
+	"github.com/nixfarm/nixfarm/internal/worker"
 )
 
 // RequireTools skips the test with a loud message when a tool is missing,
@@ -132,4 +136,17 @@ func Derivation(t testing.TB, name string, d *derivation.Derivation, resolve der
 		t.Fatal(err)
 	}
 	return drvPath
+}
+
+// Scheduler returns a scheduler with one worker, b, that builds for
+// x86_64-linux, four builds at a time.
+func Scheduler(t testing.TB, b build.Builder) *scheduler.Scheduler {
+	t.Helper()
+	s := scheduler.New(scheduler.Config{Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	t.Cleanup(s.Close)
+	caps := worker.Capabilities{Systems: []string{"x86_64-linux"}, MaxJobs: 4, SpeedFactor: 1}
+	if err := s.AddWorker(scheduler.Worker{Name: "test", Kind: "local", Caps: caps, Builder: b}); err != nil {
+		t.Fatal(err)
+	}
+	return s
 }

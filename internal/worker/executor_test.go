@@ -1,4 +1,4 @@
-package localworker_test
+package worker_test
 
 import (
 	"bytes"
@@ -11,7 +11,7 @@ import (
 
 	"github.com/nixfarm/nixfarm/internal/build"
 	"github.com/nixfarm/nixfarm/internal/derivation"
-	"github.com/nixfarm/nixfarm/internal/localworker"
+	"github.com/nixfarm/nixfarm/internal/worker"
 	"github.com/nixfarm/nixfarm/internal/nar"
 	"github.com/nixfarm/nixfarm/internal/nixhash"
 	"github.com/nixfarm/nixfarm/internal/store"
@@ -68,7 +68,7 @@ func TestBuild(t *testing.T) {
 	testutil.RequireTools(t, "nix-store")
 	st, _, dir := testutil.Store(t)
 	bb := addBusybox(t, st)
-	w := localworker.New(st, localworker.Config{StoreURI: filepath.Join(dir, "worker"), Jobs: 2})
+	w := worker.NewExecutor("local", st, &worker.Local{StoreURI: filepath.Join(dir, "worker")}, nil)
 	ctx := context.Background()
 
 	drvPath, drv := basic(t, bb, "worker-test", "echo building; echo "+string(bb)+" > $out")
@@ -109,7 +109,7 @@ func TestBuild(t *testing.T) {
 
 func TestMissingNix(t *testing.T) {
 	st, _, _ := testutil.Store(t)
-	w := localworker.New(st, localworker.Config{NixStore: "/nonexistent/nix-store"})
+	w := worker.NewExecutor("local", st, &worker.Local{NixStore: "/nonexistent/nix-store"}, nil)
 	_, drv := basic(t, storepath.Path("/nix/store/"+strings.Repeat("b", 32)+"-bb"), "x", "true")
 	_, err := w.Build(context.Background(), &build.Request{DrvPath: storepath.Path("/nix/store/" + strings.Repeat("d", 32) + "-x.drv"), Drv: drv})
 	if err == nil || !strings.Contains(err.Error(), "/nonexistent/nix-store") {

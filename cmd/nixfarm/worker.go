@@ -1,0 +1,212 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"runtime"
+	"slices"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nixfarm/nixfarm/internal/agent"
+	"github.com/nixfarm/nixfarm/internal/scheduler"
+	"github.com/nixfarm/nixfarm/internal/worker"
+)
+
+// listFlag is a comma-separated list that knows whether it was set, so
+// that an explicit empty list overrides the default.
+type listFlag struct {
+	set    bool
+	values []string
+}
+
+func (l *listFlag) String() string { return strings.Join(l.values, ",") }
+func (l *listFlag) Set(s string) error {
+	l.set = true
+	l.values = nil
+	for _, v := range strings.Split(s, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			l.values = append(l.values, v)
+		}
+	}
+	return nil
+}
+
+func workerCmd(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("nixfarm worker", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	hostname, _ := os.Hostname()
+	coordinator := fs.String("coordinator", "", "host:port of the coordinator's --worker-listen address (required)")
+	tokenFile := fs.String("token-file", "", "file holding the coordinator's join token (required)")
+	hostKey := fs.String("coordinator-host-key", "", "the coordinator's SSH host key (key line, base64, or SHA256 fingerprint); unset accepts any")
+	name := fs.String("name", hostname, "this worker's name on the farm")
+	storeURI := fs.String("store", "", "Nix store URI to build in (default: this machine's store)")
+	nixStore := fs.String("nix-store", "nix-store", "nix-store binary")
+	var systems, features, mandatory listFlag
+	fs.Var(&systems, "systems", "systems this worker builds for, comma-separated (default: the local Nix's system and extra-platforms)")
+	fs.Var(&features, "features", "supported system features (default: the local Nix's system-features)")
+	fs.Var(&mandatory, "mandatory-features", "features every derivation this worker takes must require")
+	maxJobs := fs.Int("max-jobs", runtime.NumCPU(), "builds run at once")
+	speed := fs.Float64("speed-factor", 1, "how fast this worker is relative to others")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: nixfarm worker --coordinator HOST:PORT --token-file FILE [flags]\n\nJoins a farm as a build machine. It dials out to the coordinator, so it works behind NAT.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	if code, ok := parseFlags(fs, args, stderr); !ok {
+		return code
+	}
+	log, ok := newLogger(*logLevel, stderr)
+	if !ok {
+		return 2
+	}
+	if *coordinator == "" || *tokenFile == "" {
+		fmt.Fprintln(stderr, "nixfarm worker: --coordinator and --token-file are required")
+		return 2
+	}
+	data, err := os.ReadFile(*tokenFile)
+	if err != nil {
+		fmt.Fprintf(stderr, "nixfarm worker: reading the join token: %v\n", err)
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	caps := worker.Capabilities{Systems: systems.values, SupportedFeatures: features.values, MandatoryFeatures: mandatory.values,
+		MaxJobs: *maxJobs, SpeedFactor: *speed}
+	native := ""
+	if nc, err := worker.DetectNix(ctx, ""); err == nil {
+		native = nc.System
+		if !systems.set {
+			caps.Systems = nc.Systems()
+		}
+		if !features.set {
+			caps.SupportedFeatures = nc.SystemFeatures
+		}
+	} else if !systems.set {
+		fmt.Fprintf(stderr, "nixfarm worker: %v; pass --systems (and --features)\n", err)
+		return 1
+	} else {
+		native = systems.values[0]
+	}
+	slices.Sort(caps.SupportedFeatures)
+	a, err := agent.New(agent.Config{
+		Coordinator: *coordinator, Token: strings.TrimSpace(string(data)), CoordinatorHostKey: *hostKey,
+		Name: *name, Version: version, Caps: caps,
+		Local: &worker.Local{NixStore: *nixStore, StoreURI: *storeURI, Options: caps.Settings(native)},
+		Log:   log,
+	})
+	if err != nil {
+		fmt.Fprintf(stderr, "nixfarm worker: %v\n", err)
+		return 2
+	}
+	log.Info("nixfarm worker starting", "name", *name, "coordinator", *coordinator, "store", *storeURI, "capabilities", caps.String(), "max_jobs", caps.MaxJobs)
+	if err := a.Run(ctx); err != nil {
+		fmt.Fprintf(stderr, "nixfarm worker: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func workersCmd(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("nixfarm workers", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	url := fs.String("url", "http://127.0.0.1:2280", "the coordinator's HTTP API (its --http-listen)")
+	asJSON := fs.Bool("json", false, "print JSON")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: nixfarm workers [--json] [--url URL]\n\nLists the farm's workers: state, systems, features, running builds, last heartbeat.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	if code, ok := parseFlags(fs, args, stderr); !ok {
+		return code
+	}
+	client := &http.Client{Timeout: 10 * time.Second}
+	resp, err := client.Get(strings.TrimSuffix(*url, "/") + "/api/v1/workers")
+	if err != nil {
+		fmt.Fprintf(stderr, "nixfarm workers: %v\n(is `nixfarm serve` running with --http-listen at %s?)\n", err, *url)
+		return 1
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		fmt.Fprintf(stderr, "nixfarm workers: %s answered %s\n", *url, resp.Status)
+		return 1
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		fmt.Fprintf(stderr, "nixfarm workers: %v\n", err)
+		return 1
+	}
+	if *asJSON {
+		stdout.Write(body)
+		return 0
+	}
+	var list struct {
+		Workers []scheduler.WorkerInfo `json:"workers"`
+		Queued  int                    `json:"queued"`
+	}
+	if err := json.Unmarshal(body, &list); err != nil {
+		fmt.Fprintf(stderr, "nixfarm workers: %v\n", err)
+		return 1
+	}
+	tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tKIND\tSTATE\tSYSTEMS\tFEATURES\tMANDATORY\tRUNNING\tBUILT\tLAST HEARTBEAT")
+	for _, w := range list.Workers {
+		running := fmt.Sprintf("%d/%d", len(w.Running), w.Capabilities.MaxJobs)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", w.Name, w.Kind, w.State,
+			strings.Join(w.Capabilities.Systems, ","), dash(w.Capabilities.SupportedFeatures), dash(w.Capabilities.MandatoryFeatures),
+			running, w.Built, ago(w.LastHeartbeat, w.Kind))
+	}
+	tw.Flush()
+	fmt.Fprintf(stdout, "%d workers, %d builds queued\n", len(list.Workers), list.Queued)
+	return 0
+}
+
+func dash(ss []string) string {
+	if len(ss) == 0 {
+		return "-"
+	}
+	return strings.Join(ss, ",")
+}
+
+func ago(t time.Time, kind string) string {
+	if kind != "agent" {
+		return "-"
+	}
+	return time.Since(t).Round(time.Second).String() + " ago"
+}
+
+// parseFlags parses flags; ok is false when the command should exit with
+// code (0 for --help).
+func parseFlags(fs *flag.FlagSet, args []string, stderr io.Writer) (code int, ok bool) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0, false
+		}
+		return 2, false
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "%s: unexpected arguments: %s\n", fs.Name(), strings.Join(fs.Args(), " "))
+		return 2, false
+	}
+	return 0, true
+}
+
+func newLogger(level string, stderr io.Writer) (*slog.Logger, bool) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		fmt.Fprintf(stderr, "--log-level: %v\n", err)
+		return nil, false
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: l}))
+	slog.SetDefault(log)
+	return log, true
+}

@@ -1,0 +1,105 @@
+// Package agent is the protocol between the coordinator and the
+// `nixfarm worker` agents that dial in to it, both ends.
+//
+// An agent connects out to the coordinator over SSH (so it works behind
+// NAT), authenticates with the join token as its password and its name as
+// its user, and opens a control channel on which it registers its
+// capabilities and sends heartbeats. For each build the coordinator opens
+// a channel back to the agent, on which the agent runs
+// `nix-store --serve --write` against its own Nix store; the coordinator
+// drives it with the same serve-protocol executor it uses for every other
+// worker, so inputs go over only if the worker lacks them, logs stream
+// live, and outputs come back verified. The coordinator can run nothing
+// else on the agent.
+package agent
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net"
+	"regexp"
+	"strings"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/nixfarm/nixfarm/internal/scheduler"
+	"github.com/nixfarm/nixfarm/internal/worker"
+)
+
+// SSH channel types of the protocol.
+const (
+	controlChannel = "nixfarm-control@nixfarm"
+	buildChannel   = "nixfarm-serve@nixfarm"
+)
+
+// message is one line on the control channel.
+type message struct {
+	Type string `json:"type"` // register, welcome, heartbeat, error
+
+	// register
+	Name         string               `json:"name,omitempty"`
+	Version      string               `json:"version,omitempty"`
+	Capabilities *worker.Capabilities `json:"capabilities,omitempty"`
+
+	// welcome
+	HeartbeatSeconds int `json:"heartbeatSeconds,omitempty"`
+
+	// heartbeat
+	Load *scheduler.Load `json:"load,omitempty"`
+
+	// error
+	Message string `json:"message,omitempty"`
+}
+
+func encode(m message) []byte {
+	b, _ := json.Marshal(m)
+	return append(b, '\n')
+}
+
+// buildOptions travel with each build channel.
+type buildOptions struct {
+	Cores int `json:"cores,omitempty"`
+}
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+// ValidName checks a worker name: 1 to 64 letters, digits, '.', '_' or '-'.
+func ValidName(name string) error {
+	if !nameRE.MatchString(name) {
+		return fmt.Errorf("worker name %q: use 1 to 64 letters, digits, '.', '_' and '-'", name)
+	}
+	return nil
+}
+
+// HostKeyCallback checks the coordinator's host key against want, which
+// may be an OpenSSH public key line, its base64 (as in machines files) or
+// a SHA256 fingerprint. An empty want accepts any key.
+func HostKeyCallback(want string) (ssh.HostKeyCallback, error) {
+	want = strings.TrimSpace(want)
+	if want == "" {
+		return ssh.InsecureIgnoreHostKey(), nil
+	}
+	if strings.HasPrefix(want, "SHA256:") {
+		return func(host string, remote net.Addr, key ssh.PublicKey) error {
+			if got := ssh.FingerprintSHA256(key); got != want {
+				return fmt.Errorf("the coordinator's host key is %s, not the expected %s", got, want)
+			}
+			return nil
+		}, nil
+	}
+	line := want
+	if !strings.Contains(want, " ") {
+		decoded, err := base64.StdEncoding.DecodeString(want)
+		if err != nil {
+			return nil, fmt.Errorf("coordinator host key %q is neither a key line, its base64, nor a SHA256 fingerprint", want)
+		}
+		line = string(decoded)
+	}
+	expected, _, _, _, err := ssh.ParseAuthorizedKey([]byte(line))
+	if err != nil {
+		return nil, fmt.Errorf("coordinator host key: %w", err)
+	}
+	return ssh.FixedHostKey(expected), nil
+}
+

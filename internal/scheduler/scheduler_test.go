@@ -1,0 +1,304 @@
+package scheduler_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nixfarm/nixfarm/internal/build"
+	"github.com/nixfarm/nixfarm/internal/derivation"
+	"github.com/nixfarm/nixfarm/internal/scheduler"
+	"github.com/nixfarm/nixfarm/internal/storepath"
+	"github.com/nixfarm/nixfarm/internal/worker"
+)
+
+// fake is a builder whose builds wait for release (or finish at once when
+// release is nil) and that records what it ran.
+type fake struct {
+	name    string
+	mu      sync.Mutex
+	started []string
+	release chan struct{}
+	fail    error
+	block   bool // wait for the context to end
+}
+
+func (f *fake) Build(ctx context.Context, req *build.Request) (*build.Result, error) {
+	f.mu.Lock()
+	f.started = append(f.started, req.Drv.Name)
+	rel, failErr, block := f.release, f.fail, f.block
+	f.mu.Unlock()
+	if block {
+		<-ctx.Done()
+		return nil, context.Cause(ctx)
+	}
+	if rel != nil {
+		select {
+		case <-rel:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("cancelled: %w", context.Cause(ctx))
+		}
+	}
+	if failErr != nil {
+		return nil, failErr
+	}
+	return &build.Result{Status: build.Built, Worker: f.name}, nil
+}
+
+func (f *fake) names() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.started...)
+}
+
+func caps(systems, supported, mandatory string, jobs int, speed float64) worker.Capabilities {
+	split := func(s string) []string {
+		if s == "" {
+			return nil
+		}
+		return strings.Split(s, ",")
+	}
+	return worker.Capabilities{Systems: split(systems), SupportedFeatures: split(supported), MandatoryFeatures: split(mandatory), MaxJobs: jobs, SpeedFactor: speed}
+}
+
+func request(name, system, features, account string) *build.Request {
+	drv := &derivation.Basic{Name: name, Platform: system, Env: map[string]string{}}
+	if features != "" {
+		drv.Env["requiredSystemFeatures"] = strings.ReplaceAll(features, ",", " ")
+	}
+	return &build.Request{DrvPath: storepath.Path("/nix/store/" + strings.Repeat("d", 32) + "-" + name + ".drv"), Drv: drv, Account: account}
+}
+
+func newScheduler(t *testing.T, cfg scheduler.Config) *scheduler.Scheduler {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	s := scheduler.New(cfg)
+	t.Cleanup(s.Close)
+	return s
+}
+
+func TestRouting(t *testing.T) {
+	s := newScheduler(t, scheduler.Config{UnbuildableGrace: 50 * time.Millisecond})
+	a, b, c := &fake{name: "a"}, &fake{name: "b"}, &fake{name: "c"}
+	s.AddWorker(scheduler.Worker{Name: "a", Caps: caps("x86_64-linux", "", "", 4, 1), Builder: a})
+	s.AddWorker(scheduler.Worker{Name: "b", Caps: caps("x86_64-linux,aarch64-linux", "big-parallel", "", 4, 1), Builder: b})
+	s.AddWorker(scheduler.Worker{Name: "c", Caps: caps("x86_64-linux", "", "benchmark", 4, 1), Builder: c})
+	for _, tc := range []struct{ name, system, features, want string }{
+		{"arm", "aarch64-linux", "", "b"},
+		{"parallel", "x86_64-linux", "big-parallel", "b"},
+		{"bench", "x86_64-linux", "benchmark", "c"},
+	} {
+		res, err := s.Schedule(context.Background(), request(tc.name, tc.system, tc.features, "alice"))
+		if err != nil || res.Worker != tc.want {
+			t.Errorf("%s went to %v (%v), want %s", tc.name, res, err, tc.want)
+		}
+	}
+	for i := 0; i < 20; i++ {
+		res, err := s.Schedule(context.Background(), request(fmt.Sprint("plain", i), "x86_64-linux", "", "alice"))
+		if err != nil || res.Worker == "c" {
+			t.Fatalf("a plain build went to %v (%v); c takes only benchmark builds", res, err)
+		}
+	}
+	// Nothing can build riscv64: it fails after the grace, naming what it
+	// needs and what the farm has.
+	res, err := s.Schedule(context.Background(), request("riscv", "riscv64-linux", "kvm", "alice"))
+	if err != nil || res.Status.Success() {
+		t.Fatalf("riscv: %+v %v", res, err)
+	}
+	for _, want := range []string{"'riscv64-linux' machine", "{kvm}", "3 workers", "b (x86_64-linux,aarch64-linux; features big-parallel)", "c (x86_64-linux; mandatory benchmark)"} {
+		if !strings.Contains(res.ErrorMsg, want) {
+			t.Errorf("message lacks %q:\n%s", want, res.ErrorMsg)
+		}
+	}
+}
+
+func TestUnbuildableWaitsForAWorker(t *testing.T) {
+	s := newScheduler(t, scheduler.Config{UnbuildableGrace: 10 * time.Second})
+	done := make(chan *build.Result, 1)
+	go func() {
+		res, _ := s.Schedule(context.Background(), request("late", "aarch64-linux", "", "alice"))
+		done <- res
+	}()
+	time.Sleep(100 * time.Millisecond)
+	s.AddWorker(scheduler.Worker{Name: "arm", Caps: caps("aarch64-linux", "", "", 1, 1), Builder: &fake{name: "arm"}})
+	select {
+	case res := <-done:
+		if res == nil || res.Worker != "arm" {
+			t.Errorf("result %+v", res)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the build did not go to the worker that joined")
+	}
+}
+
+func TestChoiceBySpeedAndLoad(t *testing.T) {
+	s := newScheduler(t, scheduler.Config{})
+	rel := make(chan struct{})
+	slow, fast := &fake{name: "slow", release: rel}, &fake{name: "fast", release: rel}
+	s.AddWorker(scheduler.Worker{Name: "slow", Caps: caps("x86_64-linux", "", "", 2, 1), Builder: slow})
+	s.AddWorker(scheduler.Worker{Name: "fast", Caps: caps("x86_64-linux", "", "", 2, 4), Builder: fast})
+	var wg sync.WaitGroup
+	for i := 0; i < 4; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.Schedule(context.Background(), request(fmt.Sprint("b", i), "x86_64-linux", "", "alice"))
+		}()
+		waitFor(t, func() bool { return len(slow.names())+len(fast.names()) == i+1 })
+	}
+	// load/speed: fast takes the 1st (0/4) and 2nd (1/4 < 0/1? no: 0 < 0.25,
+	// so slow takes the 2nd), then fast (1/4 < 1/1), then slow.
+	if len(fast.names()) != 2 || len(slow.names()) != 2 {
+		t.Errorf("fast ran %v, slow ran %v", fast.names(), slow.names())
+	}
+	if fast.names()[0] != "b0" {
+		t.Errorf("the first build went to %v / %v; the faster worker should take it", fast.names(), slow.names())
+	}
+	close(rel)
+	wg.Wait()
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// With one slot, a second account's builds do not wait for all of the
+// first account's.
+func TestFairnessBetweenAccounts(t *testing.T) {
+	s := newScheduler(t, scheduler.Config{})
+	rel := make(chan struct{})
+	w := &fake{name: "w", release: rel}
+	s.AddWorker(scheduler.Worker{Name: "w", Caps: caps("x86_64-linux", "", "", 1, 1), Builder: w})
+	var wg sync.WaitGroup
+	submit := func(name, account string) {
+		wg.Add(1)
+		go func() { defer wg.Done(); s.Schedule(context.Background(), request(name, "x86_64-linux", "", account)) }()
+	}
+	for i := 0; i < 10; i++ {
+		submit(fmt.Sprint("big", i), "big")
+	}
+	waitFor(t, func() bool { return s.Queued() == 9 })
+	submit("small0", "small")
+	submit("small1", "small")
+	waitFor(t, func() bool { return s.Queued() == 11 })
+	for i := 0; i < 5; i++ {
+		rel <- struct{}{}
+	}
+	waitFor(t, func() bool { return len(w.names()) >= 5 })
+	started := strings.Join(w.names()[:5], " ")
+	if !strings.Contains(started, "small0") || !strings.Contains(started, "small1") {
+		t.Errorf("the small account waited behind the big one: %s", started)
+	}
+	close(rel)
+	wg.Wait()
+}
+
+func TestRetryElsewhereAndQuarantine(t *testing.T) {
+	s := newScheduler(t, scheduler.Config{RetryBackoff: 10 * time.Millisecond, QuarantineAfter: 2, QuarantineFor: time.Hour})
+	bad := &fake{name: "bad", fail: errors.New("disk full")}
+	good := &fake{name: "good"}
+	s.AddWorker(scheduler.Worker{Name: "bad", Caps: caps("x86_64-linux", "", "", 4, 100), Builder: bad})
+	s.AddWorker(scheduler.Worker{Name: "good", Caps: caps("x86_64-linux", "", "", 4, 1), Builder: good})
+	for i := 0; i < 2; i++ {
+		res, err := s.Schedule(context.Background(), request(fmt.Sprint("r", i), "x86_64-linux", "", "alice"))
+		if err != nil || res.Worker != "good" {
+			t.Fatalf("build %d: %+v %v", i, res, err)
+		}
+	}
+	// bad failed twice: quarantined, though it is the fastest.
+	res, _ := s.Schedule(context.Background(), request("after", "x86_64-linux", "", "alice"))
+	if res.Worker != "good" || len(bad.names()) != 2 {
+		t.Errorf("after quarantine: %+v; bad ran %v", res, bad.names())
+	}
+	for _, info := range s.Workers() {
+		if info.Name == "bad" && info.State != "quarantined" {
+			t.Errorf("bad is %s", info.State)
+		}
+	}
+}
+
+func TestAttemptsAreBounded(t *testing.T) {
+	s := newScheduler(t, scheduler.Config{RetryBackoff: time.Millisecond, MaxAttempts: 3, QuarantineAfter: 100})
+	w := &fake{name: "w", fail: errors.New("connection refused")}
+	s.AddWorker(scheduler.Worker{Name: "w", Caps: caps("x86_64-linux", "", "", 1, 1), Builder: w})
+	res, err := s.Schedule(context.Background(), request("doomed", "x86_64-linux", "", "alice"))
+	if err != nil || res.Status.Success() || !strings.Contains(res.ErrorMsg, "3 times") || !strings.Contains(res.ErrorMsg, "connection refused") {
+		t.Errorf("%+v %v", res, err)
+	}
+	if n := len(w.names()); n != 3 {
+		t.Errorf("%d attempts", n)
+	}
+}
+
+func TestWorkerLossRequeues(t *testing.T) {
+	s := newScheduler(t, scheduler.Config{RetryBackoff: time.Millisecond})
+	lost := &fake{name: "lost", block: true}
+	s.AddWorker(scheduler.Worker{Name: "lost", Caps: caps("x86_64-linux", "", "", 1, 10), Builder: lost})
+	done := make(chan *build.Result, 1)
+	go func() {
+		res, _ := s.Schedule(context.Background(), request("survivor", "x86_64-linux", "", "alice"))
+		done <- res
+	}()
+	waitFor(t, func() bool { return len(lost.names()) == 1 })
+	s.AddWorker(scheduler.Worker{Name: "other", Caps: caps("x86_64-linux", "", "", 1, 1), Builder: &fake{name: "other"}})
+	s.RemoveWorker("lost", errors.New("heartbeat timed out"))
+	select {
+	case res := <-done:
+		if res == nil || res.Worker != "other" {
+			t.Errorf("result %+v", res)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the build was not moved to the other worker")
+	}
+}
+
+func TestWatchdog(t *testing.T) {
+	s := newScheduler(t, scheduler.Config{WatchdogGrace: 10 * time.Millisecond})
+	s.AddWorker(scheduler.Worker{Name: "hung", Caps: caps("x86_64-linux", "", "", 2, 1), Builder: &fake{name: "hung", block: true}})
+	req := request("slow", "x86_64-linux", "", "alice")
+	req.Options.Timeout = 50 * time.Millisecond
+	res, err := s.Schedule(context.Background(), req)
+	if err != nil || res.Status != build.TimedOut || !strings.Contains(res.ErrorMsg, "timed out after") {
+		t.Errorf("timeout: %+v %v", res, err)
+	}
+	req = request("quiet", "x86_64-linux", "", "alice")
+	req.Options.MaxSilentTime = 50 * time.Millisecond
+	res, err = s.Schedule(context.Background(), req)
+	if err != nil || res.Status != build.TimedOut || !strings.Contains(res.ErrorMsg, "of silence") {
+		t.Errorf("silence: %+v %v", res, err)
+	}
+}
+
+func TestCancelWhileQueued(t *testing.T) {
+	s := newScheduler(t, scheduler.Config{})
+	rel := make(chan struct{})
+	s.AddWorker(scheduler.Worker{Name: "w", Caps: caps("x86_64-linux", "", "", 1, 1), Builder: &fake{name: "w", release: rel}})
+	go s.Schedule(context.Background(), request("first", "x86_64-linux", "", "alice"))
+	waitFor(t, func() bool { return s.Workers()[0].State == "full" })
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { _, err := s.Schedule(ctx, request("second", "x86_64-linux", "", "bob")); errc <- err }()
+	waitFor(t, func() bool { return s.Queued() == 1 })
+	cancel()
+	if err := <-errc; !errors.Is(err, context.Canceled) {
+		t.Errorf("err %v", err)
+	}
+	if s.Queued() != 0 {
+		t.Errorf("%d still queued", s.Queued())
+	}
+	close(rel)
+}
