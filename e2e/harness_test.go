@@ -87,6 +87,10 @@ type farm struct {
 	port        string
 	hostKeyB64  string
 	extraArgs   []string
+	env         []string // extra environment for the farm process
+	apiURL      string   // the HTTP API
+	tokenFile   string   // the workers' join token
+	workerAddr  string   // where agents dial, if enabled
 
 	cmd    *exec.Cmd
 	mu     sync.Mutex
@@ -97,6 +101,12 @@ type farm struct {
 // startFarm starts nixfarm serve on 127.0.0.1 with a fresh state dir, a
 // client key authorized for account "alice", and a chroot worker store.
 func startFarm(t *testing.T, extraArgs ...string) *farm {
+	t.Helper()
+	return startFarmEnv(t, nil, extraArgs...)
+}
+
+// startFarmEnv is startFarm with extra environment for the farm process.
+func startFarmEnv(t *testing.T, env []string, extraArgs ...string) *farm {
 	t.Helper()
 	dir := t.TempDir()
 	f := &farm{
@@ -109,6 +119,7 @@ func startFarm(t *testing.T, extraArgs ...string) *farm {
 		sshConfig:   filepath.Join(dir, "ssh_config"),
 		port:        "0",
 		extraArgs:   extraArgs,
+		env:         env,
 	}
 	pub := writeKey(t, f.clientKey)
 	authorize(t, f.keysFile, pub, "alice")
@@ -155,6 +166,8 @@ func authorize(t *testing.T, file string, key ssh.PublicKey, account string) {
 var (
 	builderLineRE = regexp.MustCompile(`(?m)^ssh://nixfarm (\S+) - (\d+) 1 - - (\S+)$`)
 	portRE        = regexp.MustCompile(`(?m)^\s+Port (\d+)$`)
+	apiRE         = regexp.MustCompile(`msg="serving the API" url=(\S+)`)
+	workerAddrRE  = regexp.MustCompile(`msg="listening for workers" addr=(\S+)`)
 )
 
 func (f *farm) start() {
@@ -170,6 +183,7 @@ func (f *farm) start() {
 		"--log-level", "debug",
 	}, f.extraArgs...)
 	cmd := exec.Command(nixfarmBin, args...)
+	cmd.Env = append(os.Environ(), f.env...)
 	pr, pw := io.Pipe()
 	cmd.Stdout, cmd.Stderr = pw, pw
 	if err := cmd.Start(); err != nil {
@@ -186,7 +200,7 @@ func (f *farm) start() {
 			f.output.WriteString(sc.Text() + "\n")
 			out := f.output.String()
 			f.mu.Unlock()
-			if builderLineRE.MatchString(out) && portRE.MatchString(out) {
+			if builderLineRE.MatchString(out) && portRE.MatchString(out) && apiRE.MatchString(out) {
 				once.Do(func() { close(ready) })
 			}
 		}
@@ -208,6 +222,12 @@ func (f *farm) start() {
 	f.hostKeyB64 = m[len(m)-1][3]
 	ports := portRE.FindAllStringSubmatch(out, -1)
 	f.port = ports[len(ports)-1][1]
+	if m := apiRE.FindAllStringSubmatch(out, -1); m != nil {
+		f.apiURL = m[len(m)-1][1]
+	}
+	if m := workerAddrRE.FindAllStringSubmatch(out, -1); m != nil {
+		f.workerAddr = m[len(m)-1][1]
+	}
 	cfg := fmt.Sprintf(`Host nixfarm
     HostName 127.0.0.1
     Port %s

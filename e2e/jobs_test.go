@@ -12,7 +12,7 @@ func TestLocalJobsLimit(t *testing.T) {
 	f := startFarm(t, "--local-jobs", "1")
 	c := newClient(t)
 	file := c.expr("jobs", `map (i: mk { name = "job-${toString i}"; args = ["-c" "sleep 0.3; echo ${toString i} > $out"]; }) [ 1 2 3 4 ]`)
-	outs := c.mustBuild(f, "ssh", file, "-j", "4")
+	outs := c.mustBuild(f, "ssh", file)
 	if len(outs) != 4 {
 		t.Fatalf("outputs %v", outs)
 	}

@@ -102,4 +102,3 @@ func HostKeyCallback(want string) (ssh.HostKeyCallback, error) {
 	}
 	return ssh.FixedHostKey(expected), nil
 }
-

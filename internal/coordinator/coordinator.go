@@ -51,6 +51,7 @@ type Coordinator struct {
 
 	mu       sync.Mutex
 	inflight map[storepath.Path]*inflight
+	running  sync.WaitGroup // background builds
 }
 
 // inflight is a build under way, shared by every request for it.
@@ -179,7 +180,9 @@ func (c *Coordinator) startLocked(ctx context.Context, req *build.Request, log *
 	breq := *req
 	breq.Log = f.log
 	log.Info("build queued", "build", id)
+	c.running.Add(1)
 	go func() {
+		defer c.running.Done()
 		defer cancel()
 		res, err := c.sched.Schedule(buildCtx, &breq)
 		if err != nil {
@@ -200,6 +203,10 @@ func (c *Coordinator) startLocked(ctx context.Context, req *build.Request, log *
 	}()
 	return f, nil
 }
+
+// Wait waits until every build under way is recorded. Call it after the
+// scheduler is closed, before the database is.
+func (c *Coordinator) Wait() { c.running.Wait() }
 
 // checkKind refuses derivations whose output paths are known only after
 // the build (floating content-addressed, impure, deferred).
@@ -260,7 +267,6 @@ func (c *Coordinator) record(ctx context.Context, req *build.Request, res *build
 	}
 	return id, c.update(ctx, id, res, 0)
 }
-
 
 // setBasicHash names a successful result's realisations after the
 // BasicDerivation as received, as a stock builder does: it cannot know the

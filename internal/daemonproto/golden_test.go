@@ -13,9 +13,9 @@ import (
 	"time"
 
 	"github.com/nixfarm/nixfarm/internal/coordinator"
-	"github.com/nixfarm/nixfarm/internal/worker"
 	"github.com/nixfarm/nixfarm/internal/nar"
 	"github.com/nixfarm/nixfarm/internal/testutil"
+	"github.com/nixfarm/nixfarm/internal/worker"
 )
 
 // cursor decodes a recorded stream field by field, so that each reply's

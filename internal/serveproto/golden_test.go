@@ -10,9 +10,9 @@ import (
 	"time"
 
 	"github.com/nixfarm/nixfarm/internal/coordinator"
-	"github.com/nixfarm/nixfarm/internal/worker"
 	"github.com/nixfarm/nixfarm/internal/serveproto"
 	"github.com/nixfarm/nixfarm/internal/testutil"
+	"github.com/nixfarm/nixfarm/internal/worker"
 )
 
 // sameModuloTimes compares two serve-protocol streams word by word (every

@@ -82,11 +82,11 @@ type Farm struct {
 	db      *sql.DB
 	store   *store.Local
 	sched   *scheduler.Scheduler
+	coord   *coordinator.Coordinator
 	ssh     *sshd.Server
 	ln      net.Listener
 	agents  *agent.Server
 	agentLn net.Listener
-	token   string
 	httpSrv *http.Server
 	httpLn  net.Listener
 	log     *slog.Logger
@@ -164,6 +164,7 @@ func (f *Farm) init(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	f.coord = coord
 	serve := &serveproto.Server{Store: f.store, Builds: coord, Log: f.log, TempDir: tmp}
 	daemon := &daemonproto.Server{Store: f.store, Builds: coord, Log: f.log, TempDir: tmp, NixVersion: "nixfarm-" + cfg.Version}
 
@@ -266,7 +267,6 @@ func (f *Farm) initAgents(hostKey ssh.Signer) error {
 		f.log.Info("created a worker join token", "path", path)
 	}
 	f.cfg.WorkerTokenFile = path
-	f.token = token
 	f.agents, err = agent.NewServer(agent.ServerConfig{HostKey: hostKey, Token: token, Farm: f.store, Registry: f.sched, Log: f.log})
 	if err != nil {
 		return err
@@ -334,6 +334,7 @@ func (f *Farm) HostKey() ssh.PublicKey { return f.hostKey }
 // then the running builds, then the database.
 func (f *Farm) Serve(ctx context.Context) error {
 	defer f.db.Close()
+	defer f.coord.Wait()
 	defer f.sched.Close()
 	f.log.Info("nixfarm serving", "ssh", f.ln.Addr().String(), "host_key", ssh.FingerprintSHA256(f.hostKey),
 		"local_worker", f.cfg.LocalWorker, "local_store", f.cfg.LocalStore, "local_jobs", f.cfg.LocalJobs)

@@ -300,4 +300,3 @@ func (f *lineForwarder) tail() string {
 	defer f.mu.Unlock()
 	return strings.Join(f.last, "; ")
 }
-

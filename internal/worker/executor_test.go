@@ -11,12 +11,12 @@ import (
 
 	"github.com/nixfarm/nixfarm/internal/build"
 	"github.com/nixfarm/nixfarm/internal/derivation"
-	"github.com/nixfarm/nixfarm/internal/worker"
 	"github.com/nixfarm/nixfarm/internal/nar"
 	"github.com/nixfarm/nixfarm/internal/nixhash"
 	"github.com/nixfarm/nixfarm/internal/store"
 	"github.com/nixfarm/nixfarm/internal/storepath"
 	"github.com/nixfarm/nixfarm/internal/testutil"
+	"github.com/nixfarm/nixfarm/internal/worker"
 )
 
 // addBusybox puts a directory holding /bin/busybox and bin/sh into the farm

@@ -112,4 +112,3 @@ func shellJoin(words []string) string {
 	}
 	return strings.Join(quoted, " ")
 }
-
