@@ -43,7 +43,7 @@ type message struct {
 	Capabilities *worker.Capabilities `json:"capabilities,omitempty"`
 
 	// welcome
-	HeartbeatSeconds int `json:"heartbeatSeconds,omitempty"`
+	HeartbeatMillis int64 `json:"heartbeatMillis,omitempty"`
 
 	// heartbeat
 	Load *scheduler.Load `json:"load,omitempty"`

@@ -143,7 +143,7 @@ func (a *Agent) session(ctx context.Context, hostKey ssh.HostKeyCallback) error 
 	if m.Type != "welcome" {
 		return fmt.Errorf("unexpected %q from the coordinator", m.Type)
 	}
-	interval := time.Duration(max(m.HeartbeatSeconds, 1)) * time.Second
+	interval := time.Duration(max(m.HeartbeatMillis, 10)) * time.Millisecond
 	a.cfg.Log.Info("registered with the coordinator", "coordinator", a.cfg.Coordinator, "capabilities", caps.String(), "max_jobs", caps.MaxJobs)
 
 	// Messages from the coordinator after the welcome are errors only.

@@ -238,7 +238,7 @@ func (s *Server) session(ctx context.Context, sc *ssh.ServerConn, ch ssh.Channel
 	var lost error
 	defer func() { s.cfg.Registry.RemoveWorker(name, lost) }()
 	log.Info("worker registered", "version", reg.Version, "capabilities", caps.String(), "max_jobs", caps.MaxJobs)
-	if _, err := ch.Write(encode(message{Type: "welcome", HeartbeatSeconds: int(s.cfg.HeartbeatInterval / time.Second)})); err != nil {
+	if _, err := ch.Write(encode(message{Type: "welcome", HeartbeatMillis: s.cfg.HeartbeatInterval.Milliseconds()})); err != nil {
 		lost = err
 		return err
 	}

@@ -96,8 +96,14 @@ func parseMachine(line, thisSystem string) (Machine, error) {
 	set := func(i int) bool { return len(f) > i && f[i] != "-" && f[i] != "" }
 	m := Machine{Capabilities: Capabilities{Systems: []string{thisSystem}, MaxJobs: 1, SpeedFactor: 1}}
 	m.URI = f[0]
-	if !strings.Contains(m.URI, "://") {
+	// As Nix: a bare host gets ssh://, but not paths or store words.
+	special := m.URI == "auto" || m.URI == "daemon" || m.URI == "local" || strings.HasPrefix(m.URI, "?") ||
+		strings.HasPrefix(m.URI, "auto?") || strings.HasPrefix(m.URI, "daemon?") || strings.HasPrefix(m.URI, "local?")
+	if !strings.Contains(m.URI, "://") && !strings.Contains(m.URI, "/") && !special {
 		m.URI = "ssh://" + m.URI
+	}
+	if !strings.Contains(m.URI, "://") {
+		return m, fmt.Errorf("machine %q: nixfarm drives static workers over ssh:// and ssh-ng://, not the store %q", line, m.URI)
 	}
 	u, err := url.Parse(m.URI)
 	if err != nil {
