@@ -254,5 +254,4 @@ func b64(s string) string {
 	return strings.TrimRight(encodeStd(s), "")
 }
 
-
 func encodeStd(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }

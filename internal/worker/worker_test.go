@@ -26,8 +26,8 @@ func TestCanBuild(t *testing.T) {
 		{b, "builtin", nil, true},
 		{b, "x86_64-linux", []string{"kvm", "big-parallel"}, true},
 		{b, "x86_64-linux", []string{"benchmark"}, false},
-		{c, "x86_64-linux", nil, false},                      // mandatory not required
-		{c, "x86_64-linux", []string{"benchmark"}, true},     // mandatory counts as supported
+		{c, "x86_64-linux", nil, false},                  // mandatory not required
+		{c, "x86_64-linux", []string{"benchmark"}, true}, // mandatory counts as supported
 		{c, "x86_64-linux", []string{"benchmark", "kvm"}, false},
 	} {
 		if got := tc.caps.CanBuild(tc.system, tc.required); got != tc.want {
