@@ -321,3 +321,51 @@ func (f *farm) countBuiltLike(s string) int {
 	f.db().QueryRow(`SELECT count(*) FROM builds WHERE drv_path LIKE ? AND status = 0`, "%"+s+"%").Scan(&n)
 	return n
 }
+
+// A client that disconnects mid-build: the build goes on and its result
+// is kept, so the next request is answered from the farm store.
+func TestClientDisconnectBuildGoesOn(t *testing.T) {
+	f := startFarm(t)
+	c := newClient(t)
+	file := c.expr("orphan", `mk { name = "orphan"; args = ["-c" "sleep 3; echo kept > $out"]; }`)
+	drv := c.instantiate(file)[0]
+	cmd := exec.Command("nix-build", "--store", c.store, "--option", "substituters", "", "--max-jobs", "0",
+		"--builders", f.builders("ssh-ng"), "--no-out-link", file)
+	cmd.Env = append(os.Environ(), "NIX_SSHOPTS=-F "+f.sshConfig)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for running := false; !running; {
+		for _, w := range f.workers() {
+			running = running || len(w.Running) > 0
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the build did not start:\n%s", f.logs())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// The client goes away: nix-build, its build hook and its ssh.
+	cmd.Process.Kill()
+	cmd.Wait()
+	exec.Command("pkill", "-KILL", "-f", f.sshConfig).Run()
+
+	for f.builtCount(drv) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the abandoned build was not finished and kept:\n%s", f.logs())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !strings.Contains(f.logs(), "client went away; the build goes on") {
+		t.Errorf("the farm did not note the disconnect")
+	}
+	c2 := newClient(t)
+	file2 := c2.expr("orphan", `mk { name = "orphan"; args = ["-c" "sleep 3; echo kept > $out"]; }`)
+	outs := c2.mustBuild(f, "ssh-ng", file2)
+	if got := c2.read(outs[0]); got != "kept\n" {
+		t.Errorf("output %q", got)
+	}
+	if n := f.builtCount(drv); n != 1 {
+		t.Errorf("built %d times", n)
+	}
+}

@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 fuzztime=${FUZZTIME:-4s}
-packages=(nix-bin busybox-static openssh-client)
+packages=(nix-bin busybox-static openssh-client openssh-server)
 
 missing=()
 for p in "${packages[@]}"; do

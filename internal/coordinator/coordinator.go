@@ -204,6 +204,17 @@ func (c *Coordinator) startLocked(ctx context.Context, req *build.Request, log *
 	return f, nil
 }
 
+// Waiting returns how many requests wait for the build of drvPath under
+// way (0 if none is).
+func (c *Coordinator) Waiting(drvPath storepath.Path) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if f, ok := c.inflight[drvPath]; ok {
+		return f.waiters
+	}
+	return 0
+}
+
 // Wait waits until every build under way is recorded. Call it after the
 // scheduler is closed, before the database is.
 func (c *Coordinator) Wait() { c.running.Wait() }

@@ -207,3 +207,118 @@ func TestBuildDerivationChecks(t *testing.T) {
 		t.Errorf("build record: worker %q, log %d bytes", worker, logBytes)
 	}
 }
+
+// blockingBuilder builds only when released, and reports cancellation.
+type blockingBuilder struct {
+	fakeBuilder
+	started   chan struct{}
+	release   chan struct{}
+	cancelled chan struct{}
+}
+
+func (b *blockingBuilder) Build(ctx context.Context, req *build.Request) (*build.Result, error) {
+	b.started <- struct{}{}
+	select {
+	case <-b.release:
+		return b.fakeBuilder.Build(ctx, req)
+	case <-ctx.Done():
+		close(b.cancelled)
+		return nil, ctx.Err()
+	}
+}
+
+func TestDisconnectedClientsBuildGoesOn(t *testing.T) {
+	for _, cancelOnDisconnect := range []bool{false, true} {
+		st, database, dir := testutil.Store(t)
+		bb := &blockingBuilder{fakeBuilder: fakeBuilder{st: st, fail: map[string]bool{}},
+			started: make(chan struct{}, 1), release: make(chan struct{}), cancelled: make(chan struct{})}
+		c, err := coordinator.New(st, testutil.Scheduler(t, bb), database, filepath.Join(dir, "logs"), coordinator.Options{CancelOnDisconnect: cancelOnDisconnect})
+		if err != nil {
+			t.Fatal(err)
+		}
+		src := storepath.Path("/nix/store/" + strings.Repeat("s", 32) + "-source")
+		addFile(t, st, src, "source", nil)
+		f := &farm{st: st, db: database, coord: c, src: src}
+		drvPath := f.addDrv(t, "abandoned", []string{"out"}, nil)
+		d, _ := store.ReadDerivation(context.Background(), st, drvPath)
+
+		ctx, cancel := context.WithCancel(context.Background())
+		errc := make(chan error, 1)
+		go func() {
+			_, err := c.BuildDerivation(ctx, &build.Request{DrvPath: drvPath, Drv: d.Basic("abandoned", nil), Account: "alice"})
+			errc <- err
+		}()
+		<-bb.started
+		cancel() // the client goes away
+		if err := <-errc; !errors.Is(err, context.Canceled) {
+			t.Fatalf("BuildDerivation after the client left: %v", err)
+		}
+		if cancelOnDisconnect {
+			select {
+			case <-bb.cancelled:
+			case <-time.After(5 * time.Second):
+				t.Fatal("with CancelOnDisconnect the build was not cancelled")
+			}
+			continue
+		}
+		close(bb.release)
+		out := storepath.Path(d.Outputs["out"].Path)
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			var status int
+			database.QueryRow(`SELECT status FROM builds WHERE drv_path = ?`, string(drvPath)).Scan(&status)
+			if _, err := st.QueryPathInfo(context.Background(), out); err == nil && status == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the abandoned build's result was not kept")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		c.Wait()
+	}
+}
+
+// Requests for a derivation under way join it: one build, one record,
+// and every waiter gets the log from its start.
+func TestJoinBuildUnderWay(t *testing.T) {
+	st, database, dir := testutil.Store(t)
+	bb := &blockingBuilder{fakeBuilder: fakeBuilder{st: st, fail: map[string]bool{}},
+		started: make(chan struct{}, 4), release: make(chan struct{}), cancelled: make(chan struct{})}
+	c, _ := coordinator.New(st, testutil.Scheduler(t, bb), database, filepath.Join(dir, "logs"), coordinator.Options{})
+	src := storepath.Path("/nix/store/" + strings.Repeat("s", 32) + "-source")
+	addFile(t, st, src, "source", nil)
+	f := &farm{st: st, db: database, coord: c, src: src}
+	drvPath := f.addDrv(t, "popular", []string{"out"}, nil)
+	d, _ := store.ReadDerivation(context.Background(), st, drvPath)
+
+	var wg sync.WaitGroup
+	logs := make([]*bytes.Buffer, 3)
+	for i := range logs {
+		logs[i] = &bytes.Buffer{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, err := c.BuildDerivation(context.Background(), &build.Request{DrvPath: drvPath, Drv: d.Basic("popular", nil), Account: fmt.Sprint("client", i), Log: logs[i]})
+			if err != nil || res.Status != build.Built {
+				t.Errorf("client %d: %+v %v", i, res, err)
+			}
+		}()
+	}
+	<-bb.started
+	for c.Waiting(drvPath) < 3 {
+		time.Sleep(time.Millisecond)
+	}
+	close(bb.release)
+	wg.Wait()
+	var rows int
+	database.QueryRow(`SELECT count(*) FROM builds WHERE drv_path = ?`, string(drvPath)).Scan(&rows)
+	if rows != 1 || len(bb.built) != 1 {
+		t.Errorf("%d records, %d builds; want 1 and 1", rows, len(bb.built))
+	}
+	for i, l := range logs {
+		if !strings.Contains(l.String(), "building popular") {
+			t.Errorf("client %d's log: %q", i, l.String())
+		}
+	}
+}
