@@ -79,7 +79,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&cfg.CancelOnDisconnect, "cancel-on-disconnect", false, "stop a build when every client waiting for it has gone (default: finish it and keep the result)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: nixfarm serve [flags]\n\nRuns the farm. Stock Nix clients build through it with an ssh:// builder.\n\nFlags:\n")
+		fmt.Fprintf(stderr, "Usage: nixfarm serve [flags]\n\nRuns the farm: the SSH endpoint stock Nix clients build through (ssh-ng:// or ssh://),\nthe farm store, the scheduler and its workers.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	if code, ok := parseFlags(fs, args, stderr); !ok {

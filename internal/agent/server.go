@@ -16,6 +16,7 @@ import (
 
 	"github.com/nixfarm/nixfarm/internal/build"
 	"github.com/nixfarm/nixfarm/internal/scheduler"
+	"github.com/nixfarm/nixfarm/internal/sshd"
 	"github.com/nixfarm/nixfarm/internal/store"
 	"github.com/nixfarm/nixfarm/internal/worker"
 )
@@ -47,7 +48,6 @@ type Server struct {
 
 	mu     sync.Mutex
 	agents map[string]*agentConn
-	wg     sync.WaitGroup
 }
 
 type agentConn struct {
@@ -88,28 +88,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 
 // Serve accepts agents until ctx ends, then drops them all.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	stop := context.AfterFunc(ctx, func() { ln.Close() })
-	defer stop()
-	for {
-		nc, err := ln.Accept()
-		if err != nil {
-			if ctx.Err() != nil {
-				s.wg.Wait()
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(10 * time.Millisecond)
-				continue
-			}
-			return err
-		}
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			s.handle(ctx, nc)
-		}()
-	}
+	return sshd.Accept(ctx, ln, func(nc net.Conn) { s.handle(ctx, nc) })
 }
 
 func (s *Server) handle(ctx context.Context, nc net.Conn) {

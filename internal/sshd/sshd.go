@@ -53,7 +53,6 @@ type Server struct {
 	keys *keyFile
 	log  *slog.Logger
 	ssh  *ssh.ServerConfig
-	wg   sync.WaitGroup
 }
 
 // New returns a server. It reads the authorized_keys file once to report
@@ -109,14 +108,22 @@ func (s *Server) HostKey() ssh.PublicKey { return s.cfg.HostKey.PublicKey() }
 // Serve accepts connections until ctx ends or the listener fails. It waits
 // for open connections to finish before returning.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	return Accept(ctx, ln, func(conn net.Conn) { s.handleConn(ctx, conn) })
+}
+
+// Accept runs handle for each connection ln accepts, each on its own
+// goroutine, until ctx ends or the listener fails, backing off on
+// temporary errors. It returns once every handler has returned.
+func Accept(ctx context.Context, ln net.Listener, handle func(net.Conn)) error {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	var tempDelay time.Duration
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
 			if ctx.Err() != nil {
-				s.wg.Wait()
 				return nil
 			}
 			var ne net.Error
@@ -128,10 +135,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			return err
 		}
 		tempDelay = 0
-		s.wg.Add(1)
+		wg.Add(1)
 		go func() {
-			defer s.wg.Done()
-			s.handleConn(ctx, conn)
+			defer wg.Done()
+			handle(conn)
 		}()
 	}
 }
