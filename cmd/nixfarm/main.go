@@ -22,6 +22,7 @@ Usage:
   nixfarm serve [flags]     run the farm: SSH endpoint, farm store, scheduler, built-in worker
   nixfarm worker [flags]    run a build machine that joins a farm
   nixfarm workers [flags]   list a farm's workers
+  nixfarm bench [flags]     compare nixfarm with stock Nix remote builds on this machine
   nixfarm version           print the version
   nixfarm help [command]    show a command's flags
 `
@@ -44,6 +45,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return workerCmd(args[1:], stdout, stderr)
 	case "workers":
 		return workersCmd(args[1:], stdout, stderr)
+	case "bench":
+		return benchCmd(args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "nixfarm", version)
 		return 0

@@ -109,16 +109,20 @@ func (s *session) run(ctx context.Context, stream *Stream, req *build.Request) (
 	stop := context.AfterFunc(ctx, func() { stream.Stdin.Close() })
 	defer stop()
 	var err error
+	t0 := time.Now()
 	if s.client, err = serveproto.NewClient(stream.Stdout, stream.Stdin); err != nil {
 		return nil, fmt.Errorf("talking to nix-store --serve: %w", err)
 	}
+	t1 := time.Now()
 	if err := s.sendInputs(ctx, req); err != nil {
 		return nil, err
 	}
+	t2 := time.Now()
 	res, err := s.client.BuildDerivation(req.DrvPath, req.Drv, req.Options)
 	if err != nil {
 		return nil, err
 	}
+	t3 := time.Now()
 	if !res.Status.Success() {
 		return res, nil
 	}
@@ -126,6 +130,8 @@ func (s *session) run(ctx context.Context, stream *Stream, req *build.Request) (
 	if err := s.fetchOutputs(ctx, req, outputs); err != nil {
 		return nil, err
 	}
+	s.e.log.Debug("build phases", "drv", req.DrvPath, "handshake", t1.Sub(t0), "inputs", t2.Sub(t1),
+		"build", t3.Sub(t2), "outputs", time.Since(t3))
 	res.Outputs = outputs
 	return res, nil
 }
