@@ -297,4 +297,3 @@ func (e *env) s7(ctx context.Context) ([]Result, error) {
 	return []Result{{Scenario: "S7 remote-store mode: S3's fan-out", Protocol: "ssh-ng", Unit: "s", Values: values,
 		Target: "≤ 2 × local", Met: met}}, nil
 }
-

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/nixfarm/nixfarm/internal/build"
+	dbpkg "github.com/nixfarm/nixfarm/internal/db"
 	"github.com/nixfarm/nixfarm/internal/derivation"
 	"github.com/nixfarm/nixfarm/internal/store"
 	"github.com/nixfarm/nixfarm/internal/storepath"
@@ -27,7 +28,9 @@ import (
 
 // Scheduler places builds on workers.
 type Scheduler interface {
-	Schedule(ctx context.Context, req *build.Request) (*build.Result, error)
+	// Submit queues a build and returns at once. done is called exactly
+	// once, on a goroutine of its own, when the build ends or ctx is done.
+	Submit(ctx context.Context, req *build.Request, done func(*build.Result, error))
 }
 
 // Options tune the coordinator.
@@ -43,6 +46,7 @@ type Options struct {
 type Coordinator struct {
 	store  store.Store
 	sched  Scheduler
+	writes *dbpkg.Group // build records, group-committed
 	db     *sql.DB
 	logDir string
 	log    *slog.Logger
@@ -56,8 +60,8 @@ type Coordinator struct {
 
 // inflight is a build under way, shared by every request for it.
 type inflight struct {
-	id      int64
 	log     *fanout
+	ctx     context.Context // the build's own, detached from clients
 	cancel  context.CancelFunc
 	waiters int
 	done    chan struct{}
@@ -74,7 +78,7 @@ func New(st store.Store, sched Scheduler, db *sql.DB, logDir string, opts Option
 	if opts.Log == nil {
 		opts.Log = slog.Default()
 	}
-	c := &Coordinator{store: st, sched: sched, db: db, logDir: logDir, log: opts.Log, opts: opts, now: time.Now,
+	c := &Coordinator{store: st, sched: sched, db: db, writes: dbpkg.NewGroup(db), logDir: logDir, log: opts.Log, opts: opts, now: time.Now,
 		inflight: map[storepath.Path]*inflight{}}
 	res, err := db.Exec(`UPDATE builds SET error = 'interrupted: nixfarm stopped before the build finished', stopped_at = ?
 		WHERE stopped_at = 0`, c.now().UnixMilli())
@@ -124,16 +128,15 @@ func (c *Coordinator) BuildDerivation(ctx context.Context, req *build.Request) (
 	c.mu.Lock()
 	f, joined := c.inflight[req.DrvPath]
 	if !joined {
-		f, err = c.startLocked(ctx, req, log)
-		if err != nil {
-			c.mu.Unlock()
-			return nil, err
-		}
-	} else {
-		log.Info("joining the same build under way", "build", f.id)
+		f = c.registerLocked(ctx, req)
 	}
 	f.waiters++
 	c.mu.Unlock()
+	if joined {
+		log.Info("joining the same build under way")
+	} else {
+		c.start(ctx, req, f, log)
+	}
 	unsubscribe := f.log.subscribe(req.Log)
 	defer unsubscribe()
 
@@ -147,7 +150,7 @@ func (c *Coordinator) BuildDerivation(ctx context.Context, req *build.Request) (
 		}
 		c.mu.Unlock()
 		if !c.opts.CancelOnDisconnect {
-			log.Info("client went away; the build goes on and its result will be kept", "build", f.id)
+			log.Info("client went away; the build goes on and its result will be kept")
 		}
 		return nil, ctx.Err()
 	}
@@ -161,47 +164,60 @@ func (c *Coordinator) BuildDerivation(ctx context.Context, req *build.Request) (
 	return &res, nil
 }
 
-// startLocked records a new build and starts it in the background.
-func (c *Coordinator) startLocked(ctx context.Context, req *build.Request, log *slog.Logger) (*inflight, error) {
-	queued := c.now()
-	id, err := c.insert(ctx, req, queued)
-	if err != nil {
-		return nil, err
-	}
-	logFile, err := os.Create(c.logPath(id))
-	if err != nil {
-		return nil, fmt.Errorf("creating build log: %w", err)
-	}
+// registerLocked makes req the build under way for its derivation, so
+// that the same request from other clients joins it.
+func (c *Coordinator) registerLocked(ctx context.Context, req *build.Request) *inflight {
 	// The build belongs to the farm, not to the client that asked first:
 	// unless told otherwise, it outlives that client's connection.
-	buildCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	f := &inflight{id: id, log: newFanout(logFile), cancel: cancel, done: make(chan struct{})}
+	f := &inflight{log: newFanout(), done: make(chan struct{})}
+	f.ctx, f.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	c.inflight[req.DrvPath] = f
+	return f
+}
+
+// end finishes f with err (res nil) or res, and lets the derivation be
+// built again.
+func (c *Coordinator) end(drvPath storepath.Path, f *inflight, res *build.Result, err error) {
+	f.cancel()
+	c.mu.Lock()
+	delete(c.inflight, drvPath)
+	c.mu.Unlock()
+	f.res, f.err = res, err
+	close(f.done)
+}
+
+// start records the build registered as f and queues it. The record is
+// written outside c.mu, so that records of builds arriving together are
+// committed together.
+func (c *Coordinator) start(ctx context.Context, req *build.Request, f *inflight, log *slog.Logger) {
+	queued := c.now()
+	id, err := c.insert(context.WithoutCancel(ctx), req, queued)
+	if err != nil {
+		c.end(req.DrvPath, f, nil, err)
+		return
+	}
+	f.log.setPath(c.logPath(id))
+	log = log.With("build", id)
 	breq := *req
 	breq.Log = f.log
-	log.Info("build queued", "build", id)
+	log.Info("build queued")
 	c.running.Add(1)
-	go func() {
+	c.sched.Submit(f.ctx, &breq, func(res *build.Result, err error) {
 		defer c.running.Done()
-		defer cancel()
-		res, err := c.sched.Schedule(buildCtx, &breq)
 		if err != nil {
 			res = &build.Result{Status: build.MiscFailure, ErrorMsg: err.Error(), StartTime: queued, StopTime: c.now()}
-			log.Warn("build could not run", "build", id, "err", err)
+			log.Warn("build could not run", "err", err)
 		} else {
-			log.Info("build finished", "build", id, "status", res.Status, "worker", res.Worker, "duration", res.StopTime.Sub(res.StartTime))
+			log.Info("build finished", "status", res.Status, "worker", res.Worker, "duration", res.StopTime.Sub(res.StartTime))
 		}
 		if uerr := c.update(context.WithoutCancel(ctx), id, res, f.log.size()); uerr != nil {
-			log.Error("recording build", "build", id, "err", uerr)
+			log.Error("recording build", "err", uerr)
 		}
-		logFile.Close()
-		c.mu.Lock()
-		delete(c.inflight, req.DrvPath)
-		c.mu.Unlock()
-		f.res, f.err = res, err
-		close(f.done)
-	}()
-	return f, nil
+		if err := f.log.close(); err != nil {
+			log.Warn("writing build log", "err", err)
+		}
+		c.end(req.DrvPath, f, res, nil)
+	})
 }
 
 // Waiting returns how many requests wait for the build of drvPath under
@@ -253,7 +269,7 @@ func outputList(outputs map[string]storepath.Path) string {
 }
 
 func (c *Coordinator) insert(ctx context.Context, req *build.Request, queued time.Time) (int64, error) {
-	res, err := c.db.ExecContext(ctx,
+	res, err := c.writes.Exec(ctx,
 		`INSERT INTO builds (drv_path, account, status, queued_at) VALUES (?, ?, ?, ?)`,
 		string(req.DrvPath), req.Account, int64(build.MiscFailure), queued.UnixMilli())
 	if err != nil {
@@ -263,7 +279,7 @@ func (c *Coordinator) insert(ctx context.Context, req *build.Request, queued tim
 }
 
 func (c *Coordinator) update(ctx context.Context, id int64, res *build.Result, logBytes int64) error {
-	_, err := c.db.ExecContext(ctx,
+	_, err := c.writes.Exec(ctx,
 		`UPDATE builds SET worker = ?, status = ?, error = ?, outputs = ?, started_at = ?, stopped_at = ?, log_bytes = ? WHERE id = ?`,
 		res.Worker, int64(res.Status), res.ErrorMsg, outputList(res.Outputs),
 		res.StartTime.UnixMilli(), res.StopTime.UnixMilli(), logBytes, id)
@@ -272,11 +288,15 @@ func (c *Coordinator) update(ctx context.Context, id int64, res *build.Result, l
 
 // record stores a build that needed no builder.
 func (c *Coordinator) record(ctx context.Context, req *build.Request, res *build.Result, at time.Time) (int64, error) {
-	id, err := c.insert(ctx, req, at)
+	r, err := c.writes.Exec(ctx,
+		`INSERT INTO builds (drv_path, account, worker, status, error, outputs, queued_at, started_at, stopped_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		string(req.DrvPath), req.Account, res.Worker, int64(res.Status), res.ErrorMsg, outputList(res.Outputs),
+		at.UnixMilli(), res.StartTime.UnixMilli(), res.StopTime.UnixMilli())
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("recording build: %w", err)
 	}
-	return id, c.update(ctx, id, res, 0)
+	return r.LastInsertId()
 }
 
 // setBasicHash names a successful result's realisations after the

@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"errors"
 	"io"
 	"os"
 	"sync"
@@ -8,31 +9,52 @@ import (
 
 // fanout writes a build's log to its file and to every client following
 // the build. A client that joins late first gets what was written so far;
-// a client that goes away does not stop the log from being kept.
+// a client that goes away does not stop the log from being kept. The
+// file is created on the first write, so a queued build holds no file
+// descriptor.
 type fanout struct {
 	mu   sync.Mutex
+	path string
 	file *os.File
+	err  error // from creating the file
 	subs map[*subscriber]bool
 	n    int64
 }
 
 type subscriber struct{ w io.Writer }
 
-func newFanout(file *os.File) *fanout {
-	return &fanout{file: file, subs: map[*subscriber]bool{}}
+func newFanout() *fanout {
+	return &fanout{subs: map[*subscriber]bool{}}
 }
 
+// setPath names the file the log goes to, before the build runs.
+func (f *fanout) setPath(path string) {
+	f.mu.Lock()
+	f.path = path
+	f.mu.Unlock()
+}
+
+// Write never fails: a log file that cannot be written is reported when
+// the build ends, and clients following the build still get every byte.
 func (f *fanout) Write(p []byte) (int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	n, err := f.file.Write(p)
-	f.n += int64(n)
+	if f.file == nil && f.err == nil && f.path != "" {
+		f.file, f.err = os.Create(f.path)
+	}
+	if f.file != nil && f.err == nil {
+		n, err := f.file.Write(p)
+		f.n += int64(n)
+		if err != nil {
+			f.err = err
+		}
+	}
 	for s := range f.subs {
 		if _, err := s.w.Write(p); err != nil {
 			delete(f.subs, s)
 		}
 	}
-	return n, err
+	return len(p), nil
 }
 
 // subscribe starts copying the log to w, beginning with what the log
@@ -44,7 +66,7 @@ func (f *fanout) subscribe(w io.Writer) func() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.n > 0 {
-		if past, err := os.Open(f.file.Name()); err == nil {
+		if past, err := os.Open(f.path); err == nil {
 			io.Copy(w, io.LimitReader(past, f.n))
 			past.Close()
 		}
@@ -62,4 +84,16 @@ func (f *fanout) size() int64 {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.n
+}
+
+// close closes the log file, if one was written.
+func (f *fanout) close() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	err := f.err
+	if f.file != nil {
+		err = errors.Join(err, f.file.Close())
+	}
+	f.file, f.err = nil, errors.New("build log closed")
+	return err
 }

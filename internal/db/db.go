@@ -51,6 +51,8 @@ var migrations = []string{
 	CREATE INDEX builds_drv_path ON builds(drv_path);`,
 }
 
+const maxConns = 8
+
 // Open opens (creating if needed) the SQLite database at path and applies
 // pending migrations. Writers take the lock at BEGIN, so concurrent write
 // transactions queue instead of failing.
@@ -66,6 +68,12 @@ func Open(ctx context.Context, path string) (*sql.DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening database %s: %w", path, err)
 	}
+	// Opening a connection costs as much as hundreds of queries (the
+	// pragmas, the schema read), so connections are kept, not churned.
+	// SQLite takes one writer at a time anyway; a few connections let
+	// readers run beside it.
+	d.SetMaxOpenConns(maxConns)
+	d.SetMaxIdleConns(maxConns)
 	if err := migrate(ctx, d); err != nil {
 		d.Close()
 		return nil, fmt.Errorf("migrating database %s: %w", path, err)

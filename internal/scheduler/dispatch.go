@@ -116,15 +116,9 @@ func (s *Scheduler) expireUnbuildableLocked(now time.Time) {
 				s.cfg.Log.Info("no worker can build these yet; waiting for one to join", "system", c.system,
 					"features", c.required, "grace", s.cfg.UnbuildableGrace)
 			}
-			q.each(func(j *job) {
-				since := j.enqueued
-				if c.unbuildableSince.After(since) {
-					since = c.unbuildableSince
-				}
-				if now.Sub(since) >= s.cfg.UnbuildableGrace {
-					failed = append(failed, j)
-				}
-			})
+			if now.Sub(c.unbuildableSince) >= s.cfg.UnbuildableGrace {
+				failed = q.waitedSince(now.Add(-s.cfg.UnbuildableGrace), failed)
+			}
 		}
 	}
 	for _, j := range failed {
@@ -279,4 +273,3 @@ func (w *watchdog) watch(d time.Duration, fire func()) func() {
 	}()
 	return func() { close(stop) }
 }
-

@@ -88,6 +88,33 @@ func (q *classQueue) empty() bool {
 	return q.head >= len(q.jobs)
 }
 
+// waitedSince appends to dst the queued builds enqueued at or before t.
+// New builds are in the order they came, so it looks no further than the
+// first younger one.
+func (q *classQueue) waitedSince(t time.Time, dst []*job) []*job {
+	for _, j := range q.retries {
+		if !j.enqueued.After(t) {
+			dst = append(dst, j)
+		}
+	}
+	for _, j := range q.jobs[q.head:] {
+		if j.removed {
+			continue
+		}
+		if j.enqueued.After(t) {
+			break
+		}
+		dst = append(dst, j)
+	}
+	return dst
+}
+
+// accountQueue is one account's queued builds, by class.
+type accountQueue struct {
+	classes map[string]*classQueue
+	order   []string // class keys in the order they first appeared
+}
+
 // each calls f for every queued build, in no particular order.
 func (q *classQueue) each(f func(*job)) {
 	for _, j := range q.retries {
@@ -99,10 +126,3 @@ func (q *classQueue) each(f func(*job)) {
 		}
 	}
 }
-
-// accountQueue is one account's queued builds, by class.
-type accountQueue struct {
-	classes map[string]*classQueue
-	order   []string // class keys in the order they first appeared
-}
-
