@@ -68,6 +68,9 @@ type Options struct {
 	KeepFailed    bool
 	// Cores is the builder's NIX_BUILD_CORES; 0 leaves the worker's own.
 	Cores int
+	// KeepGoing, for a request of several builds, waits for every build
+	// rather than answering at the first failure.
+	KeepGoing bool
 }
 
 // Request asks for one derivation to be built.

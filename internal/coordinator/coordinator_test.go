@@ -39,9 +39,16 @@ type fakeBuilder struct {
 	mu    sync.Mutex
 	built []string
 	fail  map[string]bool // drv names that fail
+	// hold, if set, is called first and may block the build.
+	hold func(ctx context.Context, name string) error
 }
 
 func (b *fakeBuilder) Build(ctx context.Context, req *build.Request) (*build.Result, error) {
+	if b.hold != nil {
+		if err := b.hold(ctx, req.Drv.Name); err != nil {
+			return nil, err
+		}
+	}
 	b.mu.Lock()
 	b.built = append(b.built, req.Drv.Name)
 	b.mu.Unlock()

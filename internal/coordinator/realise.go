@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/nixfarm/nixfarm/internal/build"
 	"github.com/nixfarm/nixfarm/internal/derivation"
@@ -19,37 +20,83 @@ import (
 // Realise makes each derived path valid: opaque paths must be in the farm
 // store; derivations, whose .drv closures must be in the farm store, are
 // built after their input derivations unless their outputs are valid
-// already. It returns one result per path. A failed build is a result; an
-// error means the request itself could not be served.
+// already. Independent derivations build at once, as far as the workers
+// allow. It returns one result per path. A failed build is a result; an
+// error means the request itself could not be served. Unless
+// opts.KeepGoing, it returns as soon as a build fails, with the paths not
+// finished by then reported as not built (their builds go on in the farm).
 func (c *Coordinator) Realise(ctx context.Context, paths []build.DerivedPath, opts build.Options, account string, logs build.Logs) ([]*build.Result, error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 	r := c.newRealiser(ctx, opts, account, logs)
-	results := make([]*build.Result, 0, len(paths))
-	for _, p := range paths {
-		if !p.Built {
-			results = append(results, c.opaque(ctx, p.Path))
-			continue
-		}
-		res, err := r.realise(ctx, p.Path)
-		if err != nil {
-			return nil, err
-		}
-		wanted := *res
-		if res.Status.Success() {
-			wanted.Outputs = map[string]storepath.Path{}
-			for name, out := range res.Outputs {
-				if p.Wants(name) {
-					wanted.Outputs[name] = out
-				}
+	type outcome struct {
+		i   int
+		res *build.Result
+		err error
+	}
+	outcomes := make(chan outcome, len(paths))
+	for i, p := range paths {
+		go func() {
+			if !p.Built {
+				outcomes <- outcome{i, c.opaque(ctx, p.Path), nil}
+				return
 			}
-			for _, name := range p.Outputs {
-				if _, ok := res.Outputs[name]; !ok {
-					return nil, fmt.Errorf("derivation %s has no output %q", p.Path, name)
-				}
+			res, err := r.realise(ctx, p.Path)
+			if err == nil {
+				res, err = wantedOutputs(p, res)
+			}
+			outcomes <- outcome{i, res, err}
+		}()
+	}
+	results := make([]*build.Result, len(paths))
+	var failed *build.Result
+	for range paths {
+		o := <-outcomes
+		if o.err != nil {
+			if failed != nil && errors.Is(o.err, errStopped) {
+				continue
+			}
+			return nil, o.err
+		}
+		results[o.i] = o.res
+		if !o.res.Status.Success() && failed == nil && !opts.KeepGoing {
+			failed = o.res
+			cancel(errStopped)
+			break
+		}
+	}
+	if failed != nil {
+		for i, res := range results {
+			if res == nil {
+				results[i] = &build.Result{Status: build.MiscFailure,
+					ErrorMsg: fmt.Sprintf("not waited for: another build failed (%s), and keep-going is off", failed.ErrorMsg)}
 			}
 		}
-		results = append(results, &wanted)
 	}
 	return results, nil
+}
+
+// errStopped ends the realisations still under way when one has failed.
+var errStopped = errors.New("another build failed")
+
+// wantedOutputs narrows a result to the outputs p asks for.
+func wantedOutputs(p build.DerivedPath, res *build.Result) (*build.Result, error) {
+	wanted := *res
+	if !res.Status.Success() {
+		return &wanted, nil
+	}
+	wanted.Outputs = map[string]storepath.Path{}
+	for name, out := range res.Outputs {
+		if p.Wants(name) {
+			wanted.Outputs[name] = out
+		}
+	}
+	for _, name := range p.Outputs {
+		if _, ok := res.Outputs[name]; !ok {
+			return nil, fmt.Errorf("derivation %s has no output %q", p.Path, name)
+		}
+	}
+	return &wanted, nil
 }
 
 // opaque answers for a plain store path: it is there, or it cannot be had.
@@ -132,14 +179,24 @@ func derivationName(drvPath storepath.Path) string {
 	return strings.TrimSuffix(drvPath.Name(), ".drv")
 }
 
-// realiser builds .drv closures in dependency order, once each per request.
+// realiser builds .drv closures in dependency order, once each per
+// request, independent derivations at once.
 type realiser struct {
 	c       *Coordinator
 	opts    build.Options
 	account string
 	logs    build.Logs
 	hasher  *derivation.Hasher
-	done    map[storepath.Path]*build.Result
+
+	mu   sync.Mutex
+	done map[storepath.Path]*realisation
+}
+
+// realisation is one derivation's realisation within a request.
+type realisation struct {
+	ready chan struct{}
+	res   *build.Result
+	err   error
 }
 
 func (c *Coordinator) newRealiser(ctx context.Context, opts build.Options, account string, logs build.Logs) *realiser {
@@ -150,20 +207,50 @@ func (c *Coordinator) newRealiser(ctx context.Context, opts build.Options, accou
 		logs = build.LogWriter{}
 	}
 	return &realiser{c: c, opts: opts, account: account, logs: logs,
-		hasher: derivation.NewHasher(resolve), done: map[storepath.Path]*build.Result{}}
+		hasher: derivation.NewHasher(resolve), done: map[storepath.Path]*realisation{}}
 }
 
-// realise builds one .drv from the farm store after its input derivations.
+// realise builds one .drv from the farm store after its input
+// derivations, or waits for the same realisation under way.
 func (r *realiser) realise(ctx context.Context, drvPath storepath.Path) (*build.Result, error) {
-	if res, ok := r.done[drvPath]; ok {
-		return res, nil
+	r.mu.Lock()
+	z, ok := r.done[drvPath]
+	if !ok {
+		z = &realisation{ready: make(chan struct{})}
+		r.done[drvPath] = z
 	}
-	res, err := r.realiseOnce(ctx, drvPath)
-	if err != nil {
-		return nil, err
+	r.mu.Unlock()
+	if !ok {
+		z.res, z.err = r.realiseOnce(ctx, drvPath)
+		close(z.ready)
 	}
-	r.done[drvPath] = res
-	return res, nil
+	select {
+	case <-z.ready:
+		return z.res, z.err
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	}
+}
+
+// realiseInputs realises the input derivations of drv at once and
+// returns their results in the order of names.
+func (r *realiser) realiseInputs(ctx context.Context, names []string) ([]*build.Result, error) {
+	results := make([]*build.Result, len(names))
+	errs := make([]error, len(names))
+	var wg sync.WaitGroup
+	for i, in := range names {
+		inPath, err := storepath.Parse(in)
+		if err != nil {
+			return nil, fmt.Errorf("input derivation: %w", err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i], errs[i] = r.realise(ctx, inPath)
+		}()
+	}
+	wg.Wait()
+	return results, errors.Join(errs...)
 }
 
 func (r *realiser) realiseOnce(ctx context.Context, drvPath storepath.Path) (*build.Result, error) {
@@ -190,25 +277,23 @@ func (r *realiser) realiseOnce(ctx context.Context, drvPath storepath.Path) (*bu
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", drvPath, err)
 	}
-	for _, in := range slices.Sorted(maps.Keys(drv.InputDrvs)) {
-		inPath, err := storepath.Parse(in)
-		if err != nil {
-			return nil, fmt.Errorf("%s: input derivation: %w", drvPath, err)
-		}
-		res, err := r.realise(ctx, inPath)
-		if err != nil {
-			return nil, err
-		}
+	inputDrvs := slices.Sorted(maps.Keys(drv.InputDrvs))
+	inputResults, err := r.realiseInputs(ctx, inputDrvs)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", drvPath, err)
+	}
+	for i, in := range inputDrvs {
+		res := inputResults[i]
 		if !res.Status.Success() {
 			return &build.Result{
 				Status:   build.DependencyFailed,
-				ErrorMsg: fmt.Sprintf("dependency %s of %s failed: %s", inPath, drvPath, res.ErrorMsg),
+				ErrorMsg: fmt.Sprintf("dependency %s of %s failed: %s", in, drvPath, res.ErrorMsg),
 			}, nil
 		}
 		for _, name := range drv.InputDrvs[in] {
 			out, ok := res.Outputs[name]
 			if !ok {
-				return nil, fmt.Errorf("%s: input derivation %s has no output %q", drvPath, inPath, name)
+				return nil, fmt.Errorf("%s: input derivation %s has no output %q", drvPath, in, name)
 			}
 			inputs = append(inputs, out)
 		}

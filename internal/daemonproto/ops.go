@@ -196,9 +196,14 @@ func (c *conn) setOptions(ctx context.Context) error {
 		}
 	}
 	c.opts.KeepFailed = v[0] != 0
+	c.opts.KeepGoing = v[1] != 0
 	c.opts.MaxSilentTime = seconds(v[5])
 	c.opts.Cores = int(min(v[10], 1<<16))
 	for name, value := range overrides {
+		if name == "keep-going" {
+			c.opts.KeepGoing = value == "true"
+			continue
+		}
 		var n uint64
 		if _, err := fmt.Sscan(value, &n); err != nil {
 			continue

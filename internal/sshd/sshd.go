@@ -135,6 +135,7 @@ func Accept(ctx context.Context, ln net.Listener, handle func(net.Conn)) error {
 			return err
 		}
 		tempDelay = 0
+		conn = withQuickAck(conn)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
