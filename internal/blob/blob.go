@@ -1,6 +1,9 @@
 // Package blob keeps immutable, content-addressed blobs (the farm store's
-// NARs). A blob becomes visible only once it is complete, synced to disk
-// and committed under its key, so readers never see a partial blob.
+// NARs). A blob becomes visible only once it is complete and committed
+// under its key, so readers never see a partial blob. Making it durable is
+// a separate step, Sync, so that the disk's latency stays off the path of
+// an upload: the store syncs behind, and checks what was not synced yet
+// after a crash.
 package blob
 
 import (
@@ -25,17 +28,29 @@ type Store interface {
 	Open(ctx context.Context, key string) (io.ReadCloser, error)
 	// Exists reports whether a blob is stored under key.
 	Exists(ctx context.Context, key string) (bool, error)
+	// Sync makes committed blobs durable: once it returns, they survive
+	// a crash of the machine.
+	Sync(ctx context.Context, keys []string) error
+	// Remove deletes a blob, such as one found damaged after a crash.
+	Remove(ctx context.Context, key string) error
 }
 
 // Writer receives the bytes of one new blob.
 type Writer interface {
 	io.Writer
-	// Commit makes the blob durable and visible under key. If a blob with
-	// that key exists already, the new copy is dropped (content
-	// addressing makes them identical).
+	// Commit makes the blob visible under key; Store.Sync makes it
+	// durable. If a blob with that key exists already, the new copy is
+	// dropped (content addressing makes them identical).
 	Commit(key string) error
 	// Abort discards the blob. It is safe to call after Commit.
 	Abort()
+}
+
+// Spooled is a Writer whose bytes can be read, as they are written, from
+// a file: the spool file stays readable through a descriptor opened
+// before Commit.
+type Spooled interface {
+	SpoolPath() string
 }
 
 // Dir stores blobs as files under a directory: <dir>/<key[:2]>/<key>, with
@@ -44,7 +59,13 @@ type Dir struct {
 	root string
 	// NoSync skips fsync, for tests and benchmarks that measure other costs.
 	NoSync bool
+	// Writeback starts writing blobs to disk as they stream in, for
+	// callers that Sync right after Commit; otherwise the kernel writes
+	// them back in its own time.
+	Writeback bool
 }
+
+var _ Store = (*Dir)(nil)
 
 // NewDir opens (creating if needed) a blob directory and clears uploads
 // left over from a crash.
@@ -105,9 +126,26 @@ type dirWriter struct {
 	d    *Dir
 	f    *os.File
 	done bool
+	// written counts the bytes written; those before flushed are being
+	// written back to disk.
+	written, flushed int64
 }
 
-func (w *dirWriter) Write(p []byte) (int, error) { return w.f.Write(p) }
+// writebackChunk is how many bytes a blob accumulates before they are
+// sent to disk, ahead of Sync.
+const writebackChunk = 8 << 20
+
+func (w *dirWriter) Write(p []byte) (int, error) {
+	n, err := w.f.Write(p)
+	w.written += int64(n)
+	if w.d.Writeback && w.written-w.flushed >= writebackChunk {
+		w.writeback()
+	}
+	return n, err
+}
+
+// SpoolPath implements Spooled.
+func (w *dirWriter) SpoolPath() string { return w.f.Name() }
 
 func (w *dirWriter) Commit(key string) error {
 	if w.done {
@@ -120,11 +158,8 @@ func (w *dirWriter) Commit(key string) error {
 		w.f.Close()
 		return err
 	}
-	if !w.d.NoSync {
-		if err := w.f.Sync(); err != nil {
-			w.f.Close()
-			return fmt.Errorf("syncing blob %s: %w", key, err)
-		}
+	if w.d.Writeback && w.written > w.flushed {
+		w.writeback()
 	}
 	if err := w.f.Close(); err != nil {
 		return fmt.Errorf("closing blob %s: %w", key, err)
@@ -143,10 +178,47 @@ func (w *dirWriter) Commit(key string) error {
 	if err := os.Rename(tmp, final); err != nil {
 		return fmt.Errorf("committing blob %s: %w", key, err)
 	}
-	if w.d.NoSync {
+	return nil
+}
+
+// Sync implements Store: it flushes each blob, then each directory that
+// names one.
+func (d *Dir) Sync(ctx context.Context, keys []string) error {
+	if d.NoSync {
 		return nil
 	}
-	return syncDir(dir)
+	dirs := map[string]bool{}
+	for _, key := range keys {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := validKey(key); err != nil {
+			return err
+		}
+		p := d.path(key)
+		if err := syncPath(p); err != nil {
+			return err
+		}
+		dirs[filepath.Dir(p)] = true
+	}
+	for dir := range dirs {
+		if err := syncPath(dir); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Remove implements Store.
+func (d *Dir) Remove(ctx context.Context, key string) error {
+	if err := validKey(key); err != nil {
+		return err
+	}
+	err := os.Remove(d.path(key))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	return err
 }
 
 func (w *dirWriter) Abort() {
@@ -158,14 +230,14 @@ func (w *dirWriter) Abort() {
 	os.Remove(w.f.Name())
 }
 
-func syncDir(dir string) error {
-	f, err := os.Open(dir)
+func syncPath(p string) error {
+	f, err := os.Open(p)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
 	if err := f.Sync(); err != nil {
-		return fmt.Errorf("syncing %s: %w", dir, err)
+		return fmt.Errorf("syncing %s: %w", p, err)
 	}
 	return nil
 }

@@ -49,6 +49,12 @@ var migrations = []string{
 		log_bytes INTEGER NOT NULL DEFAULT 0
 	);
 	CREATE INDEX builds_drv_path ON builds(drv_path);`,
+	// Paths whose NAR blob may not be on disk yet: registered with the
+	// path, removed once the blob is synced, checked after a crash.
+	`CREATE TABLE unsynced (
+		path_id INTEGER PRIMARY KEY REFERENCES paths(id) ON DELETE CASCADE,
+		blob TEXT NOT NULL
+	);`,
 }
 
 const maxConns = 8
