@@ -67,7 +67,9 @@ func Store(t testing.TB) (*store.Local, *sql.DB, string) {
 		t.Fatal(err)
 	}
 	blobs.NoSync = true
-	return store.NewLocal(d, blobs), d, dir
+	st := store.NewLocal(d, blobs)
+	t.Cleanup(func() { st.Flush(context.Background()) }) // before the database closes
+	return st, d, dir
 }
 
 // FileNar returns the NAR of a single regular file holding contents.

@@ -1,0 +1,284 @@
+package store
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/nixfarm/nixfarm/internal/nixhash"
+	"github.com/nixfarm/nixfarm/internal/storepath"
+)
+
+// Durability. A path is registered as soon as its NAR blob is complete,
+// and its blob is synced to disk behind it, so that no upload waits for
+// the disk. Until then the path is listed in the unsynced table, written
+// in the same transaction as the path itself: if the registration
+// survives a crash, so does the entry, and Recover checks the blob
+// against its NAR hash before the store serves anything.
+//
+// Blobs are synced SyncDelay after registration. By then the kernel has
+// usually written them back on its own (Linux does within 30 s), so the
+// fsync only confirms it. Syncing at once instead forces the writeback
+// of everything dirty on the file system (ext4 commits other files' data
+// with the journal), which throttled the workers' own Nix stores.
+
+// DefaultSyncDelay is Local.SyncDelay's default.
+const DefaultSyncDelay = 30 * time.Second
+
+// syncer syncs registered blobs in batches, in the background.
+type syncer struct {
+	mu       sync.Mutex
+	pending  []syncItem // in order of registration
+	running  bool
+	flushing int           // Flush calls waiting: sync everything now
+	wake     chan struct{} // interrupts the wait for the next item due
+	idle     *sync.Cond    // signalled when pending is empty and nothing runs
+	err      error         // the last failure, for Flush
+}
+
+type syncItem struct {
+	id  int64
+	key string
+	due time.Time
+}
+
+func (s *Local) syncBehind(id int64, key string) {
+	y := &s.sync
+	y.mu.Lock()
+	defer y.mu.Unlock()
+	y.pending = append(y.pending, syncItem{id, key, time.Now().Add(s.SyncDelay)})
+	if !y.running {
+		y.running = true
+		go s.syncLoop()
+	}
+}
+
+func (s *Local) syncLoop() {
+	y := &s.sync
+	y.mu.Lock()
+	for len(y.pending) > 0 {
+		n := len(y.pending)
+		if y.flushing == 0 {
+			now := time.Now()
+			n, _ = slices.BinarySearchFunc(y.pending, now, func(it syncItem, t time.Time) int { return it.due.Compare(t) })
+			if n == 0 {
+				wait := y.pending[0].due.Sub(now)
+				y.mu.Unlock()
+				select {
+				case <-time.After(wait):
+				case <-y.wake:
+				}
+				y.mu.Lock()
+				continue
+			}
+		}
+		batch := y.pending[:n:n]
+		y.pending = y.pending[n:]
+		y.mu.Unlock()
+		err := s.syncBatch(batch)
+		y.mu.Lock()
+		if err != nil {
+			// The entries stay, so the next start checks these blobs. A
+			// failed fsync may have dropped the data: retrying it could
+			// report success over a loss.
+			y.err = err
+			if s.Log != nil {
+				s.Log.Error("NARs may not be on disk; they will be checked at the next start", "err", err)
+			}
+		}
+	}
+	y.running = false
+	y.idle.Broadcast()
+	y.mu.Unlock()
+}
+
+func (s *Local) syncBatch(batch []syncItem) error {
+	ctx := context.Background()
+	keys := make([]string, len(batch))
+	ids := make([]int64, len(batch))
+	for i, it := range batch {
+		keys[i], ids[i] = it.key, it.id
+	}
+	if err := s.blobs.Sync(ctx, keys); err != nil {
+		return fmt.Errorf("syncing %d NARs to disk: %w", len(keys), err)
+	}
+	list, _ := json.Marshal(ids)
+	if _, err := s.db.ExecContext(ctx, `DELETE FROM unsynced WHERE path_id IN (SELECT value FROM json_each(?))`, string(list)); err != nil {
+		return fmt.Errorf("recording synced NARs: %w", err)
+	}
+	return nil
+}
+
+// Flush syncs every path registered so far now, and reports a failure to
+// sync any of them since the last Flush.
+func (s *Local) Flush(ctx context.Context) error {
+	y := &s.sync
+	stop := context.AfterFunc(ctx, func() {
+		y.mu.Lock()
+		y.idle.Broadcast()
+		y.mu.Unlock()
+	})
+	defer stop()
+	y.mu.Lock()
+	defer y.mu.Unlock()
+	y.flushing++
+	defer func() { y.flushing-- }()
+	select {
+	case y.wake <- struct{}{}:
+	default:
+	}
+	for (y.running || len(y.pending) > 0) && ctx.Err() == nil {
+		y.idle.Wait()
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	err := y.err
+	y.err = nil
+	return err
+}
+
+// Recovery is what Recover found.
+type Recovery struct {
+	// Checked counts the paths whose blobs were not known to be on disk.
+	Checked int
+	// Removed lists the paths unregistered because their blob was
+	// damaged or missing, with the paths that refer to them.
+	Removed []storepath.Path
+}
+
+// Recover checks the blobs of paths registered but not known to be on
+// disk, as after a crash: each must hash to its path's NAR hash. A blob
+// that does not is removed, with every path whose NAR it is and every
+// path that refers to those, so the store never serves a damaged NAR or
+// an incomplete closure. Call it before serving.
+func (s *Local) Recover(ctx context.Context) (Recovery, error) {
+	var rec Recovery
+	rows, err := s.db.QueryContext(ctx, `SELECT u.path_id, u.blob, p.nar_hash, p.nar_size FROM unsynced u JOIN paths p ON p.id = u.path_id`)
+	if err != nil {
+		return rec, fmt.Errorf("listing unsynced paths: %w", err)
+	}
+	type entry struct {
+		id           int64
+		key, narHash string
+		narSize      int64
+	}
+	var entries []entry
+	for rows.Next() {
+		var e entry
+		if err := rows.Scan(&e.id, &e.key, &e.narHash, &e.narSize); err != nil {
+			rows.Close()
+			return rec, err
+		}
+		entries = append(entries, e)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return rec, err
+	}
+	rec.Checked = len(entries)
+	var good []syncItem
+	damaged := map[string]string{} // blob key: NAR hash
+	for _, e := range entries {
+		if _, ok := damaged[e.key]; ok {
+			continue
+		}
+		ok, err := s.blobMatches(ctx, e.key, e.narHash, e.narSize)
+		if err != nil {
+			return rec, err
+		}
+		if ok {
+			good = append(good, syncItem{id: e.id, key: e.key})
+		} else {
+			damaged[e.key] = e.narHash
+		}
+	}
+	for key, narHash := range damaged {
+		removed, err := s.unregisterBlob(ctx, key, narHash)
+		if err != nil {
+			return rec, err
+		}
+		rec.Removed = append(rec.Removed, removed...)
+		if err := s.blobs.Remove(ctx, key); err != nil {
+			return rec, fmt.Errorf("removing damaged NAR %s: %w", key, err)
+		}
+	}
+	if len(good) > 0 {
+		if err := s.syncBatch(good); err != nil {
+			return rec, err
+		}
+	}
+	return rec, nil
+}
+
+// blobMatches reports whether the blob under key is there and hashes to
+// narHash in narSize bytes.
+func (s *Local) blobMatches(ctx context.Context, key, narHash string, narSize int64) (bool, error) {
+	want, err := nixhash.Parse(narHash)
+	if err != nil {
+		return false, nil
+	}
+	r, err := s.blobs.Open(ctx, key)
+	if err != nil {
+		return false, nil
+	}
+	defer r.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, r)
+	if err != nil {
+		return false, nil
+	}
+	return n == narSize && want.Equal(nixhash.FromDigest(nixhash.SHA256, h)), nil
+}
+
+// unregisterBlob unregisters every path whose NAR is the blob key (of NAR
+// hash narHash), and every path that refers to one of them, directly or
+// not.
+func (s *Local) unregisterBlob(ctx context.Context, key, narHash string) ([]storepath.Path, error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer tx.Rollback()
+	rows, err := tx.QueryContext(ctx, `WITH RECURSIVE doomed(id) AS (
+			SELECT path_id FROM unsynced WHERE blob = ?
+			UNION SELECT id FROM paths WHERE nar_hash = ?
+			UNION SELECT r.referrer FROM refs r JOIN doomed d ON r.reference = d.id
+		) SELECT id, path FROM paths WHERE id IN doomed`, key, narHash)
+	if err != nil {
+		return nil, fmt.Errorf("finding the paths of damaged NAR %s: %w", key, err)
+	}
+	var ids []int64
+	var paths []storepath.Path
+	for rows.Next() {
+		var id int64
+		var p string
+		if err := rows.Scan(&id, &p); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		ids = append(ids, id)
+		paths = append(paths, storepath.Path(p))
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	list, _ := json.Marshal(ids)
+	// Every referrer of a doomed path is doomed too, so with their
+	// references gone first, no reference to a doomed path is left.
+	for _, q := range []string{
+		`DELETE FROM refs WHERE referrer IN (SELECT value FROM json_each(?))`,
+		`DELETE FROM paths WHERE id IN (SELECT value FROM json_each(?))`,
+	} {
+		if _, err := tx.ExecContext(ctx, q, string(list)); err != nil {
+			return nil, fmt.Errorf("unregistering the paths of damaged NAR %s: %w", key, err)
+		}
+	}
+	return paths, tx.Commit()
+}
