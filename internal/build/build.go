@@ -82,6 +82,11 @@ type Request struct {
 	Account string
 	// Log receives the build log as the builder produces it. It may be nil.
 	Log io.Writer
+	// OnOutputs, if set, is called when the build has succeeded and its
+	// outputs can be fetched from the farm store while they are still
+	// being copied in (see store.Expecter), before the builder returns.
+	// It may be called more than once if the build is retried.
+	OnOutputs func(*Result)
 }
 
 // Result is the outcome of a build. A build that ran and failed is a

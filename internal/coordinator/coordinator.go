@@ -60,6 +60,13 @@ type Coordinator struct {
 
 // inflight is a build under way, shared by every request for it.
 type inflight struct {
+	// early is closed when the build has succeeded and its outputs can be
+	// fetched while the farm still copies them in; earlyRes is then the
+	// result.
+	early     chan struct{}
+	earlyOnce sync.Once
+	earlyRes  *build.Result
+
 	log     *fanout
 	ctx     context.Context // the build's own, detached from clients
 	cancel  context.CancelFunc
@@ -95,8 +102,16 @@ func New(st store.Store, sched Scheduler, db *sql.DB, logDir string, opts Option
 var ErrMissingInput = errors.New("input is missing from the farm store")
 
 // BuildDerivation builds a BasicDerivation whose inputs are in the farm
-// store, or answers from the store, or joins the same build under way.
+// store, or answers from the store, or joins the same build under way. It
+// answers as soon as the outputs can be fetched, which may be while the
+// farm is still copying them in from the worker.
 func (c *Coordinator) BuildDerivation(ctx context.Context, req *build.Request) (*build.Result, error) {
+	return c.buildDerivation(ctx, req, true)
+}
+
+// buildDerivation is BuildDerivation; early says whether to answer before
+// the outputs are registered in the farm store.
+func (c *Coordinator) buildDerivation(ctx context.Context, req *build.Request, early bool) (*build.Result, error) {
 	log := c.log.With("drv", req.DrvPath, "account", req.Account)
 	if err := checkKind(req.DrvPath, req.Drv.Kind()); err != nil {
 		return nil, err
@@ -140,8 +155,16 @@ func (c *Coordinator) BuildDerivation(ctx context.Context, req *build.Request) (
 	unsubscribe := f.log.subscribe(req.Log)
 	defer unsubscribe()
 
+	earlyCh := f.early
+	if !early {
+		earlyCh = nil
+	}
 	select {
 	case <-f.done:
+	case <-earlyCh:
+		res := *f.earlyRes
+		setBasicHash(&res, req.Drv)
+		return &res, nil
 	case <-ctx.Done():
 		c.mu.Lock()
 		f.waiters--
@@ -169,7 +192,7 @@ func (c *Coordinator) BuildDerivation(ctx context.Context, req *build.Request) (
 func (c *Coordinator) registerLocked(ctx context.Context, req *build.Request) *inflight {
 	// The build belongs to the farm, not to the client that asked first:
 	// unless told otherwise, it outlives that client's connection.
-	f := &inflight{log: newFanout(), done: make(chan struct{})}
+	f := &inflight{log: newFanout(), done: make(chan struct{}), early: make(chan struct{})}
 	f.ctx, f.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	c.inflight[req.DrvPath] = f
 	return f
@@ -200,6 +223,12 @@ func (c *Coordinator) start(ctx context.Context, req *build.Request, f *inflight
 	log = log.With("build", id)
 	breq := *req
 	breq.Log = f.log
+	breq.OnOutputs = func(res *build.Result) {
+		f.earlyOnce.Do(func() {
+			f.earlyRes = res
+			close(f.early)
+		})
+	}
 	log.Info("build queued")
 	c.running.Add(1)
 	c.sched.Submit(f.ctx, &breq, func(res *build.Result, err error) {

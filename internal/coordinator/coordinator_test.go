@@ -41,6 +41,9 @@ type fakeBuilder struct {
 	fail  map[string]bool // drv names that fail
 	// hold, if set, is called first and may block the build.
 	hold func(ctx context.Context, name string) error
+	// copying, if set, is called once the outputs are announced through
+	// req.OnOutputs and before they are added; it may block.
+	copying func(ctx context.Context, name string)
 }
 
 func (b *fakeBuilder) Build(ctx context.Context, req *build.Request) (*build.Result, error) {
@@ -64,13 +67,19 @@ func (b *fakeBuilder) Build(ctx context.Context, req *build.Request) (*build.Res
 		return &build.Result{Status: build.PermanentFailure, ErrorMsg: "builder for '" + string(req.DrvPath) + "' failed with exit code 1"}, nil
 	}
 	outs := req.Drv.OutputPaths()
+	now := time.Now()
+	if b.copying != nil {
+		if req.OnOutputs != nil {
+			req.OnOutputs(&build.Result{Status: build.Built, TimesBuilt: 1, StartTime: now, StopTime: now, Outputs: outs, Worker: "fake"})
+		}
+		b.copying(ctx, req.Drv.Name)
+	}
 	for _, p := range outs {
 		n := fileNar("built from " + strings.Join(req.Drv.InputSrcs, " "))
 		if err := b.st.AddToStore(ctx, &store.PathInfo{Path: p, NarHash: nixhash.SHA256Of(n), NarSize: uint64(len(n)), References: inputs}, bytes.NewReader(n)); err != nil {
 			return nil, err
 		}
 	}
-	now := time.Now()
 	return &build.Result{Status: build.Built, TimesBuilt: 1, StartTime: now, StopTime: now, Outputs: outs, Worker: "fake"}, nil
 }
 
@@ -326,6 +335,61 @@ func TestJoinBuildUnderWay(t *testing.T) {
 	for i, l := range logs {
 		if !strings.Contains(l.String(), "building popular") {
 			t.Errorf("client %d's log: %q", i, l.String())
+		}
+	}
+}
+
+// BuildDerivation answers once the worker has announced the outputs, while
+// the farm still copies them in; Realise, whose next builds need them in
+// the farm store, waits until they are registered.
+func TestBuildDerivationAnswersWhileOutputsAreCopied(t *testing.T) {
+	f := newFarm(t)
+	ctx := context.Background()
+	release := make(chan struct{})
+	f.builder.copying = func(ctx context.Context, name string) { <-release }
+
+	d := f.addDrv(t, "streamed", []string{"out"}, nil)
+	drv, err := store.ReadDerivation(ctx, f.st, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := f.coord.BuildDerivation(ctx, &build.Request{DrvPath: d, Drv: drv.Basic("streamed", nil), Account: "alice"})
+	if err != nil || res.Status != build.Built || res.Outputs["out"] == "" {
+		t.Fatalf("early answer: %v %+v", err, res)
+	}
+	out := storepath.Path(res.Outputs["out"])
+	if valid, _ := f.st.ValidPaths(ctx, []storepath.Path{out}); len(valid) != 0 {
+		t.Fatal("the output was registered before the copy was released")
+	}
+
+	d2 := f.addDrv(t, "waits", []string{"out"}, nil)
+	realised := make(chan error, 1)
+	go func() {
+		results, err := f.coord.Realise(ctx, []build.DerivedPath{{Path: d2, Built: true}}, build.Options{}, "alice", nil)
+		if err == nil && results[0].Status != build.Built {
+			err = fmt.Errorf("result %+v", results[0])
+		}
+		realised <- err
+	}()
+	select {
+	case err := <-realised:
+		t.Fatalf("Realise answered before its outputs were registered: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(release)
+	if err := <-realised; err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []storepath.Path{out} {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			if valid, _ := f.st.ValidPaths(ctx, []storepath.Path{p}); len(valid) == 1 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s never registered", p)
+			}
+			time.Sleep(10 * time.Millisecond)
 		}
 	}
 }

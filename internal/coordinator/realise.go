@@ -312,7 +312,8 @@ func (r *realiser) realiseOnce(ctx context.Context, drvPath storepath.Path) (*bu
 		req.Log = log
 		defer log.Close()
 	}
-	res, err := r.c.BuildDerivation(ctx, req)
+	// Dependent builds need the outputs registered, not just fetchable.
+	res, err := r.c.buildDerivation(ctx, req, false)
 	if err != nil {
 		return nil, err
 	}

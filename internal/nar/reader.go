@@ -38,6 +38,10 @@ const maxKeyword = 16
 // read, so reads of the source are not needlessly small.
 const minRoom = 4 << 10
 
+// teeLag bounds, in Copy mode, the bytes read from the source but not yet
+// written to the tee before the next read of the source.
+const teeLag = 64 << 10
+
 // directRead is the size from which Read fills the caller's slice straight
 // from the source instead of going through the buffer.
 const directRead = 16 << 10
@@ -254,6 +258,12 @@ func (r *Reader) fill(n int, limit int64) error {
 	}
 	if len(r.buf)-r.r < n || len(r.buf)-r.w < minRoom {
 		if err := r.compact(); err != nil {
+			return err
+		}
+	} else if r.tee != nil && r.w-r.t >= teeLag {
+		// The read may block: pass on what has arrived, so a reader of
+		// the tee's output lags the source by at most teeLag bytes.
+		if err := r.flushTee(); err != nil {
 			return err
 		}
 	}

@@ -8,7 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nixfarm/nixfarm/internal/blob"
@@ -24,11 +27,25 @@ type Local struct {
 	db    *sql.DB
 	blobs blob.Store
 	now   func() time.Time
+	sync  syncer
+	// Log receives failures of the background sync (default: discarded
+	// until Flush reports them).
+	Log *slog.Logger
+	// SyncDelay is how long after registration a path's blob is synced to
+	// disk (DefaultSyncDelay; set it before use).
+	SyncDelay time.Duration
+
+	inMu     sync.Mutex
+	incoming map[storepath.Path]*incoming // see Expect
 }
 
-// NewLocal returns a store over an open database and a blob store.
+// NewLocal returns a store over an open database and a blob store. Call
+// Recover before serving, and Flush before closing the database.
 func NewLocal(db *sql.DB, blobs blob.Store) *Local {
-	return &Local{db: db, blobs: blobs, now: time.Now}
+	s := &Local{db: db, blobs: blobs, now: time.Now, SyncDelay: DefaultSyncDelay}
+	s.sync.idle = sync.NewCond(&s.sync.mu)
+	s.sync.wake = make(chan struct{}, 1)
+	return s
 }
 
 var _ Store = (*Local)(nil)
@@ -89,6 +106,9 @@ func scanPaths(rows *sql.Rows) ([]storepath.Path, error) {
 func (s *Local) QueryPathInfo(ctx context.Context, p storepath.Path) (*PathInfo, error) {
 	info, err := s.scanInfo(ctx, s.db.QueryRowContext(ctx, `SELECT `+infoColumns+` FROM paths WHERE path = ?`, string(p)))
 	if errors.Is(err, sql.ErrNoRows) {
+		if info := s.incomingInfo(p); info != nil {
+			return info, nil
+		}
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, p)
 	}
 	if err != nil {
@@ -197,11 +217,18 @@ func (s *Local) Referrers(ctx context.Context, p storepath.Path) ([]storepath.Pa
 	return scanPaths(rows)
 }
 
-// NarFromPath implements Store.
+// NarFromPath implements Store. The NAR of a path being added after
+// Expect is followed as it arrives.
 func (s *Local) NarFromPath(ctx context.Context, p storepath.Path) (io.ReadCloser, *PathInfo, error) {
-	info, err := s.QueryPathInfo(ctx, p)
+	info, err := s.scanInfo(ctx, s.db.QueryRowContext(ctx, `SELECT `+infoColumns+` FROM paths WHERE path = ?`, string(p)))
+	if errors.Is(err, sql.ErrNoRows) {
+		if rc, info, ok := s.followIncoming(ctx, p); ok {
+			return rc, info, nil
+		}
+		return nil, nil, fmt.Errorf("%w: %s", ErrNotFound, p)
+	}
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, fmt.Errorf("querying %s: %w", p, err)
 	}
 	r, err := s.blobs.Open(ctx, blobKey(info.NarHash))
 	if err != nil {
@@ -213,7 +240,17 @@ func (s *Local) NarFromPath(ctx context.Context, p storepath.Path) (io.ReadClose
 func blobKey(h nixhash.Hash) string { return h.Nix32() }
 
 // AddToStore implements Store.
-func (s *Local) AddToStore(ctx context.Context, info *PathInfo, narSrc io.Reader) error {
+func (s *Local) AddToStore(ctx context.Context, info *PathInfo, narSrc io.Reader) (err error) {
+	if in := s.lookupIncoming(info.Path); in != nil {
+		defer func() { s.finishIncoming(in, err) }()
+		return s.addToStore(ctx, info, narSrc, in)
+	}
+	return s.addToStore(ctx, info, narSrc, nil)
+}
+
+// addToStore is AddToStore; in, if not nil, is the path's expectation,
+// which follows the NAR as it is written.
+func (s *Local) addToStore(ctx context.Context, info *PathInfo, narSrc io.Reader, in *incoming) error {
 	if !info.NarHash.IsZero() && info.NarHash.Algo != nixhash.SHA256 {
 		return fmt.Errorf("adding %s: NAR hash must be sha256, not %s", info.Path, info.NarHash.Algo)
 	}
@@ -245,12 +282,24 @@ func (s *Local) AddToStore(ctx context.Context, info *PathInfo, narSrc io.Reader
 		return err
 	}
 	defer w.Abort()
+	var dst io.Writer = w
+	if sp, ok := w.(blob.Spooled); ok && in != nil {
+		spool := sp.SpoolPath()
+		in.mu.Lock()
+		in.open = func() (*os.File, io.ReadCloser, error) {
+			f, err := os.Open(spool)
+			return f, nil, err
+		}
+		in.cond.Broadcast()
+		in.mu.Unlock()
+		dst = &incomingWriter{w: w, in: in}
+	}
 	h := sha256.New()
 	var n int64
 	if ca != nil {
-		n, err = ca.copy(io.MultiWriter(w, h), narSrc)
+		n, err = ca.copy(io.MultiWriter(dst, h), narSrc)
 	} else {
-		n, err = nar.Copy(io.MultiWriter(w, h), narSrc)
+		n, err = nar.Copy(io.MultiWriter(dst, h), narSrc)
 	}
 	if err != nil {
 		return fmt.Errorf("reading NAR of %s: %w", info.Path, err)
@@ -271,7 +320,18 @@ func (s *Local) AddToStore(ctx context.Context, info *PathInfo, narSrc io.Reader
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := w.Commit(blobKey(got)); err != nil {
+	key := blobKey(got)
+	if in != nil {
+		// Readers that have not opened the spool file yet open the blob
+		// from now on: the spool file is renamed away.
+		in.mu.Lock()
+		defer in.mu.Unlock()
+		in.open = func() (*os.File, io.ReadCloser, error) {
+			rc, err := s.blobs.Open(context.Background(), key)
+			return nil, rc, err
+		}
+	}
+	if err := w.Commit(key); err != nil {
 		return err
 	}
 	return s.register(ctx, info)
@@ -335,9 +395,14 @@ func (s *Local) register(ctx context.Context, info *PathInfo) error {
 			return fmt.Errorf("cannot add %s: %w: %s is not in the farm store", info.Path, ErrInvalidReference, r)
 		}
 	}
+	key := blobKey(info.NarHash)
+	if _, err := tx.ExecContext(ctx, `INSERT INTO unsynced (path_id, blob) VALUES (?, ?)`, id, key); err != nil {
+		return fmt.Errorf("registering %s: %w", info.Path, err)
+	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("registering %s: %w", info.Path, err)
 	}
+	s.syncBehind(id, key)
 	return nil
 }
 

@@ -72,7 +72,7 @@ func (e *Executor) Build(ctx context.Context, req *build.Request) (*build.Result
 		}
 		close(done)
 	}()
-	s := &session{e: e, stdin: stream.Stdin}
+	s := &session{e: e, stdin: stream.Stdin, start: start}
 	res, err := s.run(ctx, stream, req)
 	stream.Stdin.Close()
 	<-done
@@ -101,6 +101,7 @@ type session struct {
 	e      *Executor
 	stdin  io.WriteCloser
 	client *serveproto.Client
+	start  time.Time
 }
 
 func (s *session) run(ctx context.Context, stream *Stream, req *build.Request) (*build.Result, error) {
@@ -127,7 +128,7 @@ func (s *session) run(ctx context.Context, stream *Stream, req *build.Request) (
 		return res, nil
 	}
 	outputs := req.Drv.OutputPaths()
-	if err := s.fetchOutputs(ctx, req, outputs); err != nil {
+	if err := s.fetchOutputs(ctx, req, res, outputs); err != nil {
 		return nil, err
 	}
 	s.e.log.Debug("build phases", "drv", req.DrvPath, "handshake", t1.Sub(t0), "inputs", t2.Sub(t1),
@@ -188,8 +189,10 @@ func (s *session) sendOne(ctx context.Context, info *store.PathInfo) error {
 }
 
 // fetchOutputs copies the outputs the farm store lacks from the machine,
-// checking the references Nix reports against the farm's own scan.
-func (s *session) fetchOutputs(ctx context.Context, req *build.Request, outputs map[string]storepath.Path) error {
+// checking the references Nix reports against the farm's own scan. If the
+// farm store can serve outputs while they are copied in, req.OnOutputs
+// hears of the build's success before the copy starts.
+func (s *session) fetchOutputs(ctx context.Context, req *build.Request, res *build.Result, outputs map[string]storepath.Path) error {
 	farm := s.e.farm
 	var want []storepath.Path
 	for _, p := range outputs {
@@ -217,6 +220,21 @@ func (s *session) fetchOutputs(ctx context.Context, req *build.Request, outputs 
 	hashes, err := s.candidates(ctx, req, outputs)
 	if err != nil {
 		return err
+	}
+	now := time.Now()
+	for _, info := range sorted {
+		info.Ultimate = true
+		info.Account = req.Account
+		info.RegistrationTime = now
+	}
+	if ex, ok := farm.(store.Expecter); ok && req.OnOutputs != nil {
+		done := ex.Expect(sorted)
+		defer done()
+		early := *res
+		early.Outputs = outputs
+		early.StartTime, early.StopTime = s.start, now
+		early.Worker = s.e.name
+		req.OnOutputs(&early)
 	}
 	for _, info := range sorted {
 		if err := s.fetchOne(ctx, req, info, hashes); err != nil {
@@ -257,8 +275,6 @@ func (s *session) fetchOne(ctx context.Context, req *build.Request, info *store.
 		return err
 	}
 	scan := refscan.New(hashes)
-	info.Ultimate = true
-	info.Account = req.Account
 	if err := s.e.farm.AddToStore(ctx, info, io.TeeReader(narSrc, scan)); err != nil {
 		return fmt.Errorf("importing output %s: %w", info.Path, err)
 	}

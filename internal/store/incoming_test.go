@@ -1,0 +1,160 @@
+package store_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nixfarm/nixfarm/internal/nixhash"
+	"github.com/nixfarm/nixfarm/internal/store"
+	"github.com/nixfarm/nixfarm/internal/storepath"
+)
+
+// bigNar is the NAR of a file large enough to arrive in several pieces.
+func bigNar(t *testing.T) []byte {
+	return fileNar(t, strings.Repeat("0123456789abcdef", 64<<10))
+}
+
+// An expected path is served while it is added: its info at once, its NAR
+// as the bytes arrive, its end only once the NAR is verified.
+func TestExpectedPathIsServedWhileAdded(t *testing.T) {
+	ctx := context.Background()
+	s, _ := newStore(t)
+	n := bigNar(t)
+	p := path("streamed", 's')
+	info := &store.PathInfo{Path: p, NarHash: nixhash.SHA256Of(n), NarSize: uint64(len(n)), Ultimate: true, Account: "alice"}
+	done := s.Expect([]*store.PathInfo{info})
+	defer done()
+
+	got, err := s.QueryPathInfo(ctx, p)
+	if err != nil || got.NarSize != info.NarSize || !got.Ultimate {
+		t.Fatalf("declared info: %+v, %v", got, err)
+	}
+	if valid, _ := s.ValidPaths(ctx, []storepath.Path{p}); len(valid) != 0 {
+		t.Fatal("an expected path counts as valid before it is added")
+	}
+	rc, _, err := s.NarFromPath(ctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+
+	// Feed the NAR in pieces; the reader sees the first piece before the
+	// rest is written.
+	pr, pw := io.Pipe()
+	added := make(chan error, 1)
+	go func() { added <- s.AddToStore(ctx, info, pr) }()
+	half := len(n) / 2
+	if _, err := pw.Write(n[:half]); err != nil {
+		t.Fatal(err)
+	}
+	first := make([]byte, 4096)
+	if _, err := io.ReadFull(rc, first); err != nil {
+		t.Fatalf("reading the first bytes while the rest is missing: %v", err)
+	}
+	if !bytes.Equal(first, n[:4096]) {
+		t.Fatal("first bytes differ")
+	}
+	go func() { pw.Write(n[half:]); pw.Close() }()
+	rest, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(append(first, rest...), n) {
+		t.Fatalf("streamed NAR differs: %d bytes, want %d", 4096+len(rest), len(n))
+	}
+	if err := <-added; err != nil {
+		t.Fatal(err)
+	}
+	if valid, _ := s.ValidPaths(ctx, []storepath.Path{p}); len(valid) != 1 {
+		t.Fatal("path not registered after the add")
+	}
+	// A reader that comes later reads the registered NAR.
+	rc2, _, err := s.NarFromPath(ctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, _ := io.ReadAll(rc2)
+	rc2.Close()
+	if !bytes.Equal(again, n) {
+		t.Fatal("registered NAR differs")
+	}
+}
+
+// A reader of an expected path whose NAR turns out wrong gets an error,
+// not the end of the NAR, and nothing is registered.
+func TestExpectedPathThatFailsEndsReadersWithAnError(t *testing.T) {
+	ctx := context.Background()
+	s, _ := newStore(t)
+	n := bigNar(t)
+	p := path("lying", 'l')
+	wrong := nixhash.SHA256Of([]byte("something else"))
+	info := &store.PathInfo{Path: p, NarHash: wrong, NarSize: uint64(len(n))}
+	done := s.Expect([]*store.PathInfo{info})
+	defer done()
+	rc, _, err := s.NarFromPath(ctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	read := make(chan error, 1)
+	go func() {
+		_, err := io.ReadAll(rc)
+		read <- err
+	}()
+	if err := s.AddToStore(ctx, info, bytes.NewReader(n)); !errors.Is(err, store.ErrHashMismatch) {
+		t.Fatalf("add: %v, want a hash mismatch", err)
+	}
+	select {
+	case err := <-read:
+		if !errors.Is(err, store.ErrHashMismatch) {
+			t.Fatalf("reader ended with %v, want the hash mismatch", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("reader still waiting after the add failed")
+	}
+	if _, err := s.QueryPathInfo(ctx, p); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("after the failed add: %v, want not found", err)
+	}
+}
+
+// An expectation given up without an add ends its readers.
+func TestExpectationGivenUp(t *testing.T) {
+	ctx := context.Background()
+	s, _ := newStore(t)
+	n := bigNar(t)
+	p := path("never", 'n')
+	done := s.Expect([]*store.PathInfo{{Path: p, NarHash: nixhash.SHA256Of(n), NarSize: uint64(len(n))}})
+	rc, _, err := s.NarFromPath(ctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	read := make(chan error, 1)
+	go func() {
+		_, err := io.ReadAll(rc)
+		read <- err
+	}()
+	done()
+	if err := <-read; err == nil {
+		t.Fatal("reader of a path never added got a whole NAR")
+	}
+	if _, err := s.QueryPathInfo(ctx, p); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("after giving up: %v, want not found", err)
+	}
+	// A reader whose context ends stops waiting.
+	done = s.Expect([]*store.PathInfo{{Path: p, NarHash: nixhash.SHA256Of(n), NarSize: uint64(len(n))}})
+	defer done()
+	cctx, cancel := context.WithCancel(ctx)
+	rc, _, err = s.NarFromPath(cctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go cancel()
+	if _, err := io.ReadAll(rc); !errors.Is(err, context.Canceled) {
+		t.Fatalf("reader after cancel: %v", err)
+	}
+}
