@@ -10,10 +10,14 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/nixfarm/nixfarm/internal/server"
+	"github.com/nixfarm/nixfarm/internal/sshd"
+	"github.com/nixfarm/nixfarm/internal/store"
 )
 
 const usage = `nixfarm is an open, self-hostable build farm for Nix.
@@ -80,7 +84,10 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&cfg.Scheduler.MaxAttempts, "max-attempts", 3, "workers a build is tried on when workers are lost or fail to run it")
 	fs.DurationVar(&cfg.Scheduler.QuarantineFor, "quarantine", time.Minute, "how long a worker that failed 3 builds in a row gets no builds")
 	fs.BoolVar(&cfg.CancelOnDisconnect, "cancel-on-disconnect", false, "stop a build when every client waiting for it has gone (default: finish it and keep the result)")
+	fs.DurationVar(&cfg.SyncDelay, "sync-delay", store.DefaultSyncDelay, "how long after upload a NAR is synced to disk (0: at once); NARs not synced yet are checked against their hashes after a crash")
+	ciphers := fs.String("ssh-ciphers", strings.Join(sshd.DefaultCiphers, ","), "SSH ciphers offered to clients, comma-separated; clients pick the first of their own list that is offered (add chacha20-poly1305@openssh.com for clients without AES-GCM, at a CPU cost)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	cpuProfile := fs.String("cpu-profile", "", "write a CPU profile (go tool pprof) to this file until nixfarm stops")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: nixfarm serve [flags]\n\nRuns the farm: the SSH endpoint stock Nix clients build through (ssh-ng:// or ssh://),\nthe farm store, the scheduler and its workers.\n\nFlags:\n")
 		fs.PrintDefaults()
@@ -94,7 +101,22 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	}
 	cfg.Log = log
 	cfg.Out = stdout
+	cfg.SSHCiphers = strings.Split(*ciphers, ",")
 	cfg.Version = version
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "nixfarm serve: CPU profile: %v\n", err)
+			return 1
+		}
+		defer func() {
+			pprof.StopCPUProfile()
+			f.Close()
+		}()
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -47,6 +47,12 @@ type Config struct {
 	// AuthorizedKeys is an OpenSSH authorized_keys file ("" =
 	// <StateDir>/authorized_keys).
 	AuthorizedKeys string
+	// SyncDelay is how long after registration a NAR is synced to disk
+	// (0: at once); NARs not synced yet are checked after a crash.
+	SyncDelay time.Duration
+	// SSHCiphers are the ciphers the SSH endpoint offers (default
+	// sshd.DefaultCiphers).
+	SSHCiphers []string
 	// LocalWorker enables the built-in worker.
 	LocalWorker bool
 	// LocalStore is the Nix store URI the built-in worker builds in (""
@@ -150,6 +156,18 @@ func (f *Farm) init(ctx context.Context) error {
 		return err
 	}
 	f.store = store.NewLocal(f.db, blobs)
+	f.store.Log = f.log
+	f.store.SyncDelay = cfg.SyncDelay
+	rec, err := f.store.Recover(ctx)
+	if err != nil {
+		return fmt.Errorf("checking the farm store after the last stop: %w", err)
+	}
+	if len(rec.Removed) > 0 {
+		f.log.Warn("NARs not on disk after a crash: their paths were unregistered and will be uploaded or built again",
+			"checked", rec.Checked, "removed", len(rec.Removed), "paths", rec.Removed)
+	} else if rec.Checked > 0 {
+		f.log.Info("NARs written just before the last stop are intact", "checked", rec.Checked)
+	}
 	schedCfg := cfg.Scheduler
 	schedCfg.Log = f.log
 	f.sched = scheduler.New(schedCfg)
@@ -179,6 +197,7 @@ func (f *Farm) init(ctx context.Context) error {
 	f.ssh, err = sshd.New(sshd.Config{
 		HostKey:            hostKey,
 		AuthorizedKeysFile: cfg.AuthorizedKeys,
+		Ciphers:            cfg.SSHCiphers,
 		Handler:            &execHandler{serve: serve, daemon: daemon, log: f.log},
 		Log:                f.log,
 	})
@@ -334,6 +353,11 @@ func (f *Farm) HostKey() ssh.PublicKey { return f.hostKey }
 // then the running builds, then the database.
 func (f *Farm) Serve(ctx context.Context) error {
 	defer f.db.Close()
+	defer func() {
+		if err := f.store.Flush(context.Background()); err != nil {
+			f.log.Error("syncing the farm store to disk", "err", err)
+		}
+	}()
 	defer f.coord.Wait()
 	defer f.sched.Close()
 	f.log.Info("nixfarm serving", "ssh", f.ln.Addr().String(), "host_key", ssh.FingerprintSHA256(f.hostKey),
