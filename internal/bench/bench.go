@@ -50,6 +50,8 @@ type Config struct {
 	Progress io.Writer
 	// FarmLogLevel is nixfarm serve's --log-level (warn).
 	FarmLogLevel string
+	// FarmCPUProfile, if set, is where nixfarm serve writes a CPU profile.
+	FarmCPUProfile string
 }
 
 // Result is one scenario's medians across the sides.

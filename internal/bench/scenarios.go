@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -59,6 +60,9 @@ func (e *env) buildIn(ctx context.Context, s *side, client, bb, proto, expr, non
 		args = append(args, "--max-jobs", "0", "--builders", s.builders[proto])
 	}
 	args = append(args, extra...)
+	// Every measurement starts with nothing dirty in the page cache, so
+	// none pays for the writeback of the one before.
+	syscall.Sync()
 	start := time.Now()
 	if _, err := e.nix(ctx, "nix-build", args...); err != nil {
 		return 0, err
@@ -84,29 +88,41 @@ func (e *env) progress(format string, args ...any) {
 }
 
 // timeBuilds measures n builds of expr per run on every side for each
-// protocol, returning the median per side and protocol.
+// protocol, returning the median per side and protocol. Runs take the
+// sides in turn, so that slow drifts of the machine (page cache,
+// writeback) fall on every side alike.
 func (e *env) timeBuilds(ctx context.Context, name, expr string, protos []string, perRun int) (map[string]map[string]float64, error) {
+	samples := map[string]map[string][]float64{}
+	for _, proto := range protos {
+		samples[proto] = map[string][]float64{}
+	}
+	for run := 0; run < e.cfg.Runs*perRun; run++ {
+		for _, sideName := range e.cfg.Sides {
+			s := e.sides[sideName]
+			for _, proto := range protos {
+				if s.name == Local && proto != protos[0] {
+					continue // one local measurement serves every row
+				}
+				d, err := e.build(ctx, s, proto, expr, e.next(name))
+				if err != nil {
+					return nil, fmt.Errorf("%s on %s over %s: %w", name, s.name, proto, err)
+				}
+				samples[proto][s.name] = append(samples[proto][s.name], d.Seconds())
+			}
+		}
+	}
 	out := map[string]map[string]float64{}
 	for _, proto := range protos {
 		out[proto] = map[string]float64{}
 	}
 	for _, sideName := range e.cfg.Sides {
-		s := e.sides[sideName]
 		for _, proto := range protos {
-			if s.name == Local && proto != protos[0] {
-				out[proto][Local] = out[protos[0]][Local] // one local measurement serves every row
-				continue
+			got := samples[proto][sideName]
+			if sideName == Local {
+				got = samples[protos[0]][Local]
 			}
-			var samples []float64
-			for run := 0; run < e.cfg.Runs*perRun; run++ {
-				d, err := e.build(ctx, s, proto, expr, e.next(name))
-				if err != nil {
-					return nil, fmt.Errorf("%s on %s over %s: %w", name, s.name, proto, err)
-				}
-				samples = append(samples, d.Seconds())
-			}
-			out[proto][s.name] = median(samples)
-			e.progress("%s %-11s %-6s median %.2fs of %d", name, s.name, proto, out[proto][s.name], len(samples))
+			out[proto][sideName] = median(got)
+			e.progress("%s %-11s %-6s median %.2fs of %d", name, sideName, proto, out[proto][sideName], len(got))
 		}
 	}
 	return out, nil
@@ -175,11 +191,10 @@ func (e *env) s3(ctx context.Context) ([]Result, error) {
 // s4 moves S4MiB in (an uploaded input) and S4MiB out (the output).
 func (e *env) s4(ctx context.Context) ([]Result, error) {
 	size := int64(e.cfg.S4MiB) << 20
-	values := map[string]float64{}
-	for _, sideName := range e.cfg.Sides {
-		s := e.sides[sideName]
-		var samples []float64
-		for run := 0; run < e.cfg.Runs; run++ {
+	samples := map[string][]float64{}
+	for run := 0; run < e.cfg.Runs; run++ {
+		for _, sideName := range e.cfg.Sides {
+			s := e.sides[sideName]
 			nonce := e.next("S4")
 			input, err := e.makeInput(ctx, s.client, nonce, size)
 			if err != nil {
@@ -189,10 +204,13 @@ func (e *env) s4(ctx context.Context) ([]Result, error) {
 			if err != nil {
 				return nil, fmt.Errorf("S4 on %s: %w", s.name, err)
 			}
-			samples = append(samples, float64(2*size)/1e6/d.Seconds())
+			samples[s.name] = append(samples[s.name], float64(2*size)/1e6/d.Seconds())
 		}
-		values[s.name] = median(samples)
-		e.progress("S4 %-11s ssh-ng median %.0f MB/s", s.name, values[s.name])
+	}
+	values := map[string]float64{}
+	for _, sideName := range e.cfg.Sides {
+		values[sideName] = median(samples[sideName])
+		e.progress("S4 %-11s ssh-ng median %.0f MB/s of %d (%s)", sideName, values[sideName], len(samples[sideName]), formatSamples(samples[sideName], "%.0f"))
 	}
 	var met *bool
 	if b, ok := values[Stock]; ok && values[Nixfarm] > 0 {
@@ -232,14 +250,13 @@ func (e *env) makeInput(ctx context.Context, store, nonce string, size int64) (s
 
 // s5: a second client with an empty store asks for outputs already built.
 func (e *env) s5(ctx context.Context) ([]Result, error) {
-	values := map[string]float64{}
-	for _, sideName := range e.cfg.Sides {
-		s := e.sides[sideName]
-		if s.name == Local {
-			continue // no remote to have built anything
-		}
-		var samples []float64
-		for run := 0; run < e.cfg.Runs; run++ {
+	samples := map[string][]float64{}
+	for run := 0; run < e.cfg.Runs; run++ {
+		for _, sideName := range e.cfg.Sides {
+			s := e.sides[sideName]
+			if s.name == Local {
+				continue // no remote to have built anything
+			}
 			nonce := e.next("S5")
 			if _, err := e.build(ctx, s, "ssh-ng", "s5.nix", nonce); err != nil {
 				return nil, fmt.Errorf("S5 priming %s: %w", s.name, err)
@@ -253,10 +270,13 @@ func (e *env) s5(ctx context.Context) ([]Result, error) {
 			if err != nil {
 				return nil, fmt.Errorf("S5 on %s: %w", s.name, err)
 			}
-			samples = append(samples, d.Seconds())
+			samples[s.name] = append(samples[s.name], d.Seconds())
 		}
-		values[s.name] = median(samples)
-		e.progress("S5 %-11s ssh-ng median %.2fs", s.name, values[s.name])
+	}
+	values := map[string]float64{}
+	for name, got := range samples {
+		values[name] = median(got)
+		e.progress("S5 %-11s ssh-ng median %.2fs of %d", name, values[name], len(got))
 	}
 	return []Result{{Scenario: "S5 cache hit: 16 outputs built before", Protocol: "ssh-ng", Unit: "s", Values: values,
 		Target: "≤ 0.3 × stock", Met: ratioMet(values, Stock, 0.3)}}, nil
@@ -269,25 +289,28 @@ func (e *env) s7(ctx context.Context) ([]Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	values := map[string]float64{}
-	for _, sideName := range e.cfg.Sides {
-		s := e.sides[sideName]
-		var samples []float64
-		for run := 0; run < e.cfg.Runs; run++ {
+	samples := map[string][]float64{}
+	for run := 0; run < e.cfg.Runs; run++ {
+		for _, sideName := range e.cfg.Sides {
+			s := e.sides[sideName]
 			args := []string{"build", "--no-link", "-f", file, "--argstr", "nonce", e.next("S7"), "--argstr", "bbPath", s.bb}
 			if s.name == Local {
 				args = append(args, "--store", s.client, "--max-jobs", fmt.Sprint(jobs))
 			} else {
 				args = append(args, "--store", s.storeURI, "--eval-store", s.client)
 			}
+			syscall.Sync()
 			start := time.Now()
 			if _, err := e.nix(ctx, "nix", args...); err != nil {
 				return nil, fmt.Errorf("S7 on %s: %w", s.name, err)
 			}
-			samples = append(samples, time.Since(start).Seconds())
+			samples[s.name] = append(samples[s.name], time.Since(start).Seconds())
 		}
-		values[s.name] = median(samples)
-		e.progress("S7 %-11s ssh-ng median %.2fs", s.name, values[s.name])
+	}
+	values := map[string]float64{}
+	for _, sideName := range e.cfg.Sides {
+		values[sideName] = median(samples[sideName])
+		e.progress("S7 %-11s ssh-ng median %.2fs of %d", sideName, values[sideName], len(samples[sideName]))
 	}
 	var met *bool
 	if l, ok := values[Local]; ok && values[Nixfarm] > 0 {
@@ -296,4 +319,12 @@ func (e *env) s7(ctx context.Context) ([]Result, error) {
 	}
 	return []Result{{Scenario: "S7 remote-store mode: S3's fan-out", Protocol: "ssh-ng", Unit: "s", Values: values,
 		Target: "≤ 2 × local", Met: met}}, nil
+}
+
+func formatSamples(xs []float64, format string) string {
+	parts := make([]string, len(xs))
+	for i, x := range xs {
+		parts[i] = fmt.Sprintf(format, x)
+	}
+	return strings.Join(parts, ", ")
 }

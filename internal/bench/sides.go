@@ -341,6 +341,9 @@ func (e *env) startNixfarm(ctx context.Context, clientPub ssh.PublicKey, sshCfg 
 	}
 	cmd := exec.Command(e.cfg.Nixfarm, "serve", "--state-dir", filepath.Join(dir, "state"), "--ssh-listen", "127.0.0.1:0",
 		"--authorized-keys", keys, "--local-jobs", fmt.Sprint(jobs), "--http-listen", "", "--log-level", e.cfg.FarmLogLevel)
+	if e.cfg.FarmCPUProfile != "" {
+		cmd.Args = append(cmd.Args, "--cpu-profile", e.cfg.FarmCPUProfile)
+	}
 	logf, _ := os.Create(filepath.Join(dir, "nixfarm.log"))
 	cmd.Stderr = logf
 	stdout, err := cmd.StdoutPipe()
