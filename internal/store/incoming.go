@@ -119,7 +119,7 @@ func (s *Local) followIncoming(ctx context.Context, p storepath.Path) (io.ReadCl
 	}
 	copied := *in.info
 	registered := func() (io.ReadCloser, error) {
-		rc, _, err := s.NarFromPath(ctx, p)
+		rc, _, err := s.registeredNar(ctx, p)
 		return rc, err
 	}
 	return &follower{ctx: ctx, in: in, limit: int64(in.info.NarSize), registered: registered}, &copied, true

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -156,5 +157,43 @@ func TestExpectationGivenUp(t *testing.T) {
 	go cancel()
 	if _, err := io.ReadAll(rc); !errors.Is(err, context.Canceled) {
 		t.Fatalf("reader after cancel: %v", err)
+	}
+}
+
+// While an expected path is added, every lookup finds it, through its
+// expectation or its registration: there is no moment between the two.
+func TestExpectedPathNeverMissingDuringAdd(t *testing.T) {
+	ctx := context.Background()
+	s, _ := newStore(t)
+	for i := 0; i < 100; i++ {
+		n := fileNar(t, fmt.Sprint("small output ", i))
+		p := storepath.Path(fmt.Sprintf("%s/%032d-out", storepath.Dir, i))
+		info := &store.PathInfo{Path: p, NarHash: nixhash.SHA256Of(n), NarSize: uint64(len(n))}
+		done := s.Expect([]*store.PathInfo{info})
+		added := make(chan error, 1)
+		go func() { added <- s.AddToStore(ctx, info, bytes.NewReader(n)) }()
+		for finished := false; !finished; {
+			select {
+			case err := <-added:
+				if err != nil {
+					t.Fatal(err)
+				}
+				finished = true
+			default:
+			}
+			if _, err := s.QueryPathInfo(ctx, p); err != nil {
+				t.Fatalf("path %d during its add: QueryPathInfo: %v", i, err)
+			}
+			rc, _, err := s.NarFromPath(ctx, p)
+			if err != nil {
+				t.Fatalf("path %d during its add: NarFromPath: %v", i, err)
+			}
+			got, err := io.ReadAll(rc)
+			rc.Close()
+			if err != nil || !bytes.Equal(got, n) {
+				t.Fatalf("path %d during its add: read %d bytes, %v", i, len(got), err)
+			}
+		}
+		done()
 	}
 }

@@ -104,11 +104,13 @@ func scanPaths(rows *sql.Rows) ([]storepath.Path, error) {
 
 // QueryPathInfo implements Store.
 func (s *Local) QueryPathInfo(ctx context.Context, p storepath.Path) (*PathInfo, error) {
+	// An expected path is looked up first: it stops being expected only
+	// after it is registered, so one or the other always answers.
+	if info := s.incomingInfo(p); info != nil {
+		return info, nil
+	}
 	info, err := s.scanInfo(ctx, s.db.QueryRowContext(ctx, `SELECT `+infoColumns+` FROM paths WHERE path = ?`, string(p)))
 	if errors.Is(err, sql.ErrNoRows) {
-		if info := s.incomingInfo(p); info != nil {
-			return info, nil
-		}
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, p)
 	}
 	if err != nil {
@@ -220,11 +222,16 @@ func (s *Local) Referrers(ctx context.Context, p storepath.Path) ([]storepath.Pa
 // NarFromPath implements Store. The NAR of a path being added after
 // Expect is followed as it arrives.
 func (s *Local) NarFromPath(ctx context.Context, p storepath.Path) (io.ReadCloser, *PathInfo, error) {
+	if rc, info, ok := s.followIncoming(ctx, p); ok { // first, as in QueryPathInfo
+		return rc, info, nil
+	}
+	return s.registeredNar(ctx, p)
+}
+
+// registeredNar opens the NAR of a registered path.
+func (s *Local) registeredNar(ctx context.Context, p storepath.Path) (io.ReadCloser, *PathInfo, error) {
 	info, err := s.scanInfo(ctx, s.db.QueryRowContext(ctx, `SELECT `+infoColumns+` FROM paths WHERE path = ?`, string(p)))
 	if errors.Is(err, sql.ErrNoRows) {
-		if rc, info, ok := s.followIncoming(ctx, p); ok {
-			return rc, info, nil
-		}
 		return nil, nil, fmt.Errorf("%w: %s", ErrNotFound, p)
 	}
 	if err != nil {
