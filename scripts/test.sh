@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole nixfarm test suite: go vet, unit tests, the end-to-end
-# tests against the real Nix client, and a few seconds of every fuzz target.
+# tests against the real Nix client, one iteration of every Go benchmark
+# (so they cannot rot), and a few seconds of every fuzz target.
 # It installs what the tests need (Debian packages) when they are missing.
 #
 #   scripts/test.sh                 everything
@@ -32,6 +33,9 @@ go vet ./...
 
 echo "== go test"
 go test -count=1 -timeout 20m ./...
+
+echo "== go benchmarks (one iteration each, no timings asserted)"
+go test -run='^$' -bench=. -benchtime=1x -timeout 10m ./...
 
 if [ -z "${SKIP_FUZZ:-}" ]; then
 	echo "== fuzz ($fuzztime per target)"

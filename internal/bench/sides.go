@@ -34,6 +34,8 @@ type env struct {
 	procs     []*exec.Cmd
 	nonce     atomic.Int64
 	stamp     string
+	// warnedCaches: the page cache could not be dropped (once said).
+	warnedCaches bool
 }
 
 // side is one way of building.

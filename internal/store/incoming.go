@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"sync"
 
@@ -23,6 +24,13 @@ import (
 // Closure and builds do not, until it is registered. A reader never gets
 // more than the declared size, and gets an error instead of the end of
 // the NAR if the import fails; the client checks the NAR hash itself.
+
+// Uploads are followed the same way, for a different reader: a farm whose
+// builds run on a known machine can copy a large upload there while the
+// client is still sending it. Local.OnUpload hears of each upload of at
+// least OnUploadMin bytes as it starts, with a reader that follows its
+// NAR and ends with an error if the upload fails. Nothing else sees the
+// path before it is registered.
 
 // Expecter is a Store that can serve paths while they are being added.
 type Expecter interface {
@@ -64,9 +72,7 @@ func (s *Local) Expect(infos []*PathInfo) (done func()) {
 		if _, ok := s.incoming[info.Path]; ok || info.NarSize == 0 || info.NarHash.IsZero() {
 			continue // expected already, by another build's import; or not declared
 		}
-		copied := *info
-		in := &incoming{info: &copied}
-		in.cond = sync.NewCond(&in.mu)
+		in := newIncoming(info)
 		s.incoming[info.Path] = in
 		mine = append(mine, in)
 	}
@@ -76,6 +82,18 @@ func (s *Local) Expect(infos []*PathInfo) (done func()) {
 			s.finishIncoming(in, errNotAdded)
 		}
 	}
+}
+
+func newIncoming(info *PathInfo) *incoming {
+	copied := *info
+	in := &incoming{info: &copied}
+	in.cond = sync.NewCond(&in.mu)
+	return in
+}
+
+func (in *incoming) infoCopy() *PathInfo {
+	copied := *in.info
+	return &copied
 }
 
 func (s *Local) lookupIncoming(p storepath.Path) *incoming {
@@ -117,12 +135,16 @@ func (s *Local) followIncoming(ctx context.Context, p storepath.Path) (io.ReadCl
 	if in == nil {
 		return nil, nil, false
 	}
-	copied := *in.info
+	return s.follow(ctx, in), in.infoCopy(), true
+}
+
+// follow returns a reader of in's NAR.
+func (s *Local) follow(ctx context.Context, in *incoming) io.ReadCloser {
 	registered := func() (io.ReadCloser, error) {
-		rc, _, err := s.registeredNar(ctx, p)
+		rc, _, err := s.registeredNar(ctx, in.info.Path)
 		return rc, err
 	}
-	return &follower{ctx: ctx, in: in, limit: int64(in.info.NarSize), registered: registered}, &copied, true
+	return &follower{ctx: ctx, in: in, limit: int64(in.info.NarSize), registered: registered}
 }
 
 // follower reads an incoming NAR, waiting for bytes not written yet. It
@@ -154,6 +176,15 @@ func (r *follower) Read(p []byte) (int, error) {
 		case in.open != nil:
 			var err error
 			if r.f, r.rc, err = in.open(); err != nil {
+				// A failed add removes its spool file: report why it failed.
+				for errors.Is(err, fs.ErrNotExist) && !in.done {
+					if werr := r.wait(); werr != nil {
+						err = werr
+					}
+				}
+				if in.err != nil {
+					err = in.err
+				}
 				in.mu.Unlock()
 				return 0, fmt.Errorf("opening the NAR of %s: %w", in.info.Path, err)
 			}

@@ -197,3 +197,72 @@ func TestExpectedPathNeverMissingDuringAdd(t *testing.T) {
 		done()
 	}
 }
+
+// OnUpload hears of a large upload as it starts and can follow its NAR
+// while it arrives; no one else sees the path before it is registered,
+// and a failed upload ends the reader with its error.
+func TestOnUploadFollowsTheUpload(t *testing.T) {
+	ctx := context.Background()
+	s, _ := newStore(t)
+	n := bigNar(t)
+	type heard struct {
+		info *store.PathInfo
+		nar  io.ReadCloser
+	}
+	hooks := make(chan heard, 2)
+	s.OnUploadMin = 1 << 20
+	s.OnUpload = func(info *store.PathInfo, nar io.ReadCloser) { hooks <- heard{info, nar} }
+
+	// Too small: not heard of.
+	small := fileNar(t, "small")
+	if err := s.AddToStore(ctx, &store.PathInfo{Path: path("small", 'm'), NarHash: nixhash.SHA256Of(small), NarSize: uint64(len(small))}, bytes.NewReader(small)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case h := <-hooks:
+		t.Fatalf("heard of a %d-byte upload", h.info.NarSize)
+	default:
+	}
+
+	p := path("upload", 'u')
+	info := &store.PathInfo{Path: p, NarHash: nixhash.SHA256Of(n), NarSize: uint64(len(n))}
+	pr, pw := io.Pipe()
+	added := make(chan error, 1)
+	go func() { added <- s.AddToStore(ctx, info, pr) }()
+	h := <-hooks
+	defer h.nar.Close()
+	if h.info.Path != p || h.info.NarSize != info.NarSize {
+		t.Fatalf("heard of %+v", h.info)
+	}
+	if _, err := pw.Write(n[:len(n)/2]); err != nil {
+		t.Fatal(err)
+	}
+	first := make([]byte, 4096)
+	if _, err := io.ReadFull(h.nar, first); err != nil || !bytes.Equal(first, n[:4096]) {
+		t.Fatalf("following the upload: %v", err)
+	}
+	if _, err := s.QueryPathInfo(ctx, p); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("an upload in progress is visible: %v", err)
+	}
+	go func() { pw.Write(n[len(n)/2:]); pw.Close() }()
+	rest, err := io.ReadAll(h.nar)
+	if err != nil || !bytes.Equal(append(first, rest...), n) {
+		t.Fatalf("followed NAR: %d bytes, %v", 4096+len(rest), err)
+	}
+	if err := <-added; err != nil {
+		t.Fatal(err)
+	}
+
+	// A lying upload: the follower gets the mismatch, not an end.
+	p2 := path("lie", 'x')
+	bad := &store.PathInfo{Path: p2, NarHash: nixhash.SHA256Of([]byte("other")), NarSize: uint64(len(n))}
+	go func() { added <- s.AddToStore(ctx, bad, bytes.NewReader(n)) }()
+	h = <-hooks
+	defer h.nar.Close()
+	if _, err := io.ReadAll(h.nar); !errors.Is(err, store.ErrHashMismatch) {
+		t.Fatalf("follower of a bad upload: %v", err)
+	}
+	if err := <-added; !errors.Is(err, store.ErrHashMismatch) {
+		t.Fatalf("bad upload: %v", err)
+	}
+}

@@ -45,6 +45,9 @@ type Executor struct {
 	farm      store.Store
 	transport Transport
 	log       *slog.Logger
+
+	pfMu        sync.Mutex
+	prefetching map[storepath.Path]chan struct{} // copies in flight; see prefetch.go
 }
 
 var _ build.Builder = (*Executor)(nil)
@@ -147,6 +150,9 @@ func (s *session) sendInputs(ctx context.Context, req *build.Request) error {
 	closure, err := farm.Closure(ctx, inputs)
 	if err != nil {
 		return fmt.Errorf("input closure: %w", err)
+	}
+	if err := s.e.awaitPrefetches(ctx, closure); err != nil {
+		return err
 	}
 	valid, err := s.client.QueryValidPaths(closure, false, false)
 	if err != nil {
