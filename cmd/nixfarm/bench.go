@@ -24,6 +24,7 @@ func benchCmd(args []string, stdout, stderr io.Writer) int {
 	workDir := fs.String("work-dir", "", "directory for stores and logs (default: a temporary one, removed afterwards)")
 	farmLog := fs.String("farm-log-level", "warn", "nixfarm serve's log level; its log is WORK-DIR/nixfarm/nixfarm.log")
 	farmProfile := fs.String("farm-cpu-profile", "", "have nixfarm serve write a CPU profile to this file")
+	farmArgs := fs.String("farm-args", "", "more arguments for nixfarm serve, space-separated, to measure a setting (e.g. \"--sync-delay 0\")")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, `Usage: nixfarm bench [flags]
 
@@ -54,7 +55,7 @@ Flags:
 	rep, err := bench.Run(ctx, bench.Config{
 		Nixfarm: self, WorkDir: *workDir, Runs: *runs, S4MiB: *mib, S6Queued: *queued,
 		Sides: strings.Split(*sides, ","), Scenarios: strings.Split(*scenarios, ","), Progress: stderr, FarmLogLevel: *farmLog,
-		FarmCPUProfile: *farmProfile,
+		FarmCPUProfile: *farmProfile, FarmArgs: strings.Fields(*farmArgs),
 	})
 	if err != nil {
 		fmt.Fprintf(stderr, "nixfarm bench: %v\n", err)

@@ -84,7 +84,6 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&cfg.Scheduler.MaxAttempts, "max-attempts", 3, "workers a build is tried on when workers are lost or fail to run it")
 	fs.DurationVar(&cfg.Scheduler.QuarantineFor, "quarantine", time.Minute, "how long a worker that failed 3 builds in a row gets no builds")
 	fs.BoolVar(&cfg.CancelOnDisconnect, "cancel-on-disconnect", false, "stop a build when every client waiting for it has gone (default: finish it and keep the result)")
-	fs.IntVar(&cfg.PrefetchMiB, "prefetch-mib", 8, "uploads of at least this many MiB are copied to the built-in worker while they arrive, when it is the only worker (0: never)")
 	fs.DurationVar(&cfg.SyncDelay, "sync-delay", store.DefaultSyncDelay, "how long after upload a NAR is synced to disk (0: at once); NARs not synced yet are checked against their hashes after a crash")
 	ciphers := fs.String("ssh-ciphers", strings.Join(sshd.DefaultCiphers, ","), "SSH ciphers offered to clients, comma-separated; clients pick the first of their own list that is offered (add chacha20-poly1305@openssh.com for clients without AES-GCM, at a CPU cost)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")

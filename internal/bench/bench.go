@@ -52,6 +52,9 @@ type Config struct {
 	FarmLogLevel string
 	// FarmCPUProfile, if set, is where nixfarm serve writes a CPU profile.
 	FarmCPUProfile string
+	// FarmArgs are more arguments for nixfarm serve, to measure a
+	// setting's effect (e.g. --sync-delay 0).
+	FarmArgs []string
 }
 
 // Result is one scenario's medians across the sides.

@@ -346,6 +346,7 @@ func (e *env) startNixfarm(ctx context.Context, clientPub ssh.PublicKey, sshCfg 
 	if e.cfg.FarmCPUProfile != "" {
 		cmd.Args = append(cmd.Args, "--cpu-profile", e.cfg.FarmCPUProfile)
 	}
+	cmd.Args = append(cmd.Args, e.cfg.FarmArgs...)
 	logf, _ := os.Create(filepath.Join(dir, "nixfarm.log"))
 	cmd.Stderr = logf
 	stdout, err := cmd.StdoutPipe()

@@ -60,10 +60,6 @@ type Config struct {
 	LocalStore string
 	// LocalJobs is how many builds the built-in worker runs at once.
 	LocalJobs int
-	// PrefetchMiB is the size from which an upload is copied to the
-	// built-in worker while it arrives, when that worker is the farm's
-	// only one (no machines file, no agents); 0 disables it.
-	PrefetchMiB int
 	// NixStore is the nix-store binary the built-in worker runs.
 	NixStore string
 	// Machines is a Nix machines file of static workers, driven over SSH.
@@ -243,16 +239,9 @@ func (f *Farm) addLocalWorker(ctx context.Context) error {
 	}
 	transport := &worker.Local{NixStore: f.cfg.NixStore, StoreURI: f.cfg.LocalStore}
 	executor := worker.NewExecutor("local", f.store, transport, f.log)
-	// Open the worker's store once now: Nix fails when two processes
-	// create a new store at once, as a build and a prefetch could.
+	// Open the worker's store once now, before builds run at once.
 	if err := executor.Check(ctx); err != nil {
 		f.log.Warn("the built-in worker's nix-store --serve does not answer; its builds will fail until it does", "err", err)
-	}
-	if f.cfg.PrefetchMiB > 0 && f.cfg.Machines == "" && f.cfg.WorkerListen == "" {
-		// Every build runs here: copy large uploads to the worker as
-		// they arrive rather than when their build starts.
-		f.store.OnUpload = executor.Prefetch
-		f.store.OnUploadMin = uint64(f.cfg.PrefetchMiB) << 20
 	}
 	return f.sched.AddWorker(scheduler.Worker{Name: "local", Kind: "local", Caps: caps, Builder: executor})
 }

@@ -25,13 +25,6 @@ import (
 // more than the declared size, and gets an error instead of the end of
 // the NAR if the import fails; the client checks the NAR hash itself.
 
-// Uploads are followed the same way, for a different reader: a farm whose
-// builds run on a known machine can copy a large upload there while the
-// client is still sending it. Local.OnUpload hears of each upload of at
-// least OnUploadMin bytes as it starts, with a reader that follows its
-// NAR and ends with an error if the upload fails. Nothing else sees the
-// path before it is registered.
-
 // Expecter is a Store that can serve paths while they are being added.
 type Expecter interface {
 	// Expect declares that paths with these infos are about to be added
@@ -72,7 +65,9 @@ func (s *Local) Expect(infos []*PathInfo) (done func()) {
 		if _, ok := s.incoming[info.Path]; ok || info.NarSize == 0 || info.NarHash.IsZero() {
 			continue // expected already, by another build's import; or not declared
 		}
-		in := newIncoming(info)
+		copied := *info
+		in := &incoming{info: &copied}
+		in.cond = sync.NewCond(&in.mu)
 		s.incoming[info.Path] = in
 		mine = append(mine, in)
 	}
@@ -82,18 +77,6 @@ func (s *Local) Expect(infos []*PathInfo) (done func()) {
 			s.finishIncoming(in, errNotAdded)
 		}
 	}
-}
-
-func newIncoming(info *PathInfo) *incoming {
-	copied := *info
-	in := &incoming{info: &copied}
-	in.cond = sync.NewCond(&in.mu)
-	return in
-}
-
-func (in *incoming) infoCopy() *PathInfo {
-	copied := *in.info
-	return &copied
 }
 
 func (s *Local) lookupIncoming(p storepath.Path) *incoming {
@@ -135,16 +118,12 @@ func (s *Local) followIncoming(ctx context.Context, p storepath.Path) (io.ReadCl
 	if in == nil {
 		return nil, nil, false
 	}
-	return s.follow(ctx, in), in.infoCopy(), true
-}
-
-// follow returns a reader of in's NAR.
-func (s *Local) follow(ctx context.Context, in *incoming) io.ReadCloser {
+	copied := *in.info
 	registered := func() (io.ReadCloser, error) {
-		rc, _, err := s.registeredNar(ctx, in.info.Path)
+		rc, _, err := s.registeredNar(ctx, p)
 		return rc, err
 	}
-	return &follower{ctx: ctx, in: in, limit: int64(in.info.NarSize), registered: registered}
+	return &follower{ctx: ctx, in: in, limit: int64(in.info.NarSize), registered: registered}, &copied, true
 }
 
 // follower reads an incoming NAR, waiting for bytes not written yet. It

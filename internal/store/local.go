@@ -34,10 +34,6 @@ type Local struct {
 	// SyncDelay is how long after registration a path's blob is synced to
 	// disk (DefaultSyncDelay; set it before use).
 	SyncDelay time.Duration
-	// OnUpload, if set, hears of each upload of at least OnUploadMin
-	// bytes as it starts; see incoming.go. It must not block.
-	OnUpload    func(info *PathInfo, nar io.ReadCloser)
-	OnUploadMin uint64
 
 	inMu     sync.Mutex
 	incoming map[storepath.Path]*incoming // see Expect
@@ -254,12 +250,6 @@ func blobKey(h nixhash.Hash) string { return h.Nix32() }
 func (s *Local) AddToStore(ctx context.Context, info *PathInfo, narSrc io.Reader) (err error) {
 	if in := s.lookupIncoming(info.Path); in != nil {
 		defer func() { s.finishIncoming(in, err) }()
-		return s.addToStore(ctx, info, narSrc, in)
-	}
-	if hook := s.OnUpload; hook != nil && info.NarSize >= s.OnUploadMin && !info.NarHash.IsZero() {
-		in := newIncoming(info) // followed by the hook only, not in s.incoming
-		defer func() { s.finishIncoming(in, err) }()
-		hook(in.infoCopy(), s.follow(context.Background(), in))
 		return s.addToStore(ctx, info, narSrc, in)
 	}
 	return s.addToStore(ctx, info, narSrc, nil)

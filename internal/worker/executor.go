@@ -45,9 +45,6 @@ type Executor struct {
 	farm      store.Store
 	transport Transport
 	log       *slog.Logger
-
-	pfMu        sync.Mutex
-	prefetching map[storepath.Path]chan struct{} // copies in flight; see prefetch.go
 }
 
 var _ build.Builder = (*Executor)(nil)
@@ -97,6 +94,38 @@ func (e *Executor) Build(ctx context.Context, req *build.Request) (*build.Result
 	res.StartTime, res.StopTime = start, time.Now()
 	res.Worker = e.name
 	return res, nil
+}
+
+// Check starts nix-store --serve on the machine and completes the
+// handshake, which also creates the machine's store if it is new. Nix 2.8
+// fails ("database is busy") when two processes create the same store at
+// once, as the first builds of a new farm would.
+func (e *Executor) Check(ctx context.Context) error {
+	stream, err := e.transport.Open(ctx, build.Options{})
+	if err != nil {
+		return fmt.Errorf("worker %s: %w", e.name, err)
+	}
+	stderr := newLineForwarder(io.Discard)
+	drained := make(chan struct{})
+	go func() {
+		if stream.Stderr != nil {
+			stderr.copyFrom(stream.Stderr)
+		}
+		close(drained)
+	}()
+	_, err = serveproto.NewClient(stream.Stdout, stream.Stdin)
+	stream.Stdin.Close()
+	<-drained
+	if werr := stream.Wait(); err == nil {
+		err = werr
+	}
+	if err != nil {
+		if tail := stderr.tail(); tail != "" {
+			err = fmt.Errorf("%w (nix-store said: %s)", err, tail)
+		}
+		return fmt.Errorf("worker %s: %w", e.name, err)
+	}
+	return nil
 }
 
 // session is one build over one stream.
@@ -150,9 +179,6 @@ func (s *session) sendInputs(ctx context.Context, req *build.Request) error {
 	closure, err := farm.Closure(ctx, inputs)
 	if err != nil {
 		return fmt.Errorf("input closure: %w", err)
-	}
-	if err := s.e.awaitPrefetches(ctx, closure); err != nil {
-		return err
 	}
 	valid, err := s.client.QueryValidPaths(closure, false, false)
 	if err != nil {

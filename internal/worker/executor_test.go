@@ -4,14 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io"
-	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/nixfarm/nixfarm/internal/build"
 	"github.com/nixfarm/nixfarm/internal/derivation"
@@ -121,80 +117,20 @@ func TestMissingNix(t *testing.T) {
 	}
 }
 
-// caFile returns a content-addressed path holding contents as one file,
-// with its info and NAR.
-func caFile(t *testing.T, name, contents string) (*store.PathInfo, []byte) {
-	t.Helper()
-	n := testutil.FileNar(contents)
-	h := nixhash.SHA256Of(n)
-	p, err := storepath.MakeFixedOutput(name, true, h, nil, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &store.PathInfo{Path: p, NarHash: h, NarSize: uint64(len(n)), CA: "fixed:r:sha256:" + h.Nix32()}, n
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(p)))
-	return len(p), nil
-}
-
-func validOn(storeDir string, p storepath.Path) bool {
-	return exec.Command("nix-store", "--store", storeDir, "--check-validity", string(p)).Run() == nil
-}
-
-// A large upload reaches the machine while it is uploaded, before any
-// build asks for it; an upload the farm refuses never does.
-func TestPrefetchUploads(t *testing.T) {
+// Check creates a new machine store and says when nix-store cannot run.
+func TestCheck(t *testing.T) {
 	testutil.RequireTools(t, "nix-store")
 	st, _, dir := testutil.Store(t)
-	workerStore := filepath.Join(dir, "worker")
-	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	w := worker.NewExecutor("local", st, &worker.Local{StoreURI: workerStore}, log)
-	st.OnUploadMin = 1 << 20
-	st.OnUpload = w.Prefetch
-	ctx := context.Background()
-	// Create the worker's store first: Nix 2.8 fails ("database is busy")
-	// when two processes create the same new store at once.
-	validOn(workerStore, storepath.Path("/nix/store/"+strings.Repeat("0", 32)+"-none"))
-
-	info, n := caFile(t, "big-input", strings.Repeat("prefetch me ", 400_000))
-	if err := st.AddToStore(ctx, info, bytes.NewReader(n)); err != nil {
+	storeDir := filepath.Join(dir, "fresh-worker-store")
+	w := worker.NewExecutor("local", st, &worker.Local{StoreURI: storeDir}, nil)
+	if err := w.Check(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for !validOn(workerStore, info.Path) {
-		if time.Now().After(deadline) {
-			t.Fatal("the upload never reached the worker's store")
-		}
-		time.Sleep(20 * time.Millisecond)
+	if _, err := os.Stat(filepath.Join(storeDir, "nix", "var", "nix", "db", "db.sqlite")); err != nil {
+		t.Errorf("the machine's store was not created: %v", err)
 	}
-	out, err := exec.Command("nix-store", "--store", workerStore, "-q", "--hash", string(info.Path)).Output()
-	if err != nil || strings.TrimSpace(string(out)) != info.NarHash.String() {
-		t.Fatalf("worker has %s with hash %q (%v), want %s", info.Path, out, err, info.NarHash)
-	}
-
-	// A build needing it finds it there.
-	bb := addBusybox(t, st)
-	drvPath, drv := basic(t, bb, "uses-input", "wc -c < "+string(info.Path)+" > $out")
-	drv.InputSrcs = append(drv.InputSrcs, string(info.Path))
-	res, err := w.Build(ctx, &build.Request{DrvPath: drvPath, Drv: drv, Account: "alice", Log: io.Discard})
-	if err != nil || res.Status != build.Built {
-		t.Fatalf("build: %v %+v", err, res)
-	}
-
-	// The farm refuses an upload whose content address is wrong: the
-	// worker, held back by one byte, registers nothing.
-	liar, n2 := caFile(t, "liar", strings.Repeat("the truth ", 200_000))
-	other, _ := caFile(t, "liar", strings.Repeat("something else ", 100_000))
-	liar.Path = other.Path // the NAR hash is right, the path is not
-	if err := st.AddToStore(ctx, liar, bytes.NewReader(n2)); err == nil {
-		t.Fatal("the farm accepted a path that does not match its content")
-	}
-	time.Sleep(500 * time.Millisecond) // let a wrongful import finish, if one were under way
-	if validOn(workerStore, liar.Path) {
-		t.Fatal("the worker registered an upload the farm refused")
+	broken := worker.NewExecutor("local", st, &worker.Local{NixStore: "/nonexistent/nix-store"}, nil)
+	if err := broken.Check(context.Background()); err == nil || !strings.Contains(err.Error(), "/nonexistent/nix-store") {
+		t.Errorf("error %v does not name the missing binary", err)
 	}
 }
