@@ -33,14 +33,17 @@ type Store interface {
 	Sync(ctx context.Context, keys []string) error
 	// Remove deletes a blob, such as one found damaged after a crash.
 	Remove(ctx context.Context, key string) error
+	// Keys lists the keys of all committed blobs.
+	Keys(ctx context.Context) ([]string, error)
 }
 
 // Writer receives the bytes of one new blob.
 type Writer interface {
 	io.Writer
 	// Commit makes the blob visible under key; Store.Sync makes it
-	// durable. If a blob with that key exists already, the new copy is
-	// dropped (content addressing makes them identical).
+	// durable. If a blob of the same size exists already under key, the
+	// new copy is dropped (content addressing makes them identical); one
+	// of another size, left damaged by a crash, is replaced.
 	Commit(key string) error
 	// Abort discards the blob. It is safe to call after Commit.
 	Abort()
@@ -59,10 +62,6 @@ type Dir struct {
 	root string
 	// NoSync skips fsync, for tests and benchmarks that measure other costs.
 	NoSync bool
-	// Writeback starts writing blobs to disk as they stream in, for
-	// callers that Sync right after Commit; otherwise the kernel writes
-	// them back in its own time.
-	Writeback bool
 }
 
 var _ Store = (*Dir)(nil)
@@ -107,7 +106,10 @@ func (d *Dir) Open(ctx context.Context, key string) (io.ReadCloser, error) {
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, key)
 	}
-	return f, err
+	if err != nil {
+		return nil, fmt.Errorf("opening blob: %w", err)
+	}
+	return f, nil
 }
 
 // Exists implements Store.
@@ -122,25 +124,43 @@ func (d *Dir) Exists(ctx context.Context, key string) (bool, error) {
 	return err == nil, err
 }
 
-type dirWriter struct {
-	d    *Dir
-	f    *os.File
-	done bool
-	// written counts the bytes written; those before flushed are being
-	// written back to disk.
-	written, flushed int64
+// Keys implements Store.
+func (d *Dir) Keys(ctx context.Context) ([]string, error) {
+	subdirs, err := os.ReadDir(d.root)
+	if err != nil {
+		return nil, fmt.Errorf("listing blobs: %w", err)
+	}
+	var keys []string
+	for _, sub := range subdirs {
+		if !sub.IsDir() || sub.Name() == "tmp" {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		files, err := os.ReadDir(filepath.Join(d.root, sub.Name()))
+		if err != nil {
+			return nil, fmt.Errorf("listing blobs: %w", err)
+		}
+		for _, f := range files {
+			if key := f.Name(); validKey(key) == nil && key[:2] == sub.Name() {
+				keys = append(keys, key)
+			}
+		}
+	}
+	return keys, nil
 }
 
-// writebackChunk is how many bytes a blob accumulates before they are
-// sent to disk, ahead of Sync.
-const writebackChunk = 8 << 20
+type dirWriter struct {
+	d       *Dir
+	f       *os.File
+	done    bool
+	written int64
+}
 
 func (w *dirWriter) Write(p []byte) (int, error) {
 	n, err := w.f.Write(p)
 	w.written += int64(n)
-	if w.d.Writeback && w.written-w.flushed >= writebackChunk {
-		w.writeback()
-	}
 	return n, err
 }
 
@@ -158,14 +178,11 @@ func (w *dirWriter) Commit(key string) error {
 		w.f.Close()
 		return err
 	}
-	if w.d.Writeback && w.written > w.flushed {
-		w.writeback()
-	}
 	if err := w.f.Close(); err != nil {
 		return fmt.Errorf("closing blob %s: %w", key, err)
 	}
 	final := w.d.path(key)
-	if _, err := os.Stat(final); err == nil {
+	if fi, err := os.Stat(final); err == nil && fi.Size() == w.written {
 		return nil // deduplicated: the same content is already stored
 	}
 	dir := filepath.Dir(final)
@@ -173,7 +190,7 @@ func (w *dirWriter) Commit(key string) error {
 		return fmt.Errorf("creating %s: %w", dir, err)
 	}
 	if err := os.Chmod(tmp, 0o444); err != nil {
-		return err
+		return fmt.Errorf("committing blob %s: %w", key, err)
 	}
 	if err := os.Rename(tmp, final); err != nil {
 		return fmt.Errorf("committing blob %s: %w", key, err)
@@ -215,10 +232,10 @@ func (d *Dir) Remove(ctx context.Context, key string) error {
 		return err
 	}
 	err := os.Remove(d.path(key))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("removing blob %s: %w", key, err)
 	}
-	return err
+	return nil
 }
 
 func (w *dirWriter) Abort() {

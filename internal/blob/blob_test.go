@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/nixfarm/nixfarm/internal/blob"
@@ -20,8 +21,8 @@ func TestDirCommitAbortDedup(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Larger than a few writeback chunks, written in odd sizes.
-	data := make([]byte, 21<<20+123)
+	// Written in odd sizes.
+	data := make([]byte, 3<<20+123)
 	rand.NewChaCha8([32]byte{1}).Read(data)
 	w, err := d.Create(ctx)
 	if err != nil {
@@ -50,14 +51,16 @@ func TestDirCommitAbortDedup(t *testing.T) {
 		t.Fatalf("read back %d bytes that differ from the %d written", len(got), len(data))
 	}
 
-	// The same key again: the first copy stays.
+	// The same blob again: the first copy stays.
+	final := filepath.Join(root, "bl", "blobkey01")
+	before, _ := os.Stat(final)
 	w, _ = d.Create(ctx)
-	w.Write([]byte("other"))
+	w.Write(data)
 	if err := w.Commit("blobkey01"); err != nil {
 		t.Fatal(err)
 	}
-	if fi, _ := os.Stat(filepath.Join(root, "bl", "blobkey01")); fi == nil || fi.Size() != int64(len(data)) {
-		t.Fatalf("deduplicated commit replaced the blob: %v", fi)
+	if after, _ := os.Stat(final); before == nil || after == nil || !os.SameFile(before, after) {
+		t.Fatal("deduplicated commit replaced the blob")
 	}
 
 	// An aborted blob leaves nothing behind.
@@ -72,5 +75,65 @@ func TestDirCommitAbortDedup(t *testing.T) {
 	}
 	if _, err := d.Open(ctx, "../etc/passwd"); err == nil {
 		t.Fatal("a key with a path in it was accepted")
+	}
+}
+
+// A file of the wrong size under a key, as a crash can leave, is replaced
+// by the next commit under that key, not adopted.
+func TestDirCommitReplacesDamagedBlob(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	d, err := blob.NewDir(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(root, "bl"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "bl", "blobkey01"), []byte("torn"), 0o444); err != nil {
+		t.Fatal(err)
+	}
+	w, err := d.Create(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write([]byte("the whole blob"))
+	if err := w.Commit("blobkey01"); err != nil {
+		t.Fatal(err)
+	}
+	r, err := d.Open(ctx, "blobkey01")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(r)
+	r.Close()
+	if string(got) != "the whole blob" {
+		t.Fatalf("blob holds %q after the commit, want the new copy", got)
+	}
+}
+
+func TestDirKeys(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	d, err := blob.NewDir(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{"blobkey02", "blobkey01", "otherkey1"} {
+		w, _ := d.Create(ctx)
+		w.Write([]byte(key))
+		if err := w.Commit(key); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w, _ := d.Create(ctx) // an upload in progress is not listed
+	defer w.Abort()
+	keys, err := d.Keys(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(keys)
+	if want := []string{"blobkey01", "blobkey02", "otherkey1"}; !slices.Equal(keys, want) {
+		t.Fatalf("keys %v, want %v", keys, want)
 	}
 }

@@ -12,12 +12,15 @@ import (
 // next one. Each caller still waits for its own statement to be
 // committed, so nothing is acknowledged before it is stored; under load,
 // one write transaction serves many callers instead of one each.
+//
+// The transactions are written by a goroutine that runs while statements
+// are pending, so no caller waits longer than its own statement needs.
 type Group struct {
 	db *sql.DB
 
 	mu      sync.Mutex
 	pending []*groupOp
-	writing bool
+	writing bool // the writer goroutine runs
 }
 
 type groupOp struct {
@@ -42,19 +45,8 @@ func (g *Group) Exec(ctx context.Context, query string, args ...any) (sql.Result
 	g.mu.Lock()
 	g.pending = append(g.pending, op)
 	if !g.writing {
-		// No transaction is being written: this caller writes, and goes
-		// on writing what arrives meanwhile until nothing is pending.
 		g.writing = true
-		for len(g.pending) > 0 {
-			n := min(len(g.pending), maxGroup)
-			batch := g.pending[:n:n]
-			g.pending = g.pending[n:]
-			g.mu.Unlock()
-			g.commit(batch)
-			g.mu.Lock()
-		}
-		g.pending = nil
-		g.writing = false
+		go g.write()
 	}
 	g.mu.Unlock()
 	select {
@@ -65,6 +57,26 @@ func (g *Group) Exec(ctx context.Context, query string, args ...any) (sql.Result
 	}
 }
 
+// write commits the pending statements, in batches, until none is left.
+func (g *Group) write() {
+	g.mu.Lock()
+	for len(g.pending) > 0 {
+		n := min(len(g.pending), maxGroup)
+		batch := g.pending[:n:n]
+		g.pending = g.pending[n:]
+		g.mu.Unlock()
+		g.commit(batch)
+		g.mu.Lock()
+	}
+	g.pending = nil
+	g.writing = false
+	g.mu.Unlock()
+}
+
+// commit runs a batch in one transaction. Each statement runs in its own
+// savepoint, so a failing one is undone alone and fails only its caller.
+// If it takes the whole transaction with it, as SQLite may on
+// SQLITE_FULL, SQLITE_IOERR or SQLITE_NOMEM, the whole batch fails.
 func (g *Group) commit(batch []*groupOp) {
 	finish := func(err error) {
 		for _, op := range batch {
@@ -80,10 +92,35 @@ func (g *Group) commit(batch []*groupOp) {
 		finish(fmt.Errorf("beginning a write transaction: %w", err))
 		return
 	}
+	defer tx.Rollback()
+	// The savepoint statements are prepared once: they run twice per
+	// statement of the batch.
+	savepoint, err := tx.PrepareContext(ctx, `SAVEPOINT op`)
+	if err != nil {
+		finish(fmt.Errorf("writing a transaction: %w", err))
+		return
+	}
+	release, err := tx.PrepareContext(ctx, `RELEASE op`)
+	if err != nil {
+		finish(fmt.Errorf("writing a transaction: %w", err))
+		return
+	}
 	for _, op := range batch {
-		// A failing statement leaves the transaction usable; only its
-		// caller sees the error.
+		if _, err := savepoint.ExecContext(ctx); err != nil {
+			finish(fmt.Errorf("writing a transaction: %w", err))
+			return
+		}
 		op.res, op.err = tx.ExecContext(ctx, op.query, op.args...)
+		if op.err != nil {
+			if _, err := tx.ExecContext(ctx, `ROLLBACK TO op`); err != nil {
+				finish(fmt.Errorf("write transaction lost after a failed statement (%w): %w", op.err, err))
+				return
+			}
+		}
+		if _, err := release.ExecContext(ctx); err != nil {
+			finish(fmt.Errorf("writing a transaction: %w", err))
+			return
+		}
 	}
 	if err := tx.Commit(); err != nil {
 		finish(fmt.Errorf("committing a write transaction: %w", err))

@@ -4,12 +4,14 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
 	"sync"
 	"time"
 
+	"github.com/nixfarm/nixfarm/internal/blob"
 	"github.com/nixfarm/nixfarm/internal/nixhash"
 	"github.com/nixfarm/nixfarm/internal/storepath"
 )
@@ -150,13 +152,19 @@ type Recovery struct {
 	// Removed lists the paths unregistered because their blob was
 	// damaged or missing, with the paths that refer to them.
 	Removed []storepath.Path
+	// Orphans counts the blobs removed because no path named them.
+	Orphans int
 }
 
 // Recover checks the blobs of paths registered but not known to be on
 // disk, as after a crash: each must hash to its path's NAR hash. A blob
 // that does not is removed, with every path whose NAR it is and every
 // path that refers to those, so the store never serves a damaged NAR or
-// an incomplete closure. Call it before serving.
+// an incomplete closure. Blobs that no registered path names, left by a
+// crash or a failed add between the commit of a blob and the
+// registration of its path, are removed too: they were never checked,
+// and a later add of the same NAR would adopt them. Call it before
+// serving: it would remove the blobs of adds in progress.
 func (s *Local) Recover(ctx context.Context) (Recovery, error) {
 	var rec Recovery
 	rows, err := s.db.QueryContext(ctx, `SELECT u.path_id, u.blob, p.nar_hash, p.nar_size FROM unsynced u JOIN paths p ON p.id = u.path_id`)
@@ -173,24 +181,26 @@ func (s *Local) Recover(ctx context.Context) (Recovery, error) {
 		var e entry
 		if err := rows.Scan(&e.id, &e.key, &e.narHash, &e.narSize); err != nil {
 			rows.Close()
-			return rec, err
+			return rec, fmt.Errorf("listing unsynced paths: %w", err)
 		}
 		entries = append(entries, e)
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
-		return rec, err
+		return rec, fmt.Errorf("listing unsynced paths: %w", err)
 	}
 	rec.Checked = len(entries)
 	var good []syncItem
+	intact := map[string]bool{}    // blob key: whether it holds its NAR
 	damaged := map[string]string{} // blob key: NAR hash
 	for _, e := range entries {
-		if _, ok := damaged[e.key]; ok {
-			continue
-		}
-		ok, err := s.blobMatches(ctx, e.key, e.narHash, e.narSize)
-		if err != nil {
-			return rec, err
+		ok, checked := intact[e.key]
+		if !checked {
+			ok, err = s.blobMatches(ctx, e.key, e.narHash, e.narSize)
+			if err != nil {
+				return rec, err
+			}
+			intact[e.key] = ok
 		}
 		if ok {
 			good = append(good, syncItem{id: e.id, key: e.key})
@@ -199,14 +209,20 @@ func (s *Local) Recover(ctx context.Context) (Recovery, error) {
 		}
 	}
 	for key, narHash := range damaged {
+		// The blob goes first: left behind its paths, it would be adopted
+		// by the next add of the same NAR. If its paths stay registered
+		// instead, the next Recover finds the blob missing.
+		if err := s.blobs.Remove(ctx, key); err != nil {
+			return rec, fmt.Errorf("removing damaged NAR %s: %w", key, err)
+		}
 		removed, err := s.unregisterBlob(ctx, key, narHash)
 		if err != nil {
 			return rec, err
 		}
 		rec.Removed = append(rec.Removed, removed...)
-		if err := s.blobs.Remove(ctx, key); err != nil {
-			return rec, fmt.Errorf("removing damaged NAR %s: %w", key, err)
-		}
+	}
+	if rec.Orphans, err = s.removeOrphans(ctx); err != nil {
+		return rec, err
 	}
 	if len(good) > 0 {
 		if err := s.syncBatch(good); err != nil {
@@ -216,24 +232,67 @@ func (s *Local) Recover(ctx context.Context) (Recovery, error) {
 	return rec, nil
 }
 
-// blobMatches reports whether the blob under key is there and hashes to
-// narHash in narSize bytes.
+// blobMatches reports whether the blob under key hashes to narHash in
+// narSize bytes; a missing blob does not. Failures to read it are errors,
+// not damage: they may pass.
 func (s *Local) blobMatches(ctx context.Context, key, narHash string, narSize int64) (bool, error) {
 	want, err := nixhash.Parse(narHash)
 	if err != nil {
-		return false, nil
+		return false, fmt.Errorf("checking NAR %s: stored hash: %w", key, err)
 	}
 	r, err := s.blobs.Open(ctx, key)
-	if err != nil {
+	if errors.Is(err, blob.ErrNotFound) {
 		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("checking NAR %s: %w", key, err)
 	}
 	defer r.Close()
 	h := sha256.New()
 	n, err := io.Copy(h, r)
 	if err != nil {
-		return false, nil
+		return false, fmt.Errorf("checking NAR %s: %w", key, err)
 	}
 	return n == narSize && want.Equal(nixhash.FromDigest(nixhash.SHA256, h)), nil
+}
+
+// removeOrphans removes the blobs that no registered path names, and
+// returns how many it removed.
+func (s *Local) removeOrphans(ctx context.Context) (int, error) {
+	keys, err := s.blobs.Keys(ctx)
+	if err != nil {
+		return 0, err
+	}
+	orphans := make(map[string]bool, len(keys))
+	for _, key := range keys {
+		orphans[key] = true
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT DISTINCT nar_hash FROM paths`)
+	if err != nil {
+		return 0, fmt.Errorf("listing the NARs of registered paths: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var narHash string
+		if err := rows.Scan(&narHash); err != nil {
+			return 0, fmt.Errorf("listing the NARs of registered paths: %w", err)
+		}
+		h, err := nixhash.Parse(narHash)
+		if err != nil {
+			return 0, fmt.Errorf("stored NAR hash %q: %w", narHash, err)
+		}
+		delete(orphans, blobKey(h))
+	}
+	if err := rows.Err(); err != nil {
+		return 0, fmt.Errorf("listing the NARs of registered paths: %w", err)
+	}
+	rows.Close()
+	for key := range orphans {
+		if err := s.blobs.Remove(ctx, key); err != nil {
+			return 0, fmt.Errorf("removing unregistered NAR %s: %w", key, err)
+		}
+	}
+	return len(orphans), nil
 }
 
 // unregisterBlob unregisters every path whose NAR is the blob key (of NAR

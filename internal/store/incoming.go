@@ -31,7 +31,8 @@ type Expecter interface {
 	// with AddToStore. Until done is called, or AddToStore registers
 	// them, QueryPathInfo and NarFromPath answer for them; NarFromPath
 	// follows the NAR as it arrives. done ends the expectation of paths
-	// not added by then: their readers get an error.
+	// not added by then: their readers get an error, unless the path is
+	// registered all the same.
 	Expect(infos []*PathInfo) (done func())
 }
 
@@ -46,12 +47,14 @@ type incoming struct {
 
 	mu   sync.Mutex
 	cond *sync.Cond
-	// open opens the NAR as written so far: the spool file while the NAR
-	// arrives, the blob once it is committed; nil before it starts.
-	open func() (*os.File, io.ReadCloser, error)
-	size int64 // bytes written so far
-	done bool  // no more bytes will come
-	err  error // why the NAR is not there, if it is not
+	// claimed is set by the one add that streams the NAR to followers.
+	claimed bool
+	// spool is the file the NAR is written to, from the start of the add
+	// until it is committed (then the file is renamed away).
+	spool string
+	size  int64 // bytes written so far
+	done  bool  // no more bytes will come
+	err   error // why the NAR is not there, if it is not
 }
 
 // Expect implements Expecter.
@@ -85,6 +88,22 @@ func (s *Local) lookupIncoming(p storepath.Path) *incoming {
 	return s.incoming[p]
 }
 
+// claimIncoming returns the expectation of p for an add to stream to, or
+// nil if p is not expected, or another add has claimed it already.
+func (s *Local) claimIncoming(p storepath.Path) *incoming {
+	in := s.lookupIncoming(p)
+	if in == nil {
+		return nil
+	}
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.claimed || in.done {
+		return nil
+	}
+	in.claimed = true
+	return in
+}
+
 // finishIncoming ends an expectation: readers get err at the end of what
 // was written (or EOF if err is nil), and the path is no longer expected.
 func (s *Local) finishIncoming(in *incoming, err error) {
@@ -101,12 +120,8 @@ func (s *Local) finishIncoming(in *incoming, err error) {
 	s.inMu.Unlock()
 }
 
-// incomingInfo returns the declared info of an expected path.
-func (s *Local) incomingInfo(p storepath.Path) *PathInfo {
-	in := s.lookupIncoming(p)
-	if in == nil {
-		return nil
-	}
+// declared returns a copy of the declared info of an expected path.
+func (in *incoming) declared() *PathInfo {
 	copied := *in.info
 	return &copied
 }
@@ -118,24 +133,19 @@ func (s *Local) followIncoming(ctx context.Context, p storepath.Path) (io.ReadCl
 	if in == nil {
 		return nil, nil, false
 	}
-	copied := *in.info
-	registered := func() (io.ReadCloser, error) {
-		rc, _, err := s.registeredNar(ctx, p)
-		return rc, err
-	}
-	return &follower{ctx: ctx, in: in, limit: int64(in.info.NarSize), registered: registered}, &copied, true
+	return &follower{s: s, ctx: ctx, in: in, limit: int64(in.info.NarSize)}, in.declared(), true
 }
 
 // follower reads an incoming NAR, waiting for bytes not written yet. It
-// gives the end of the NAR only once the import has been verified.
+// gives the end of the NAR only once the path is registered.
 type follower struct {
-	ctx        context.Context
-	in         *incoming
-	limit      int64
-	registered func() (io.ReadCloser, error) // the NAR once registered
-	f          *os.File                      // the spool file, while the NAR arrives
-	rc         io.ReadCloser                 // the committed or registered NAR
-	pos        int64
+	s     *Local
+	ctx   context.Context
+	in    *incoming
+	limit int64
+	f     *os.File      // the spool file, while the NAR arrives
+	rc    io.ReadCloser // the registered NAR
+	pos   int64
 }
 
 func (r *follower) Read(p []byte) (int, error) {
@@ -145,43 +155,24 @@ func (r *follower) Read(p []byte) (int, error) {
 	in := r.in
 	in.mu.Lock()
 	if r.f == nil {
-		for in.open == nil && !in.done {
-			if err := r.wait(); err != nil {
-				in.mu.Unlock()
-				return 0, err
-			}
-		}
-		switch {
-		case in.open != nil:
-			var err error
-			if r.f, r.rc, err = in.open(); err != nil {
-				// A failed add removes its spool file: report why it failed.
-				for errors.Is(err, fs.ErrNotExist) && !in.done {
-					if werr := r.wait(); werr != nil {
-						err = werr
-					}
-				}
-				if in.err != nil {
-					err = in.err
-				}
-				in.mu.Unlock()
-				return 0, fmt.Errorf("opening the NAR of %s: %w", in.info.Path, err)
-			}
-		case in.err != nil:
-			err := in.err
+		if err := r.open(); err != nil {
 			in.mu.Unlock()
 			return 0, err
-		default: // added without streaming, or valid already
+		}
+		if r.f == nil {
+			// The add has ended, before the NAR could be followed: the
+			// path may be registered all the same (added earlier, or by
+			// another add).
+			ferr := in.err
 			in.mu.Unlock()
-			rc, err := r.registered()
+			rc, _, err := r.s.registeredNar(r.ctx, in.info.Path)
 			if err != nil {
+				if ferr != nil {
+					return 0, ferr
+				}
 				return 0, err
 			}
 			r.rc = rc
-			return r.rc.Read(p)
-		}
-		if r.rc != nil {
-			in.mu.Unlock()
 			return r.rc.Read(p)
 		}
 	}
@@ -207,10 +198,38 @@ func (r *follower) Read(p []byte) (int, error) {
 	}
 	n, err := r.f.ReadAt(p, r.pos)
 	r.pos += int64(n)
-	if errors.Is(err, io.EOF) && n > 0 {
-		err = nil
+	if errors.Is(err, io.EOF) {
+		if n == len(p) {
+			return n, nil
+		}
+		// The bytes were written, so the spool file must have them.
+		return n, fmt.Errorf("reading the NAR of %s: spool file shorter than written: %w", in.info.Path, io.ErrUnexpectedEOF)
 	}
 	return n, err
+}
+
+// open opens the spool file into r.f, waiting for the add to start; it
+// leaves r.f nil if the add ends first. It is called with r.in.mu held.
+func (r *follower) open() error {
+	in := r.in
+	for !in.done {
+		if in.spool != "" {
+			f, err := os.Open(in.spool)
+			if err == nil {
+				r.f = f
+				return nil
+			}
+			// The NAR is committed (and its spool file renamed), or the
+			// add failed: either way the add is about to end.
+			if !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("opening the NAR of %s: %w", in.info.Path, err)
+			}
+		}
+		if err := r.wait(); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // wait waits for the next change of r.in, or the end of r.ctx. It is

@@ -3,9 +3,12 @@ package store_test
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +16,7 @@ import (
 	"github.com/nixfarm/nixfarm/internal/nixhash"
 	"github.com/nixfarm/nixfarm/internal/store"
 	"github.com/nixfarm/nixfarm/internal/storepath"
+	"github.com/nixfarm/nixfarm/internal/testutil"
 )
 
 // bigNar is the NAR of a file large enough to arrive in several pieces.
@@ -195,5 +199,180 @@ func TestExpectedPathNeverMissingDuringAdd(t *testing.T) {
 			}
 		}
 		done()
+	}
+}
+
+// holdWriteLock takes the database's write lock until the returned
+// function (or the end of the test) releases it.
+func holdWriteLock(t *testing.T, database *sql.DB) (release func()) {
+	t.Helper()
+	tx, err := database.BeginTx(context.Background(), nil) // BEGIN IMMEDIATE
+	if err != nil {
+		t.Fatal(err)
+	}
+	release = func() { tx.Rollback() }
+	t.Cleanup(release)
+	return release
+}
+
+// waitForBlob waits until the blob of a NAR is committed.
+func waitForBlob(t *testing.T, dir string, h nixhash.Hash) {
+	t.Helper()
+	key := h.Nix32()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		if _, err := os.Stat(filepath.Join(dir, "nar", key[:2], key)); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the NAR was not committed")
+		}
+	}
+}
+
+// Of two adds of one expected path, only the first streams to readers:
+// a reader never mixes the two, and never takes part of a NAR for all of it.
+func TestConcurrentAddsOfAnExpectedPath(t *testing.T) {
+	ctx := context.Background()
+	s, _ := newStore(t)
+	n := bigNar(t)
+	p := path("twice", 't')
+	info := &store.PathInfo{Path: p, NarHash: nixhash.SHA256Of(n), NarSize: uint64(len(n))}
+	done := s.Expect([]*store.PathInfo{info})
+	defer done()
+	rc, _, err := s.NarFromPath(ctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+
+	// A first add streams half the NAR to the reader...
+	pr, pw := io.Pipe()
+	first := make(chan error, 1)
+	firstInfo := *info
+	go func() { first <- s.AddToStore(ctx, &firstInfo, pr) }()
+	if _, err := pw.Write(n[:len(n)/2]); err != nil {
+		t.Fatal(err)
+	}
+	start := make([]byte, 4096)
+	if _, err := io.ReadFull(rc, start); err != nil {
+		t.Fatal(err)
+	}
+	// ...while a second one adds the whole NAR...
+	secondInfo := *info
+	if err := s.AddToStore(ctx, &secondInfo, bytes.NewReader(n)); err != nil {
+		t.Fatal(err)
+	}
+	// ...and then the first one fails.
+	pw.CloseWithError(errors.New("connection lost"))
+	if err := <-first; err == nil {
+		t.Fatal("the first add succeeded without its NAR")
+	}
+	rest, err := io.ReadAll(rc)
+	if err == nil && !bytes.Equal(append(start, rest...), n) {
+		t.Fatalf("reader got %d bytes that differ from the NAR's %d, and no error", len(start)+len(rest), len(n))
+	}
+	if valid, _ := s.ValidPaths(ctx, []storepath.Path{p}); len(valid) != 1 {
+		t.Fatal("the second add did not register the path")
+	}
+}
+
+// While a path's registration waits for the database, its readers wait
+// for it too, but each within its own context.
+func TestReaderOfAPathBeingRegisteredCanGiveUp(t *testing.T) {
+	ctx := context.Background()
+	s, database, dir := testutil.Store(t)
+	n := bigNar(t)
+	p := path("waiting", 'w')
+	info := &store.PathInfo{Path: p, NarHash: nixhash.SHA256Of(n), NarSize: uint64(len(n))}
+	done := s.Expect([]*store.PathInfo{info})
+	defer done()
+	release := holdWriteLock(t, database)
+	added := make(chan error, 1)
+	go func() { added <- s.AddToStore(ctx, info, bytes.NewReader(n)) }()
+	waitForBlob(t, dir, nixhash.SHA256Of(n))
+
+	rctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	rc, _, err := s.NarFromPath(rctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	read := make(chan error, 1)
+	go func() {
+		_, err := io.ReadAll(rc)
+		read <- err
+	}()
+	select {
+	case err := <-read:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("reader ended with %v, want its deadline", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a reader is stuck past its deadline while the path's registration waits")
+	}
+	release()
+	if err := <-added; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A reader of a NAR whose path then fails to register gets an error, not
+// the end of the NAR.
+func TestFailedRegistrationEndsReadersWithAnError(t *testing.T) {
+	ctx := context.Background()
+	s, database, dir := testutil.Store(t)
+	add(t, s, path("first", 'f'), "first")
+	n := bigNar(t)
+	p := path("second", 'f') // the same hash part: registering it fails
+	info := &store.PathInfo{Path: p, NarHash: nixhash.SHA256Of(n), NarSize: uint64(len(n))}
+	done := s.Expect([]*store.PathInfo{info})
+	defer done()
+	release := holdWriteLock(t, database)
+	added := make(chan error, 1)
+	go func() { added <- s.AddToStore(ctx, info, bytes.NewReader(n)) }()
+	waitForBlob(t, dir, nixhash.SHA256Of(n))
+
+	rc, _, err := s.NarFromPath(ctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	read := make(chan error, 1)
+	go func() {
+		_, err := io.ReadAll(rc)
+		read <- err
+	}()
+	release()
+	if err := <-added; err == nil {
+		t.Fatal("registered a path whose hash part is taken")
+	}
+	select {
+	case err := <-read:
+		if err == nil {
+			t.Fatal("reader got the whole NAR of a path that failed to register")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("reader still waiting after the add failed")
+	}
+}
+
+// An expectation given up without an add does not hide a path that is
+// registered all the same.
+func TestExpectationGivenUpForARegisteredPath(t *testing.T) {
+	ctx := context.Background()
+	s, _ := newStore(t)
+	p := path("there", 't')
+	info := add(t, s, p, "there already")
+	done := s.Expect([]*store.PathInfo{info})
+	rc, _, err := s.NarFromPath(ctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	done()
+	got, err := io.ReadAll(rc)
+	if err != nil || !bytes.Equal(got, fileNar(t, "there already")) {
+		t.Fatalf("read %d bytes, %v; want the registered NAR", len(got), err)
 	}
 }

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"strings"
 	"sync"
 	"time"
@@ -106,9 +105,14 @@ func scanPaths(rows *sql.Rows) ([]storepath.Path, error) {
 func (s *Local) QueryPathInfo(ctx context.Context, p storepath.Path) (*PathInfo, error) {
 	// An expected path is looked up first: it stops being expected only
 	// after it is registered, so one or the other always answers.
-	if info := s.incomingInfo(p); info != nil {
-		return info, nil
+	if in := s.lookupIncoming(p); in != nil {
+		return in.declared(), nil
 	}
+	return s.registeredInfo(ctx, p)
+}
+
+// registeredInfo returns the info of a registered path, or ErrNotFound.
+func (s *Local) registeredInfo(ctx context.Context, p storepath.Path) (*PathInfo, error) {
 	info, err := s.scanInfo(ctx, s.db.QueryRowContext(ctx, `SELECT `+infoColumns+` FROM paths WHERE path = ?`, string(p)))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, p)
@@ -230,12 +234,9 @@ func (s *Local) NarFromPath(ctx context.Context, p storepath.Path) (io.ReadClose
 
 // registeredNar opens the NAR of a registered path.
 func (s *Local) registeredNar(ctx context.Context, p storepath.Path) (io.ReadCloser, *PathInfo, error) {
-	info, err := s.scanInfo(ctx, s.db.QueryRowContext(ctx, `SELECT `+infoColumns+` FROM paths WHERE path = ?`, string(p)))
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, nil, fmt.Errorf("%w: %s", ErrNotFound, p)
-	}
+	info, err := s.registeredInfo(ctx, p)
 	if err != nil {
-		return nil, nil, fmt.Errorf("querying %s: %w", p, err)
+		return nil, nil, err
 	}
 	r, err := s.blobs.Open(ctx, blobKey(info.NarHash))
 	if err != nil {
@@ -248,7 +249,7 @@ func blobKey(h nixhash.Hash) string { return h.Nix32() }
 
 // AddToStore implements Store.
 func (s *Local) AddToStore(ctx context.Context, info *PathInfo, narSrc io.Reader) (err error) {
-	if in := s.lookupIncoming(info.Path); in != nil {
+	if in := s.claimIncoming(info.Path); in != nil {
 		defer func() { s.finishIncoming(in, err) }()
 		return s.addToStore(ctx, info, narSrc, in)
 	}
@@ -256,7 +257,7 @@ func (s *Local) AddToStore(ctx context.Context, info *PathInfo, narSrc io.Reader
 }
 
 // addToStore is AddToStore; in, if not nil, is the path's expectation,
-// which follows the NAR as it is written.
+// claimed by this add, which follows the NAR as it is written.
 func (s *Local) addToStore(ctx context.Context, info *PathInfo, narSrc io.Reader, in *incoming) error {
 	if !info.NarHash.IsZero() && info.NarHash.Algo != nixhash.SHA256 {
 		return fmt.Errorf("adding %s: NAR hash must be sha256, not %s", info.Path, info.NarHash.Algo)
@@ -291,12 +292,8 @@ func (s *Local) addToStore(ctx context.Context, info *PathInfo, narSrc io.Reader
 	defer w.Abort()
 	var dst io.Writer = w
 	if sp, ok := w.(blob.Spooled); ok && in != nil {
-		spool := sp.SpoolPath()
 		in.mu.Lock()
-		in.open = func() (*os.File, io.ReadCloser, error) {
-			f, err := os.Open(spool)
-			return f, nil, err
-		}
+		in.spool = sp.SpoolPath()
 		in.cond.Broadcast()
 		in.mu.Unlock()
 		dst = &incomingWriter{w: w, in: in}
@@ -327,17 +324,10 @@ func (s *Local) addToStore(ctx context.Context, info *PathInfo, narSrc io.Reader
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	// Readers that have not opened the spool file yet wait for the end
+	// of the add, then read the registered NAR: the spool file is
+	// renamed away.
 	key := blobKey(got)
-	if in != nil {
-		// Readers that have not opened the spool file yet open the blob
-		// from now on: the spool file is renamed away.
-		in.mu.Lock()
-		defer in.mu.Unlock()
-		in.open = func() (*os.File, io.ReadCloser, error) {
-			rc, err := s.blobs.Open(context.Background(), key)
-			return nil, rc, err
-		}
-	}
 	if err := w.Commit(key); err != nil {
 		return err
 	}

@@ -1,5 +1,0 @@
-//go:build !linux
-
-package blob
-
-func (w *dirWriter) writeback() {}
