@@ -60,12 +60,13 @@ type Coordinator struct {
 
 // inflight is a build under way, shared by every request for it.
 type inflight struct {
-	// early is closed when the build has succeeded and its outputs can be
-	// fetched while the farm still copies them in; earlyRes is then the
-	// result.
-	early     chan struct{}
-	earlyOnce sync.Once
+	// earlyRes, under Coordinator.mu, is the result of the latest attempt
+	// that succeeded and announced its outputs while the farm still
+	// copies them in (nil before one has); announced is closed, and
+	// replaced, at each such announcement. A build retried after its
+	// outputs failed to copy announces them again.
 	earlyRes  *build.Result
+	announced chan struct{}
 
 	log     *fanout
 	ctx     context.Context // the build's own, detached from clients
@@ -154,37 +155,82 @@ func (c *Coordinator) buildDerivation(ctx context.Context, req *build.Request, e
 	}
 	unsubscribe := f.log.subscribe(req.Log)
 	defer unsubscribe()
+	res, err := c.wait(ctx, f, early, log)
+	if err != nil {
+		return nil, err
+	}
+	setBasicHash(res, req.Drv)
+	return res, nil
+}
 
-	earlyCh := f.early
-	if !early {
-		earlyCh = nil
-	}
-	select {
-	case <-f.done:
-	case <-earlyCh:
-		res := *f.earlyRes
-		setBasicHash(&res, req.Drv)
-		return &res, nil
-	case <-ctx.Done():
+// wait waits for the build f and returns a copy of its result; if early,
+// it answers as soon as a successful attempt has announced its outputs
+// and the farm store serves them. A request that stops waiting, answered
+// early or gone, is no longer counted in f.waiters.
+//
+// An early answer cannot be taken back: if the copy of the outputs fails
+// after it, the client's download fails, though a retry of the build may
+// succeed. What wait can do is not to answer from an attempt whose copy
+// has failed already: it checks that the farm store still serves the
+// announced outputs, and otherwise waits for the next announcement or the
+// end of the build.
+func (c *Coordinator) wait(ctx context.Context, f *inflight, early bool, log *slog.Logger) (*build.Result, error) {
+	for {
+		// A build that has ended answers with its final result, even if
+		// an announcement came before.
+		select {
+		case <-f.done:
+			return finalResult(f)
+		default:
+		}
 		c.mu.Lock()
-		f.waiters--
-		if f.waiters == 0 && c.opts.CancelOnDisconnect {
-			f.cancel()
-		}
+		announced, earlyRes := f.announced, f.earlyRes
 		c.mu.Unlock()
-		if !c.opts.CancelOnDisconnect {
-			log.Info("client went away; the build goes on and its result will be kept")
+		if !early {
+			announced = nil
+		} else if earlyRes != nil && c.servesAll(ctx, earlyRes.Outputs) {
+			c.mu.Lock()
+			f.waiters--
+			c.mu.Unlock()
+			res := *earlyRes
+			return &res, nil
 		}
-		return nil, ctx.Err()
+		select {
+		case <-f.done:
+			return finalResult(f)
+		case <-announced:
+		case <-ctx.Done():
+			c.mu.Lock()
+			f.waiters--
+			if f.waiters == 0 && c.opts.CancelOnDisconnect {
+				f.cancel()
+			}
+			c.mu.Unlock()
+			if !c.opts.CancelOnDisconnect {
+				log.Info("client went away; the build goes on and its result will be kept")
+			}
+			return nil, ctx.Err()
+		}
 	}
+}
+
+func finalResult(f *inflight) (*build.Result, error) {
 	if f.err != nil {
 		return nil, f.err
 	}
 	res := *f.res
-	if res.Status.Success() {
-		setBasicHash(&res, req.Drv)
-	}
 	return &res, nil
+}
+
+// servesAll reports whether the farm store serves every one of paths,
+// registered or being copied in.
+func (c *Coordinator) servesAll(ctx context.Context, paths map[string]storepath.Path) bool {
+	for _, p := range paths {
+		if _, err := c.store.QueryPathInfo(ctx, p); err != nil {
+			return false
+		}
+	}
+	return true
 }
 
 // registerLocked makes req the build under way for its derivation, so
@@ -192,7 +238,7 @@ func (c *Coordinator) buildDerivation(ctx context.Context, req *build.Request, e
 func (c *Coordinator) registerLocked(ctx context.Context, req *build.Request) *inflight {
 	// The build belongs to the farm, not to the client that asked first:
 	// unless told otherwise, it outlives that client's connection.
-	f := &inflight{log: newFanout(), done: make(chan struct{}), early: make(chan struct{})}
+	f := &inflight{log: newFanout(), done: make(chan struct{}), announced: make(chan struct{})}
 	f.ctx, f.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	c.inflight[req.DrvPath] = f
 	return f
@@ -224,10 +270,11 @@ func (c *Coordinator) start(ctx context.Context, req *build.Request, f *inflight
 	breq := *req
 	breq.Log = f.log
 	breq.OnOutputs = func(res *build.Result) {
-		f.earlyOnce.Do(func() {
-			f.earlyRes = res
-			close(f.early)
-		})
+		c.mu.Lock()
+		f.earlyRes = res
+		close(f.announced)
+		f.announced = make(chan struct{})
+		c.mu.Unlock()
 	}
 	log.Info("build queued")
 	c.running.Add(1)

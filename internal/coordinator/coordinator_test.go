@@ -42,8 +42,9 @@ type fakeBuilder struct {
 	// hold, if set, is called first and may block the build.
 	hold func(ctx context.Context, name string) error
 	// copying, if set, is called once the outputs are announced through
-	// req.OnOutputs and before they are added; it may block.
-	copying func(ctx context.Context, name string)
+	// req.OnOutputs and before they are added; it may block, and an error
+	// fails the copy.
+	copying func(ctx context.Context, name string) error
 }
 
 func (b *fakeBuilder) Build(ctx context.Context, req *build.Request) (*build.Result, error) {
@@ -68,15 +69,25 @@ func (b *fakeBuilder) Build(ctx context.Context, req *build.Request) (*build.Res
 	}
 	outs := req.Drv.OutputPaths()
 	now := time.Now()
+	n := fileNar("built from " + strings.Join(req.Drv.InputSrcs, " "))
+	var infos []*store.PathInfo
+	for _, p := range outs {
+		infos = append(infos, &store.PathInfo{Path: p, NarHash: nixhash.SHA256Of(n), NarSize: uint64(len(n)), References: inputs})
+	}
 	if b.copying != nil {
-		if req.OnOutputs != nil {
+		// As a worker does, announce the outputs once the farm store
+		// serves them while they are copied in.
+		if ex, ok := b.st.(store.Expecter); ok && req.OnOutputs != nil {
+			done := ex.Expect(infos)
+			defer done()
 			req.OnOutputs(&build.Result{Status: build.Built, TimesBuilt: 1, StartTime: now, StopTime: now, Outputs: outs, Worker: "fake"})
 		}
-		b.copying(ctx, req.Drv.Name)
+		if err := b.copying(ctx, req.Drv.Name); err != nil {
+			return nil, err
+		}
 	}
-	for _, p := range outs {
-		n := fileNar("built from " + strings.Join(req.Drv.InputSrcs, " "))
-		if err := b.st.AddToStore(ctx, &store.PathInfo{Path: p, NarHash: nixhash.SHA256Of(n), NarSize: uint64(len(n)), References: inputs}, bytes.NewReader(n)); err != nil {
+	for _, info := range infos {
+		if err := b.st.AddToStore(ctx, info, bytes.NewReader(n)); err != nil {
 			return nil, err
 		}
 	}
@@ -346,7 +357,7 @@ func TestBuildDerivationAnswersWhileOutputsAreCopied(t *testing.T) {
 	f := newFarm(t)
 	ctx := context.Background()
 	release := make(chan struct{})
-	f.builder.copying = func(ctx context.Context, name string) { <-release }
+	f.builder.copying = func(ctx context.Context, name string) error { <-release; return nil }
 
 	d := f.addDrv(t, "streamed", []string{"out"}, nil)
 	drv, err := store.ReadDerivation(ctx, f.st, d)
@@ -360,6 +371,10 @@ func TestBuildDerivationAnswersWhileOutputsAreCopied(t *testing.T) {
 	out := storepath.Path(res.Outputs["out"])
 	if valid, _ := f.st.ValidPaths(ctx, []storepath.Path{out}); len(valid) != 0 {
 		t.Fatal("the output was registered before the copy was released")
+	}
+	// The client answered early waits no more, though the build goes on.
+	if n := f.coord.Waiting(d); n != 0 {
+		t.Errorf("Waiting after the early answer: %d, want 0", n)
 	}
 
 	d2 := f.addDrv(t, "waits", []string{"out"}, nil)
@@ -392,4 +407,77 @@ func TestBuildDerivationAnswersWhileOutputsAreCopied(t *testing.T) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
+}
+
+// An early answer is never given from an attempt whose copy has failed:
+// a client that joins after the first attempt's copy failed waits for the
+// retry's outputs.
+func TestNoEarlyAnswerFromFailedCopy(t *testing.T) {
+	f := newFarm(t)
+	ctx := context.Background()
+	d := f.addDrv(t, "flaky", []string{"out"}, nil)
+	drv, err := store.ReadDerivation(ctx, f.st, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := func() *build.Request {
+		return &build.Request{DrvPath: d, Drv: drv.Basic("flaky", nil), Account: "alice"}
+	}
+	var mu sync.Mutex
+	attempts := 0
+	failCopy, retried, release := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	f.builder.hold = func(ctx context.Context, name string) error {
+		mu.Lock()
+		attempts++
+		n := attempts
+		mu.Unlock()
+		if n == 2 {
+			close(retried)
+			<-release
+		}
+		return nil
+	}
+	f.builder.copying = func(ctx context.Context, name string) error {
+		mu.Lock()
+		n := attempts
+		mu.Unlock()
+		if n == 1 {
+			<-failCopy
+			return errors.New("connection reset while copying the outputs")
+		}
+		return nil
+	}
+
+	// The first client hears of the first attempt's success; that answer
+	// cannot be taken back when its copy fails.
+	res, err := f.coord.BuildDerivation(ctx, req())
+	if err != nil || res.Status != build.Built {
+		t.Fatalf("first client: %v %+v", err, res)
+	}
+	close(failCopy)
+	<-retried
+
+	type outcome struct {
+		res *build.Result
+		err error
+	}
+	second := make(chan outcome, 1)
+	go func() {
+		res, err := f.coord.BuildDerivation(ctx, req())
+		second <- outcome{res, err}
+	}()
+	select {
+	case o := <-second:
+		t.Fatalf("answered from the attempt whose copy failed: %v %+v", o.err, o.res)
+	case <-time.After(300 * time.Millisecond):
+	}
+	close(release)
+	o := <-second
+	if o.err != nil || o.res.Status != build.Built {
+		t.Fatalf("second client: %v %+v", o.err, o.res)
+	}
+	if _, err := f.st.QueryPathInfo(ctx, o.res.Outputs["out"]); err != nil {
+		t.Errorf("the farm store does not serve the output it answered with: %v", err)
+	}
+	f.coord.Wait()
 }

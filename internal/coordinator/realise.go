@@ -13,6 +13,7 @@ import (
 
 	"github.com/nixfarm/nixfarm/internal/build"
 	"github.com/nixfarm/nixfarm/internal/derivation"
+	"github.com/nixfarm/nixfarm/internal/nixhash"
 	"github.com/nixfarm/nixfarm/internal/store"
 	"github.com/nixfarm/nixfarm/internal/storepath"
 )
@@ -21,14 +22,23 @@ import (
 // store; derivations, whose .drv closures must be in the farm store, are
 // built after their input derivations unless their outputs are valid
 // already. Independent derivations build at once, as far as the workers
-// allow. It returns one result per path. A failed build is a result; an
-// error means the request itself could not be served. Unless
-// opts.KeepGoing, it returns as soon as a build fails, with the paths not
-// finished by then reported as not built (their builds go on in the farm).
+// allow. A derivation whose input fails is not built: it fails with
+// DependencyFailed as soon as that input has failed. It returns one
+// result per path. A failed build is a result; an error means the request
+// itself could not be served.
+//
+// Unless opts.KeepGoing, it returns as soon as a build anywhere in the
+// closures fails, with the paths not finished by then reported as not
+// built; builds already running go on in the farm (unless the coordinator
+// cancels builds nobody waits for), but no new one starts. With
+// opts.KeepGoing, every build that can still run does, and Realise returns
+// once they have all ended.
 func (c *Coordinator) Realise(ctx context.Context, paths []build.DerivedPath, opts build.Options, account string, logs build.Logs) ([]*build.Result, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
 	r := c.newRealiser(ctx, opts, account, logs)
+	// No goroutine started for this request outlives it.
+	defer r.wg.Wait()
+	defer cancel(nil)
 	type outcome struct {
 		i   int
 		res *build.Result
@@ -36,7 +46,7 @@ func (c *Coordinator) Realise(ctx context.Context, paths []build.DerivedPath, op
 	}
 	outcomes := make(chan outcome, len(paths))
 	for i, p := range paths {
-		go func() {
+		r.goroutine(func() {
 			if !p.Built {
 				outcomes <- outcome{i, c.opaque(ctx, p.Path), nil}
 				return
@@ -46,31 +56,33 @@ func (c *Coordinator) Realise(ctx context.Context, paths []build.DerivedPath, op
 				res, err = wantedOutputs(p, res)
 			}
 			outcomes <- outcome{i, res, err}
-		}()
+		})
 	}
 	results := make([]*build.Result, len(paths))
 	var failed *build.Result
 	for range paths {
 		o := <-outcomes
 		if o.err != nil {
-			if failed != nil && errors.Is(o.err, errStopped) {
-				continue
-			}
 			return nil, o.err
 		}
 		results[o.i] = o.res
-		if !o.res.Status.Success() && failed == nil && !opts.KeepGoing {
+		// A failure anywhere in a closure reaches the requested path at
+		// once, as DependencyFailed, so looking at these suffices.
+		if !o.res.Status.Success() && !opts.KeepGoing {
 			failed = o.res
-			cancel(errStopped)
 			break
 		}
 	}
-	if failed != nil {
-		for i, res := range results {
-			if res == nil {
-				results[i] = &build.Result{Status: build.MiscFailure,
-					ErrorMsg: fmt.Sprintf("not waited for: another build failed (%s), and keep-going is off", failed.ErrorMsg)}
-			}
+	if failed == nil {
+		// With keep-going, inputs beside a failed one may still build.
+		r.wg.Wait()
+		return results, nil
+	}
+	cancel(errStopped)
+	for i, res := range results {
+		if res == nil {
+			results[i] = &build.Result{Status: build.MiscFailure,
+				ErrorMsg: fmt.Sprintf("not waited for: another build failed (%s), and keep-going is off", failed.ErrorMsg)}
 		}
 	}
 	return results, nil
@@ -187,10 +199,18 @@ type realiser struct {
 	account string
 	logs    build.Logs
 	hasher  *derivation.Hasher
+	// sem bounds the .drv reads and store queries under way at once, so
+	// that a large closure does not start them all together.
+	sem chan struct{}
+	wg  sync.WaitGroup // every goroutine of the request
 
 	mu   sync.Mutex
 	done map[storepath.Path]*realisation
 }
+
+// maxQueries is how many derivations of one request may read their .drv
+// and query the store at once.
+const maxQueries = 8
 
 // realisation is one derivation's realisation within a request.
 type realisation struct {
@@ -207,7 +227,28 @@ func (c *Coordinator) newRealiser(ctx context.Context, opts build.Options, accou
 		logs = build.LogWriter{}
 	}
 	return &realiser{c: c, opts: opts, account: account, logs: logs,
-		hasher: derivation.NewHasher(resolve), done: map[storepath.Path]*realisation{}}
+		hasher: derivation.NewHasher(resolve), sem: make(chan struct{}, maxQueries),
+		done: map[storepath.Path]*realisation{}}
+}
+
+// goroutine runs f on a goroutine of its own that Realise waits for.
+func (r *realiser) goroutine(f func()) {
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		f()
+	}()
+}
+
+// limited runs f once fewer than maxQueries others run.
+func (r *realiser) limited(ctx context.Context, f func() error) error {
+	select {
+	case r.sem <- struct{}{}:
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+	defer func() { <-r.sem }()
+	return f()
 }
 
 // realise builds one .drv from the farm store after its input
@@ -223,6 +264,7 @@ func (r *realiser) realise(ctx context.Context, drvPath storepath.Path) (*build.
 	if !ok {
 		z.res, z.err = r.realiseOnce(ctx, drvPath)
 		close(z.ready)
+		return z.res, z.err
 	}
 	select {
 	case <-z.ready:
@@ -232,45 +274,76 @@ func (r *realiser) realise(ctx context.Context, drvPath storepath.Path) (*build.
 	}
 }
 
-// realiseInputs realises the input derivations of drv at once and
-// returns their results in the order of names.
-func (r *realiser) realiseInputs(ctx context.Context, names []string) ([]*build.Result, error) {
-	results := make([]*build.Result, len(names))
-	errs := make([]error, len(names))
-	var wg sync.WaitGroup
+// realiseInputs realises the input derivations of drvPath at once and
+// returns their results in the order of names. As soon as one fails, it
+// returns instead the result of drvPath, DependencyFailed, without
+// waiting for the others, which go on.
+func (r *realiser) realiseInputs(ctx context.Context, drvPath storepath.Path, names []string) ([]*build.Result, *build.Result, error) {
+	paths := make([]storepath.Path, len(names))
 	for i, in := range names {
-		inPath, err := storepath.Parse(in)
+		p, err := storepath.Parse(in)
 		if err != nil {
-			return nil, fmt.Errorf("input derivation: %w", err)
+			return nil, nil, fmt.Errorf("input derivation: %w", err)
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			results[i], errs[i] = r.realise(ctx, inPath)
-		}()
+		paths[i] = p
 	}
-	wg.Wait()
-	return results, errors.Join(errs...)
+	type outcome struct {
+		i   int
+		res *build.Result
+		err error
+	}
+	outcomes := make(chan outcome, len(paths))
+	for i, p := range paths {
+		r.goroutine(func() {
+			res, err := r.realise(ctx, p)
+			outcomes <- outcome{i, res, err}
+		})
+	}
+	results := make([]*build.Result, len(paths))
+	for range paths {
+		o := <-outcomes
+		if o.err != nil {
+			return nil, nil, o.err
+		}
+		if !o.res.Status.Success() {
+			return nil, &build.Result{
+				Status:   build.DependencyFailed,
+				ErrorMsg: fmt.Sprintf("dependency %s of %s failed: %s", paths[o.i], drvPath, o.res.ErrorMsg),
+			}, nil
+		}
+		results[o.i] = o.res
+	}
+	return results, nil, nil
 }
 
 func (r *realiser) realiseOnce(ctx context.Context, drvPath storepath.Path) (*build.Result, error) {
-	drv, err := store.ReadDerivation(ctx, r.c.store, drvPath)
-	if err != nil {
-		return nil, err
-	}
 	name := derivationName(drvPath)
-	if err := checkKind(drvPath, drv.Kind()); err != nil {
-		return nil, err
-	}
-	hash, err := r.hasher.HashModulo(drv)
+	var (
+		drv     *derivation.Derivation
+		hash    nixhash.Hash
+		outputs map[string]storepath.Path
+		valid   bool
+	)
+	err := r.limited(ctx, func() error {
+		var err error
+		if drv, err = store.ReadDerivation(ctx, r.c.store, drvPath); err != nil {
+			return err
+		}
+		if err := checkKind(drvPath, drv.Kind()); err != nil {
+			return err
+		}
+		if hash, err = r.hasher.HashModulo(drv); err != nil {
+			return fmt.Errorf("%s: %w", drvPath, err)
+		}
+		outputs = drv.Basic(name, nil).OutputPaths()
+		valid, err = r.c.allValid(ctx, outputs)
+		return err
+	})
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", drvPath, err)
+		return nil, err
 	}
 	// Outputs that are valid already need neither a build nor inputs.
-	outputs := drv.Basic(name, nil).OutputPaths()
-	if done, err := r.c.allValid(ctx, outputs); err != nil {
-		return nil, err
-	} else if done {
+	if valid {
 		return &build.Result{Status: build.AlreadyValid, Outputs: outputs, HashModulo: hash}, nil
 	}
 	inputs, err := storepath.ParseList(drv.InputSrcs)
@@ -278,29 +351,33 @@ func (r *realiser) realiseOnce(ctx context.Context, drvPath storepath.Path) (*bu
 		return nil, fmt.Errorf("%s: %w", drvPath, err)
 	}
 	inputDrvs := slices.Sorted(maps.Keys(drv.InputDrvs))
-	inputResults, err := r.realiseInputs(ctx, inputDrvs)
+	inputResults, failed, err := r.realiseInputs(ctx, drvPath, inputDrvs)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", drvPath, err)
 	}
+	if failed != nil {
+		return failed, nil
+	}
 	for i, in := range inputDrvs {
-		res := inputResults[i]
-		if !res.Status.Success() {
-			return &build.Result{
-				Status:   build.DependencyFailed,
-				ErrorMsg: fmt.Sprintf("dependency %s of %s failed: %s", in, drvPath, res.ErrorMsg),
-			}, nil
-		}
 		for _, name := range drv.InputDrvs[in] {
-			out, ok := res.Outputs[name]
+			out, ok := inputResults[i].Outputs[name]
 			if !ok {
 				return nil, fmt.Errorf("%s: input derivation %s has no output %q", drvPath, in, name)
 			}
 			inputs = append(inputs, out)
 		}
 	}
-	closure, err := r.c.store.Closure(ctx, inputs)
+	var closure []storepath.Path
+	err = r.limited(ctx, func() error {
+		closure, err = r.c.store.Closure(ctx, inputs)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", drvPath, err)
+	}
+	// Once the request has stopped (another build failed), no build starts.
+	if err := context.Cause(ctx); err != nil {
+		return nil, err
 	}
 	req := &build.Request{
 		DrvPath: drvPath,

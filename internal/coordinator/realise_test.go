@@ -2,6 +2,7 @@ package coordinator_test
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -100,5 +101,70 @@ func TestRealiseKeepGoing(t *testing.T) {
 		} else if o.results[0].Status != build.MiscFailure || !strings.Contains(o.results[0].ErrorMsg, "keep-going is off") {
 			t.Errorf("slow: %+v", o.results[0])
 		}
+	}
+}
+
+// A failure inside a closure answers at once without keep-going: the
+// dependent fails with DependencyFailed and is not built, and Realise does
+// not wait for the input building beside the failed one. With keep-going,
+// that input still builds and Realise waits for it; the dependent is not
+// built either.
+func TestRealiseFailureInClosure(t *testing.T) {
+	for _, keepGoing := range []bool{false, true} {
+		f := newFarm(t)
+		bad := f.addDrv(t, "bad", []string{"out"}, nil)
+		slow := f.addDrv(t, "slow", []string{"out"}, nil)
+		top := f.addDrv(t, "top", []string{"out"}, map[string][]string{string(bad): {"out"}, string(slow): {"out"}})
+		f.builder.fail["bad"] = true
+		release := make(chan struct{})
+		f.builder.hold = func(ctx context.Context, name string) error {
+			if name == "slow" {
+				<-release // the farm's build goes on when the client stops waiting
+			}
+			return nil
+		}
+		type outcome struct {
+			results []*build.Result
+			err     error
+		}
+		done := make(chan outcome, 1)
+		go func() {
+			results, err := f.coord.Realise(context.Background(), []build.DerivedPath{{Path: top, Built: true}}, build.Options{KeepGoing: keepGoing}, "alice", nil)
+			done <- outcome{results, err}
+		}()
+		var o outcome
+		if keepGoing {
+			select {
+			case o = <-done:
+				t.Fatalf("keep-going: answered before the slow input was built: %+v", o.results)
+			case <-time.After(300 * time.Millisecond):
+			}
+			close(release)
+			o = <-done
+		} else {
+			select {
+			case o = <-done:
+			case <-time.After(10 * time.Second):
+				close(release)
+				t.Fatal("waited for the slow input though its sibling had failed")
+			}
+			close(release)
+		}
+		if o.err != nil {
+			t.Fatal(o.err)
+		}
+		if res := o.results[0]; res.Status != build.DependencyFailed || !strings.Contains(res.ErrorMsg, "bad.drv") {
+			t.Errorf("keep-going %v: top: %+v", keepGoing, res)
+		}
+		f.builder.mu.Lock()
+		built := slices.Clone(f.builder.built)
+		f.builder.mu.Unlock()
+		if slices.Contains(built, "top") {
+			t.Errorf("keep-going %v: built top, whose input failed", keepGoing)
+		}
+		if keepGoing && !slices.Contains(built, "slow") {
+			t.Errorf("keep-going: the sibling of the failed input was not built: %v", built)
+		}
+		f.coord.Wait()
 	}
 }

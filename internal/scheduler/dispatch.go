@@ -206,7 +206,6 @@ func (s *Scheduler) run(ctx context.Context, cancel context.CancelCauseFunc, j *
 // retryLocked handles an attempt that failed for a reason other than the
 // build itself: the worker was lost, or could not run it.
 func (s *Scheduler) retryLocked(j *job, w *workerState, err error) {
-	j.lastErr = err
 	j.failedOn[w.Name] = true
 	if cur, ok := s.workers[w.Name]; ok && cur == w {
 		w.failures++

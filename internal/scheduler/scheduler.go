@@ -142,7 +142,10 @@ func (s *Scheduler) Close() {
 	s.closed = true
 	for _, acct := range s.order {
 		for _, q := range s.accounts[acct].classes {
-			q.each(func(j *job) { j.finish(nil, errors.New("the farm is shutting down")) })
+			q.each(func(j *job) {
+				j.queued = false
+				j.finish(nil, errors.New("the farm is shutting down"))
+			})
 		}
 	}
 	s.accounts, s.order, s.queued = map[string]*accountQueue{}, nil, 0
@@ -243,7 +246,6 @@ type job struct {
 	notBefore time.Time
 	attempts  int
 	failedOn  map[string]bool
-	lastErr   error
 	queued    bool // in a queue (not running, not done)
 	removed   bool // taken out of its queue while not at its head
 
@@ -285,37 +287,20 @@ func (s *Scheduler) Submit(ctx context.Context, req *build.Request, done func(*b
 	}
 	s.seq++
 	j := &job{ctx: ctx, req: req, class: c, seq: s.seq, enqueued: time.Now(), failedOn: map[string]bool{}, done: done}
+	// The callback runs on its own goroutine and takes s.mu first, so
+	// even if ctx is done already it finds j queued and j.stopCancel set.
+	j.stopCancel = context.AfterFunc(ctx, func() {
+		s.mu.Lock()
+		s.dequeueLocked(j)
+		s.mu.Unlock()
+		j.finish(nil, ctx.Err())
+	})
 	s.enqueueLocked(j, false)
 	if !s.anyCanBuildLocked(c) {
 		s.expireUnbuildableLocked(time.Now())
 	}
 	s.dispatchLocked()
 	s.mu.Unlock()
-
-	if ctx.Done() != nil {
-		stop := context.AfterFunc(ctx, func() {
-			s.mu.Lock()
-			s.dequeueLocked(j)
-			s.mu.Unlock()
-			j.finish(nil, ctx.Err())
-		})
-		s.mu.Lock()
-		j.stopCancel = stop
-		s.mu.Unlock()
-	}
-}
-
-// Schedule runs a build on a suitable worker and returns its result. It
-// blocks until the build ends or ctx is done.
-func (s *Scheduler) Schedule(ctx context.Context, req *build.Request) (*build.Result, error) {
-	type outcome struct {
-		res *build.Result
-		err error
-	}
-	ch := make(chan outcome, 1)
-	s.Submit(ctx, req, func(res *build.Result, err error) { ch <- outcome{res, err} })
-	o := <-ch
-	return o.res, o.err
 }
 
 // enqueueLocked adds j to its account's queue; retries wait apart.
@@ -343,15 +328,21 @@ func (s *Scheduler) enqueueLocked(j *job, retry bool) {
 }
 
 // dequeueLocked takes a queued j out of its queue (a no-op if it is not
-// queued).
+// queued, or if its queue is gone: Close drops the queues).
 func (s *Scheduler) dequeueLocked(j *job) {
 	if !j.queued {
 		return
 	}
-	a := s.accounts[j.req.Account]
-	q := a.classes[j.class.key]
-	q.remove(j)
 	j.queued = false
+	a := s.accounts[j.req.Account]
+	if a == nil {
+		return
+	}
+	q := a.classes[j.class.key]
+	if q == nil {
+		return
+	}
+	q.remove(j)
 	s.queued--
 	s.pruneLocked(j.req.Account, a, q)
 }

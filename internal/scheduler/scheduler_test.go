@@ -75,6 +75,18 @@ func request(name, system, features, account string) *build.Request {
 	return &build.Request{DrvPath: storepath.Path("/nix/store/" + strings.Repeat("d", 32) + "-" + name + ".drv"), Drv: drv, Account: account}
 }
 
+// schedule submits a build and waits for its result.
+func schedule(s *scheduler.Scheduler, ctx context.Context, req *build.Request) (*build.Result, error) {
+	type outcome struct {
+		res *build.Result
+		err error
+	}
+	ch := make(chan outcome, 1)
+	s.Submit(ctx, req, func(res *build.Result, err error) { ch <- outcome{res, err} })
+	o := <-ch
+	return o.res, o.err
+}
+
 func newScheduler(t *testing.T, cfg scheduler.Config) *scheduler.Scheduler {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -95,20 +107,20 @@ func TestRouting(t *testing.T) {
 		{"parallel", "x86_64-linux", "big-parallel", "b"},
 		{"bench", "x86_64-linux", "benchmark", "c"},
 	} {
-		res, err := s.Schedule(context.Background(), request(tc.name, tc.system, tc.features, "alice"))
+		res, err := schedule(s, context.Background(), request(tc.name, tc.system, tc.features, "alice"))
 		if err != nil || res.Worker != tc.want {
 			t.Errorf("%s went to %v (%v), want %s", tc.name, res, err, tc.want)
 		}
 	}
 	for i := 0; i < 20; i++ {
-		res, err := s.Schedule(context.Background(), request(fmt.Sprint("plain", i), "x86_64-linux", "", "alice"))
+		res, err := schedule(s, context.Background(), request(fmt.Sprint("plain", i), "x86_64-linux", "", "alice"))
 		if err != nil || res.Worker == "c" {
 			t.Fatalf("a plain build went to %v (%v); c takes only benchmark builds", res, err)
 		}
 	}
 	// Nothing can build riscv64: it fails after the grace, naming what it
 	// needs and what the farm has.
-	res, err := s.Schedule(context.Background(), request("riscv", "riscv64-linux", "kvm", "alice"))
+	res, err := schedule(s, context.Background(), request("riscv", "riscv64-linux", "kvm", "alice"))
 	if err != nil || res.Status.Success() {
 		t.Fatalf("riscv: %+v %v", res, err)
 	}
@@ -123,7 +135,7 @@ func TestUnbuildableWaitsForAWorker(t *testing.T) {
 	s := newScheduler(t, scheduler.Config{UnbuildableGrace: 10 * time.Second})
 	done := make(chan *build.Result, 1)
 	go func() {
-		res, _ := s.Schedule(context.Background(), request("late", "aarch64-linux", "", "alice"))
+		res, _ := schedule(s, context.Background(), request("late", "aarch64-linux", "", "alice"))
 		done <- res
 	}()
 	time.Sleep(100 * time.Millisecond)
@@ -149,7 +161,7 @@ func TestChoiceBySpeedAndLoad(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s.Schedule(context.Background(), request(fmt.Sprint("b", i), "x86_64-linux", "", "alice"))
+			schedule(s, context.Background(), request(fmt.Sprint("b", i), "x86_64-linux", "", "alice"))
 		}()
 		waitFor(t, func() bool { return len(slow.names())+len(fast.names()) == i+1 })
 	}
@@ -186,7 +198,7 @@ func TestFairnessBetweenAccounts(t *testing.T) {
 	var wg sync.WaitGroup
 	submit := func(name, account string) {
 		wg.Add(1)
-		go func() { defer wg.Done(); s.Schedule(context.Background(), request(name, "x86_64-linux", "", account)) }()
+		go func() { defer wg.Done(); schedule(s, context.Background(), request(name, "x86_64-linux", "", account)) }()
 	}
 	for i := 0; i < 10; i++ {
 		submit(fmt.Sprint("big", i), "big")
@@ -214,13 +226,13 @@ func TestRetryElsewhereAndQuarantine(t *testing.T) {
 	s.AddWorker(scheduler.Worker{Name: "bad", Caps: caps("x86_64-linux", "", "", 4, 100), Builder: bad})
 	s.AddWorker(scheduler.Worker{Name: "good", Caps: caps("x86_64-linux", "", "", 4, 1), Builder: good})
 	for i := 0; i < 2; i++ {
-		res, err := s.Schedule(context.Background(), request(fmt.Sprint("r", i), "x86_64-linux", "", "alice"))
+		res, err := schedule(s, context.Background(), request(fmt.Sprint("r", i), "x86_64-linux", "", "alice"))
 		if err != nil || res.Worker != "good" {
 			t.Fatalf("build %d: %+v %v", i, res, err)
 		}
 	}
 	// bad failed twice: quarantined, though it is the fastest.
-	res, _ := s.Schedule(context.Background(), request("after", "x86_64-linux", "", "alice"))
+	res, _ := schedule(s, context.Background(), request("after", "x86_64-linux", "", "alice"))
 	if res.Worker != "good" || len(bad.names()) != 2 {
 		t.Errorf("after quarantine: %+v; bad ran %v", res, bad.names())
 	}
@@ -235,7 +247,7 @@ func TestAttemptsAreBounded(t *testing.T) {
 	s := newScheduler(t, scheduler.Config{RetryBackoff: time.Millisecond, MaxAttempts: 3, QuarantineAfter: 100})
 	w := &fake{name: "w", fail: errors.New("connection refused")}
 	s.AddWorker(scheduler.Worker{Name: "w", Caps: caps("x86_64-linux", "", "", 1, 1), Builder: w})
-	res, err := s.Schedule(context.Background(), request("doomed", "x86_64-linux", "", "alice"))
+	res, err := schedule(s, context.Background(), request("doomed", "x86_64-linux", "", "alice"))
 	if err != nil || res.Status.Success() || !strings.Contains(res.ErrorMsg, "3 times") || !strings.Contains(res.ErrorMsg, "connection refused") {
 		t.Errorf("%+v %v", res, err)
 	}
@@ -250,7 +262,7 @@ func TestWorkerLossRequeues(t *testing.T) {
 	s.AddWorker(scheduler.Worker{Name: "lost", Caps: caps("x86_64-linux", "", "", 1, 10), Builder: lost})
 	done := make(chan *build.Result, 1)
 	go func() {
-		res, _ := s.Schedule(context.Background(), request("survivor", "x86_64-linux", "", "alice"))
+		res, _ := schedule(s, context.Background(), request("survivor", "x86_64-linux", "", "alice"))
 		done <- res
 	}()
 	waitFor(t, func() bool { return len(lost.names()) == 1 })
@@ -271,13 +283,13 @@ func TestWatchdog(t *testing.T) {
 	s.AddWorker(scheduler.Worker{Name: "hung", Caps: caps("x86_64-linux", "", "", 2, 1), Builder: &fake{name: "hung", block: true}})
 	req := request("slow", "x86_64-linux", "", "alice")
 	req.Options.Timeout = 50 * time.Millisecond
-	res, err := s.Schedule(context.Background(), req)
+	res, err := schedule(s, context.Background(), req)
 	if err != nil || res.Status != build.TimedOut || !strings.Contains(res.ErrorMsg, "timed out after") {
 		t.Errorf("timeout: %+v %v", res, err)
 	}
 	req = request("quiet", "x86_64-linux", "", "alice")
 	req.Options.MaxSilentTime = 50 * time.Millisecond
-	res, err = s.Schedule(context.Background(), req)
+	res, err = schedule(s, context.Background(), req)
 	if err != nil || res.Status != build.TimedOut || !strings.Contains(res.ErrorMsg, "of silence") {
 		t.Errorf("silence: %+v %v", res, err)
 	}
@@ -287,11 +299,11 @@ func TestCancelWhileQueued(t *testing.T) {
 	s := newScheduler(t, scheduler.Config{})
 	rel := make(chan struct{})
 	s.AddWorker(scheduler.Worker{Name: "w", Caps: caps("x86_64-linux", "", "", 1, 1), Builder: &fake{name: "w", release: rel}})
-	go s.Schedule(context.Background(), request("first", "x86_64-linux", "", "alice"))
+	go schedule(s, context.Background(), request("first", "x86_64-linux", "", "alice"))
 	waitFor(t, func() bool { return s.Workers()[0].State == "full" })
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
-	go func() { _, err := s.Schedule(ctx, request("second", "x86_64-linux", "", "bob")); errc <- err }()
+	go func() { _, err := schedule(s, ctx, request("second", "x86_64-linux", "", "bob")); errc <- err }()
 	waitFor(t, func() bool { return s.Queued() == 1 })
 	cancel()
 	if err := <-errc; !errors.Is(err, context.Canceled) {
@@ -301,4 +313,140 @@ func TestCancelWhileQueued(t *testing.T) {
 		t.Errorf("%d still queued", s.Queued())
 	}
 	close(rel)
+}
+
+// A build submitted with a context that is done already is withdrawn and
+// reported as cancelled (run with -race: the cancellation races Submit).
+func TestSubmitCancelledContext(t *testing.T) {
+	s := newScheduler(t, scheduler.Config{})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	const n = 50
+	errc := make(chan error, n)
+	for i := 0; i < n; i++ {
+		s.Submit(ctx, request(fmt.Sprint("gone", i), "x86_64-linux", "", "alice"), func(res *build.Result, err error) { errc <- err })
+	}
+	for i := 0; i < n; i++ {
+		select {
+		case err := <-errc:
+			if !errors.Is(err, context.Canceled) {
+				t.Errorf("err %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("a build whose context was done was never reported")
+		}
+	}
+	waitFor(t, func() bool { return s.Queued() == 0 })
+}
+
+// blockingHandler discards records, but holds the one with message msg,
+// and so the scheduler's lock, until hold is closed.
+type blockingHandler struct {
+	slog.Handler
+	msg     string
+	entered chan struct{}
+	hold    chan struct{}
+}
+
+func (h *blockingHandler) Handle(ctx context.Context, r slog.Record) error {
+	if r.Message == h.msg {
+		close(h.entered)
+		<-h.hold
+	}
+	return nil
+}
+
+// A cancellation whose callback waits for the lock while Close drops the
+// queues leaves the scheduler sound: the build is reported once.
+func TestCloseRacesCancellation(t *testing.T) {
+	for i := 0; i < 5; i++ {
+		h := &blockingHandler{Handler: slog.NewTextHandler(io.Discard, nil), msg: "worker joined",
+			entered: make(chan struct{}), hold: make(chan struct{})}
+		s := scheduler.New(scheduler.Config{Log: slog.New(h)})
+		ctx, cancel := context.WithCancel(context.Background())
+		reports := make(chan error, 2)
+		s.Submit(ctx, request("queued", "x86_64-linux", "", "alice"), func(res *build.Result, err error) { reports <- err })
+		// AddWorker holds the lock while it logs; Close, then the
+		// cancellation's callback, queue up behind it.
+		go s.AddWorker(scheduler.Worker{Name: "arm", Caps: caps("aarch64-linux", "", "", 1, 1), Builder: &fake{name: "arm"}})
+		<-h.entered
+		closed := make(chan struct{})
+		go func() { s.Close(); close(closed) }()
+		time.Sleep(20 * time.Millisecond)
+		cancel()
+		time.Sleep(20 * time.Millisecond)
+		close(h.hold)
+		<-closed
+		if err := <-reports; err == nil {
+			t.Error("the build was reported as a success")
+		}
+		select {
+		case err := <-reports:
+			t.Errorf("reported twice; again with %v", err)
+		case <-time.After(50 * time.Millisecond):
+		}
+		if n := s.Queued(); n != 0 {
+			t.Errorf("%d queued after Close", n)
+		}
+	}
+}
+
+// A build waiting to be retried is withdrawn at once when its context
+// ends.
+func TestCancelDuringRetryBackoff(t *testing.T) {
+	s := newScheduler(t, scheduler.Config{RetryBackoff: time.Hour, QuarantineAfter: 100})
+	w := &fake{name: "w", fail: errors.New("connection refused")}
+	s.AddWorker(scheduler.Worker{Name: "w", Caps: caps("x86_64-linux", "", "", 1, 1), Builder: w})
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	s.Submit(ctx, request("retried", "x86_64-linux", "", "alice"), func(res *build.Result, err error) { errc <- err })
+	waitFor(t, func() bool { return len(w.names()) == 1 && s.Queued() == 1 })
+	cancel()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("err %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the build waiting for its retry was not withdrawn")
+	}
+	if n := s.Queued(); n != 0 {
+		t.Errorf("%d still queued", n)
+	}
+	if n := len(w.names()); n != 1 {
+		t.Errorf("%d attempts, want 1", n)
+	}
+}
+
+// An account's builds of a class no worker can take neither hold up its
+// builds of another class nor survive their grace period; the account is
+// served afterwards as before.
+func TestAccountWithUnbuildableClass(t *testing.T) {
+	s := newScheduler(t, scheduler.Config{UnbuildableGrace: 100 * time.Millisecond})
+	s.AddWorker(scheduler.Worker{Name: "x86", Caps: caps("x86_64-linux", "", "", 1, 1), Builder: &fake{name: "x86"}})
+	type outcome struct {
+		res *build.Result
+		err error
+	}
+	riscv := make(chan outcome, 1)
+	s.Submit(context.Background(), request("riscv", "riscv64-linux", "", "alice"), func(res *build.Result, err error) { riscv <- outcome{res, err} })
+	res, err := schedule(s, context.Background(), request("plain", "x86_64-linux", "", "alice"))
+	if err != nil || res.Worker != "x86" {
+		t.Fatalf("plain: %+v %v", res, err)
+	}
+	select {
+	case o := <-riscv:
+		if o.err != nil || o.res.Status.Success() || !strings.Contains(o.res.ErrorMsg, "'riscv64-linux' machine") {
+			t.Errorf("riscv: %+v %v", o.res, o.err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the build no worker can take did not fail after its grace period")
+	}
+	res, err = schedule(s, context.Background(), request("after", "x86_64-linux", "", "alice"))
+	if err != nil || res.Worker != "x86" {
+		t.Fatalf("after: %+v %v", res, err)
+	}
+	if n := s.Queued(); n != 0 {
+		t.Errorf("%d still queued", n)
+	}
 }

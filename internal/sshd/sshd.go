@@ -135,7 +135,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 
 // Accept runs handle for each connection ln accepts, each on its own
 // goroutine, until ctx ends or the listener fails, backing off on
-// temporary errors. It returns once every handler has returned.
+// temporary errors. It returns once every handler has returned. On Linux,
+// a connection acknowledges what it reads at once, to speed up the SSH
+// handshake, until handle clears the connection's deadline with
+// SetDeadline(time.Time{}) to mark the end of the handshake.
 func Accept(ctx context.Context, ln net.Listener, handle func(net.Conn)) error {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
