@@ -60,6 +60,9 @@ type Config struct {
 	LocalStore string
 	// LocalJobs is how many builds the built-in worker runs at once.
 	LocalJobs int
+	// WarmSessions is how many nix-store --serve sessions the built-in
+	// worker and each static worker keep started ahead of need.
+	WarmSessions int
 	// NixStore is the nix-store binary the built-in worker runs.
 	NixStore string
 	// Machines is a Nix machines file of static workers, driven over SSH.
@@ -97,6 +100,9 @@ type Farm struct {
 	httpLn  net.Listener
 	log     *slog.Logger
 	hostKey ssh.PublicKey
+	// executors are the built-in and static workers' executors, whose
+	// warm sessions end with the farm.
+	executors []*worker.Executor
 }
 
 // Start opens the state, builds the components and starts listening; Serve
@@ -238,12 +244,21 @@ func (f *Farm) addLocalWorker(ctx context.Context) error {
 		caps.SupportedFeatures = nc.SystemFeatures
 	}
 	transport := &worker.Local{NixStore: f.cfg.NixStore, StoreURI: f.cfg.LocalStore}
-	executor := worker.NewExecutor("local", f.store, transport, f.log)
+	executor := f.newExecutor("local", transport)
 	// Open the worker's store once now, before builds run at once.
 	if err := executor.Check(ctx); err != nil {
 		f.log.Warn("the built-in worker's nix-store --serve does not answer; its builds will fail until it does", "err", err)
 	}
 	return f.sched.AddWorker(scheduler.Worker{Name: "local", Kind: "local", Caps: caps, Builder: executor})
+}
+
+// newExecutor returns an executor for a worker of the farm's own, which
+// keeps its warm sessions until the farm stops.
+func (f *Farm) newExecutor(name string, transport worker.Transport) *worker.Executor {
+	e := worker.NewExecutor(name, f.store, transport, f.log)
+	e.Warm = f.cfg.WarmSessions
+	f.executors = append(f.executors, e)
+	return e
 }
 
 // addStaticWorkers registers the machines of the machines file.
@@ -269,7 +284,7 @@ func (f *Farm) addStaticWorkers(tmp string) error {
 		transport := &worker.SSH{Host: m.Host, Key: m.SSHKey, HostKey: m.HostKey, RemoteProgram: m.RemoteProgram,
 			RemoteStore: m.RemoteStore, Options: sshOpts, TempDir: tmp}
 		if err := f.sched.AddWorker(scheduler.Worker{Name: name, Kind: "static", Caps: m.Capabilities,
-			Builder: worker.NewExecutor(name, f.store, transport, f.log)}); err != nil {
+			Builder: f.newExecutor(name, transport)}); err != nil {
 			return err
 		}
 	}
@@ -360,6 +375,11 @@ func (f *Farm) Serve(ctx context.Context) error {
 	defer func() {
 		if err := f.store.Flush(context.Background()); err != nil {
 			f.log.Error("syncing the farm store to disk", "err", err)
+		}
+	}()
+	defer func() {
+		for _, e := range f.executors {
+			e.Close()
 		}
 	}()
 	defer f.coord.Wait()

@@ -3,6 +3,7 @@ package worker
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -41,10 +42,19 @@ type Stream struct {
 // narSize and references. It implements build.Builder; how many builds
 // run at once is the scheduler's business.
 type Executor struct {
+	// Warm is how many sessions to keep started ahead of need (see
+	// conn.go); set it before use.
+	Warm int
+
 	name      string
 	farm      store.Store
 	transport Transport
 	log       *slog.Logger
+
+	warmMu  sync.Mutex
+	warm    []*conn
+	warming int // warm sessions being started
+	closed  bool
 }
 
 var _ build.Builder = (*Executor)(nil)
@@ -60,34 +70,66 @@ func NewExecutor(name string, farm store.Store, t Transport, log *slog.Logger) *
 // Build implements build.Builder.
 func (e *Executor) Build(ctx context.Context, req *build.Request) (*build.Result, error) {
 	start := time.Now()
-	stream, err := e.transport.Open(ctx, req.Options)
-	if err != nil {
-		return nil, fmt.Errorf("worker %s: %w", e.name, err)
-	}
-	stderr := newLineForwarder(req.Log)
-	done := make(chan struct{})
-	go func() {
-		if stream.Stderr != nil {
-			stderr.copyFrom(stream.Stderr)
+	cores := req.Options.Cores
+	c := e.takeWarm(cores)
+	e.warmUp(cores)
+	if c != nil {
+		res, err := e.buildOn(ctx, c, req, start, 0)
+		var early *beforeBuildError
+		if !errors.As(err, &early) || ctx.Err() != nil {
+			return e.result(ctx, res, err)
 		}
-		close(done)
-	}()
-	s := &session{e: e, stdin: stream.Stdin, start: start}
-	res, err := s.run(ctx, stream, req)
-	stream.Stdin.Close()
-	<-done
-	if werr := stream.Wait(); werr != nil && err == nil {
-		// The outputs are in the farm store already; only note it.
-		e.log.Debug("nix-store --serve ended uncleanly after the build", "drv", req.DrvPath, "err", werr)
+		e.log.Debug("a warm session failed before the build; starting another", "drv", req.DrvPath, "err", err)
 	}
+	t0 := time.Now()
+	c, err := e.dial(ctx, cores)
+	if err != nil {
+		return e.result(ctx, nil, err)
+	}
+	res, err := e.buildOn(ctx, c, req, start, time.Since(t0))
+	return e.result(ctx, res, err)
+}
+
+// result wraps a build's error with the worker's name.
+func (e *Executor) result(ctx context.Context, res *build.Result, err error) (*build.Result, error) {
 	if err != nil && ctx.Err() != nil {
 		return nil, fmt.Errorf("build abandoned: %w", context.Cause(ctx))
 	}
 	if err != nil {
-		if tail := stderr.tail(); tail != "" {
+		return nil, fmt.Errorf("worker %s: %w", e.name, err)
+	}
+	return res, nil
+}
+
+// beforeBuildError is a session's failure before the build was sent: the
+// build can be tried again on another session.
+type beforeBuildError struct{ err error }
+
+func (e *beforeBuildError) Error() string { return e.err.Error() }
+func (e *beforeBuildError) Unwrap() error { return e.err }
+
+// buildOn runs one build on c and closes it. handshake is how long
+// starting c took, for the debug log.
+func (e *Executor) buildOn(ctx context.Context, c *conn, req *build.Request, start time.Time, handshake time.Duration) (*build.Result, error) {
+	c.stderr.setDst(req.Log)
+	// Ending the context stops the remote Nix and unblocks any read or
+	// write here.
+	stop := context.AfterFunc(ctx, c.kill)
+	s := &session{e: e, client: c.client, start: start, handshake: handshake}
+	res, err := s.run(ctx, req)
+	stop()
+	if werr := c.close(); werr != nil && err == nil {
+		// The outputs are in the farm store already; only note it.
+		e.log.Debug("nix-store --serve ended uncleanly after the build", "drv", req.DrvPath, "err", werr)
+	}
+	if err != nil {
+		if tail := c.stderr.tail(); tail != "" {
 			err = fmt.Errorf("%w (nix-store said: %s)", err, tail)
 		}
-		return nil, fmt.Errorf("worker %s: %w", e.name, err)
+		if !s.sent {
+			err = &beforeBuildError{err}
+		}
+		return nil, err
 	}
 	// Our clock is finer than Nix's whole seconds, and covers the input
 	// and output copies.
@@ -96,61 +138,22 @@ func (e *Executor) Build(ctx context.Context, req *build.Request) (*build.Result
 	return res, nil
 }
 
-// Check starts nix-store --serve on the machine and completes the
-// handshake, which also creates the machine's store if it is new. Nix 2.8
-// fails ("database is busy") when two processes create the same store at
-// once, as the first builds of a new farm would.
-func (e *Executor) Check(ctx context.Context) error {
-	stream, err := e.transport.Open(ctx, build.Options{})
-	if err != nil {
-		return fmt.Errorf("worker %s: %w", e.name, err)
-	}
-	stderr := newLineForwarder(io.Discard)
-	drained := make(chan struct{})
-	go func() {
-		if stream.Stderr != nil {
-			stderr.copyFrom(stream.Stderr)
-		}
-		close(drained)
-	}()
-	_, err = serveproto.NewClient(stream.Stdout, stream.Stdin)
-	stream.Stdin.Close()
-	<-drained
-	if werr := stream.Wait(); err == nil {
-		err = werr
-	}
-	if err != nil {
-		if tail := stderr.tail(); tail != "" {
-			err = fmt.Errorf("%w (nix-store said: %s)", err, tail)
-		}
-		return fmt.Errorf("worker %s: %w", e.name, err)
-	}
-	return nil
-}
-
-// session is one build over one stream.
+// session is one build over one conn.
 type session struct {
-	e      *Executor
-	stdin  io.WriteCloser
-	client *serveproto.Client
-	start  time.Time
+	e         *Executor
+	client    *serveproto.Client
+	start     time.Time
+	handshake time.Duration
+	sent      bool // the build command has been sent
 }
 
-func (s *session) run(ctx context.Context, stream *Stream, req *build.Request) (*build.Result, error) {
-	// Closing stdin when the context ends makes the remote Nix stop, and
-	// unblocks any read or write here.
-	stop := context.AfterFunc(ctx, func() { stream.Stdin.Close() })
-	defer stop()
-	var err error
-	t0 := time.Now()
-	if s.client, err = serveproto.NewClient(stream.Stdout, stream.Stdin); err != nil {
-		return nil, fmt.Errorf("talking to nix-store --serve: %w", err)
-	}
+func (s *session) run(ctx context.Context, req *build.Request) (*build.Result, error) {
 	t1 := time.Now()
 	if err := s.sendInputs(ctx, req); err != nil {
 		return nil, err
 	}
 	t2 := time.Now()
+	s.sent = true
 	res, err := s.client.BuildDerivation(req.DrvPath, req.Drv, req.Options)
 	if err != nil {
 		return nil, err
@@ -163,7 +166,7 @@ func (s *session) run(ctx context.Context, stream *Stream, req *build.Request) (
 	if err := s.fetchOutputs(ctx, req, res, outputs); err != nil {
 		return nil, err
 	}
-	s.e.log.Debug("build phases", "drv", req.DrvPath, "handshake", t1.Sub(t0), "inputs", t2.Sub(t1),
+	s.e.log.Debug("build phases", "drv", req.DrvPath, "handshake", s.handshake, "inputs", t2.Sub(t1),
 		"build", t3.Sub(t2), "outputs", time.Since(t3))
 	res.Outputs = outputs
 	return res, nil
@@ -341,12 +344,20 @@ func (f *lineForwarder) copyFrom(r io.Reader) {
 		if len(f.last) > 10 {
 			f.last = f.last[1:]
 		}
+		dst := f.dst
 		f.mu.Unlock()
-		if f.dst != nil {
-			f.dst.Write([]byte(line + "\n"))
+		if dst != nil {
+			dst.Write([]byte(line + "\n"))
 		}
 	}
 	io.Copy(io.Discard, r)
+}
+
+// setDst sends the lines from now on to dst.
+func (f *lineForwarder) setDst(dst io.Writer) {
+	f.mu.Lock()
+	f.dst = dst
+	f.mu.Unlock()
 }
 
 func (f *lineForwarder) tail() string {
