@@ -208,6 +208,9 @@ func (r *Report) Table() string {
 func format(v float64, unit string) string {
 	switch unit {
 	case "s":
+		if v < 1 {
+			return fmt.Sprintf("%.3f", v) // S1's tens of milliseconds
+		}
 		return fmt.Sprintf("%.2f", v)
 	default:
 		if v >= 100 {

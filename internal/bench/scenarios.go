@@ -123,7 +123,7 @@ func (e *env) timeBuilds(ctx context.Context, name, expr string, protos []string
 				got = samples[protos[0]][Local]
 			}
 			out[proto][sideName] = median(got)
-			e.progress("%s %-11s %-6s median %.2fs of %d", name, sideName, proto, out[proto][sideName], len(got))
+			e.progress("%s %-11s %-6s median %ss of %d (%s)", name, sideName, proto, format(out[proto][sideName], "s"), len(got), formatSamples(got, "%.3f"))
 		}
 	}
 	return out, nil
@@ -303,7 +303,7 @@ func (e *env) s5(ctx context.Context) ([]Result, error) {
 	values := map[string]float64{}
 	for name, got := range samples {
 		values[name] = median(got)
-		e.progress("S5 %-11s ssh-ng median %.2fs of %d", name, values[name], len(got))
+		e.progress("S5 %-11s ssh-ng median %ss of %d (%s)", name, format(values[name], "s"), len(got), formatSamples(got, "%.3f"))
 	}
 	return []Result{{Scenario: "S5 cache hit: 16 outputs built before", Protocol: "ssh-ng", Unit: "s", Values: values,
 		Target: "≤ 0.3 × stock", Met: ratioMet(values, Stock, 0.3)}}, nil
@@ -337,7 +337,7 @@ func (e *env) s7(ctx context.Context) ([]Result, error) {
 	values := map[string]float64{}
 	for _, sideName := range e.cfg.Sides {
 		values[sideName] = median(samples[sideName])
-		e.progress("S7 %-11s ssh-ng median %.2fs of %d", sideName, values[sideName], len(samples[sideName]))
+		e.progress("S7 %-11s ssh-ng median %ss of %d (%s)", sideName, format(values[sideName], "s"), len(samples[sideName]), formatSamples(samples[sideName], "%.3f"))
 	}
 	var met *bool
 	if l, ok := values[Local]; ok && values[Nixfarm] > 0 {
