@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -78,7 +79,7 @@ func setup(ctx context.Context, cfg Config) (*env, error) {
 	}
 	e.clientKey = filepath.Join(dir, "client_ed25519")
 	var sshCfg strings.Builder
-	want := func(s string) bool { return contains(cfg.Sides, s) }
+	want := func(s string) bool { return slices.Contains(cfg.Sides, s) }
 	if want(Stock) || want(StockTuned) {
 		if err := e.startStock(ctx, pub, &sshCfg); err != nil {
 			return nil, fmt.Errorf("starting the stock side (OpenSSH sshd): %w", err)
@@ -138,15 +139,6 @@ func (e *env) close() {
 		exec.Command("chmod", "-R", "u+w", e.dir).Run()
 		os.RemoveAll(e.dir)
 	}
-}
-
-func contains(ss []string, s string) bool {
-	for _, x := range ss {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // next returns a fresh nonce, so that every build is new.
