@@ -2,8 +2,6 @@ package e2e
 
 import (
 	"bytes"
-	"os"
-	"os/exec"
 	"strings"
 	"testing"
 
@@ -14,17 +12,14 @@ import (
 // A stock client uploads a .drv closure (nix copy --derivation), and a
 // serve-protocol BuildPaths, as Hydra sends it, builds the chain on the
 // farm in dependency order.
-func TestSSHBuildPathsOfUploadedDerivations(t *testing.T) {
+func TestSSHBuildPathsOfUploadedDerivations(t *testing.T) { forClients(t, testSSHBuildPaths) }
+
+func testSSHBuildPaths(t *testing.T, v *nixVersion) {
 	f := startFarm(t)
-	c := newClient(t)
+	c := newClientOf(t, v)
 	file := c.expr("bp", `let a = mk { name = "bp-a"; args = ["-c" "echo a > $out"]; }; in mk { name = "bp-b"; args = ["-c" "echo b ${a} > $out"]; }`)
 	drv := c.instantiate(file)[0]
-	cmd := exec.Command("nix", "--extra-experimental-features", "nix-command", "copy", "--store", c.store,
-		"--derivation", "--to", "ssh://nixfarm?base64-ssh-public-host-key="+f.hostKeyB64, drv)
-	cmd.Env = append(os.Environ(), "NIX_SSHOPTS=-F "+f.sshConfig)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("nix copy --derivation: %v\n%s", err, out)
-	}
+	c.nix(f, "copy", "--store", c.store, "--derivation", "--to", "ssh://nixfarm?base64-ssh-public-host-key="+f.hostKeyB64, drv)
 
 	s := openServe(t, f, "nix-store --serve --write")
 	sc := s.client

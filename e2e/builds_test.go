@@ -10,21 +10,13 @@ import (
 	"testing"
 )
 
-// forSchemes runs a test against both remote-build protocols: ssh://
-// (nix-store --serve) and ssh-ng:// (nix-daemon --stdio).
-func forSchemes(t *testing.T, test func(t *testing.T, scheme string)) {
-	for _, scheme := range []string{"ssh", "ssh-ng"} {
-		t.Run(scheme, func(t *testing.T) { test(t, scheme) })
-	}
-}
-
 // (a) The builder is busybox from the client's store, so the client must
 // upload it before the farm can build.
-func TestUploadedInput(t *testing.T) { forSchemes(t, testUploadedInput) }
+func TestUploadedInput(t *testing.T) { forClientsAndSchemes(t, testUploadedInput) }
 
-func testUploadedInput(t *testing.T, scheme string) {
+func testUploadedInput(t *testing.T, v *nixVersion, scheme string) {
 	f := startFarm(t)
-	c := newClient(t)
+	c := newClientOf(t, v)
 	file := c.expr("hello", `mk { name = "hello"; args = ["-c" "echo saying hello; echo hello from the farm > $out"]; }`)
 	outs := c.mustBuild(f, scheme, file)
 	if log := c.nixLog(c.instantiate(file)[0]); log != "saying hello\n" {
@@ -47,11 +39,11 @@ func testUploadedInput(t *testing.T, scheme string) {
 }
 
 // (b) A chain of three derivations, each referring to the one before.
-func TestChain(t *testing.T) { forSchemes(t, testChain) }
+func TestChain(t *testing.T) { forClientsAndSchemes(t, testChain) }
 
-func testChain(t *testing.T, scheme string) {
+func testChain(t *testing.T, v *nixVersion, scheme string) {
 	f := startFarm(t)
-	c := newClient(t)
+	c := newClientOf(t, v)
 	file := c.expr("chain", `
   let a = mk { name = "chain-a"; args = ["-c" "echo a > $out"]; };
       b = mk { name = "chain-b"; args = ["-c" "echo b ${a} > $out"]; };
@@ -84,11 +76,11 @@ func testChain(t *testing.T, scheme string) {
 }
 
 // (c) Two outputs, dev referring to out, and out referring to busybox.
-func TestMultiOutput(t *testing.T) { forSchemes(t, testMultiOutput) }
+func TestMultiOutput(t *testing.T) { forClientsAndSchemes(t, testMultiOutput) }
 
-func testMultiOutput(t *testing.T, scheme string) {
+func testMultiOutput(t *testing.T, v *nixVersion, scheme string) {
 	f := startFarm(t)
-	c := newClient(t)
+	c := newClientOf(t, v)
 	file := c.expr("multi", `let d = mk {
     name = "multi"; outputs = [ "out" "dev" ];
     args = [ "-c" "mkdir -p $out/bin $dev; printf '#!${bb}/bin/sh\\necho tool\\n' > $out/bin/tool; echo $out > $dev/out-path" ];
@@ -120,11 +112,11 @@ func testMultiOutput(t *testing.T, scheme string) {
 }
 
 // (d) An output of 64 MiB.
-func TestLargeOutput(t *testing.T) { forSchemes(t, testLargeOutput) }
+func TestLargeOutput(t *testing.T) { forClientsAndSchemes(t, testLargeOutput) }
 
-func testLargeOutput(t *testing.T, scheme string) {
+func testLargeOutput(t *testing.T, v *nixVersion, scheme string) {
 	f := startFarm(t)
-	c := newClient(t)
+	c := newClientOf(t, v)
 	const size = 64 << 20
 	file := c.expr("large", `mk { name = "large"; args = ["-c" "yes nixfarm-large-output | head -c 67108864 > $out"]; }`)
 	outs := c.mustBuild(f, scheme, file)
@@ -162,11 +154,11 @@ func fileSHA256(path string) (string, error) {
 }
 
 // (e) A failing build: Nix's normal error, with the log lines shown.
-func TestFailingBuild(t *testing.T) { forSchemes(t, testFailingBuild) }
+func TestFailingBuild(t *testing.T) { forClientsAndSchemes(t, testFailingBuild) }
 
-func testFailingBuild(t *testing.T, scheme string) {
+func testFailingBuild(t *testing.T, v *nixVersion, scheme string) {
 	f := startFarm(t)
-	c := newClient(t)
+	c := newClientOf(t, v)
 	file := c.expr("fail", `mk { name = "fail"; args = ["-c" "echo first-log-line; echo second-log-line >&2; exit 1"]; }`)
 	r := c.build(f, scheme, file)
 	if r.err == nil {

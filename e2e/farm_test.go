@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -210,9 +211,11 @@ func TestDedup(t *testing.T) {
 
 // A derivation no worker can build fails once the grace period is over,
 // with a message naming the system, the features, and the workers.
-func TestUnbuildable(t *testing.T) {
+func TestUnbuildable(t *testing.T) { forClients(t, testUnbuildable) }
+
+func testUnbuildable(t *testing.T, v *nixVersion) {
 	f := startFarm(t, "--unbuildable-grace", "2s")
-	c := newClient(t)
+	c := newClientOf(t, v)
 	file := c.expr("riscv", `mk { name = "riscv-only"; system = "riscv64-linux"; requiredSystemFeatures = [ "kvm" ]; args = ["-c" "echo > $out"]; }`)
 	r := c.buildWith(f, f.buildersLine("ssh-ng", "x86_64-linux,riscv64-linux", "kvm", 4), file)
 	if r.err == nil {
@@ -329,9 +332,8 @@ func TestClientDisconnectBuildGoesOn(t *testing.T) {
 	c := newClient(t)
 	file := c.expr("orphan", `mk { name = "orphan"; args = ["-c" "sleep 3; echo kept > $out"]; }`)
 	drv := c.instantiate(file)[0]
-	cmd := exec.Command("nix-build", "--store", c.store, "--option", "substituters", "", "--max-jobs", "0",
-		"--builders", f.builders("ssh-ng"), "--no-out-link", file)
-	cmd.Env = append(os.Environ(), "NIX_SSHOPTS=-F "+f.sshConfig)
+	cmd := c.command(context.Background(), []string{"NIX_SSHOPTS=-F " + f.sshConfig}, "nix-build", "--store", c.store,
+		"--option", "substituters", "", "--max-jobs", "0", "--builders", f.builders("ssh-ng"), "--no-out-link", file)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -41,14 +41,19 @@ func TestMain(m *testing.M) {
 			fmt.Fprintf(os.Stderr, "e2e: FAIL: %s is missing, and CI must run the end-to-end tests (.ci/run installs it)\n", missing)
 			os.Exit(1)
 		}
-		fmt.Fprintf(os.Stderr, "\n*** e2e: SKIPPING the end-to-end tests: %s is missing.\n*** Install it (apt-get install nix-bin busybox-static openssh-client) to run them.\n\n", missing)
+		fmt.Fprintf(os.Stderr, "\n*** e2e: SKIPPING the end-to-end tests: %s is missing.\n*** Install it (apt-get install nix-bin busybox-static openssh-client debootstrap; run as root) to run them.\n\n", missing)
 		os.Exit(0)
 	}
-	// No client may wait for cache.nixos.org: this machine has no internet.
+	// No Nix of the farm's may wait for cache.nixos.org: this machine has
+	// no internet. (Clients get their own environment: clientEnv.)
 	os.Setenv("NIX_CONFIG", "substituters =\nexperimental-features = nix-command")
 	dir, err := os.MkdirTemp("", "nixfarm-e2e-bin-")
 	if err != nil {
 		panic(err)
+	}
+	if err := setUpClients(dir); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: FAIL: the Nix clients: %v\n", err)
+		os.Exit(1)
 	}
 	nixfarmBin = filepath.Join(dir, "nixfarm")
 	build := exec.Command("go", "build", "-o", nixfarmBin, "../cmd/nixfarm")
@@ -63,7 +68,10 @@ func TestMain(m *testing.M) {
 }
 
 func checkTools() string {
-	for _, tool := range []string{"nix-build", "nix-store", "ssh"} {
+	if os.Geteuid() != 0 {
+		return "root (the clients run in chroots)"
+	}
+	for _, tool := range []string{"nix-store", "ssh", "unshare", "nsenter"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return tool
 		}
@@ -301,146 +309,4 @@ func (f *farm) builtCount(drvPath string) int {
 		f.t.Fatal(err)
 	}
 	return n
-}
-
-// client is a stock Nix client with its own chroot store.
-type client struct {
-	t     *testing.T
-	store string // chroot store directory
-	bb    string // busybox store path in the client's store
-	dir   string
-}
-
-func newClient(t *testing.T) *client {
-	t.Helper()
-	dir := t.TempDir()
-	c := &client{t: t, store: filepath.Join(dir, "store"), dir: dir}
-	bbDir := filepath.Join(dir, "busybox")
-	if err := os.MkdirAll(filepath.Join(bbDir, "bin"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	data, err := os.ReadFile(busyboxBin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(bbDir, "bin", "busybox"), data, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for _, tool := range []string{"sh", "echo", "cat", "mkdir", "head", "yes", "sleep", "dd", "printf", "ln"} {
-		if err := os.Symlink("busybox", filepath.Join(bbDir, "bin", tool)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	out := c.mustRun(nil, "nix-store", "--store", c.store, "--add", bbDir)
-	c.bb = strings.TrimSpace(out)
-	return c
-}
-
-// expr writes a Nix file whose first line binds bb to the client's busybox
-// and returns its path.
-func (c *client) expr(name, body string) string {
-	c.t.Helper()
-	text := fmt.Sprintf("let bb = builtins.storePath %s;\n  mk = args: derivation ({ system = \"x86_64-linux\"; builder = \"${bb}/bin/sh\"; PATH = \"${bb}/bin\"; } // args);\nin %s\n", c.bb, body)
-	p := filepath.Join(c.dir, name+".nix")
-	if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
-		c.t.Fatal(err)
-	}
-	return p
-}
-
-type result struct {
-	out    string
-	stderr string
-	err    error
-}
-
-// build runs nix-build with the farm as the only builder (--max-jobs 0).
-func (c *client) build(f *farm, scheme, file string, extra ...string) result {
-	c.t.Helper()
-	return c.run(f, scheme, "nix-build", append([]string{"--no-out-link", file}, extra...)...)
-}
-
-// run runs a Nix command with the farm as the only builder (--max-jobs 0).
-func (c *client) run(f *farm, scheme, prog string, extra ...string) result {
-	c.t.Helper()
-	args := append([]string{
-		"--store", c.store,
-		"--option", "substituters", "",
-		"--max-jobs", "0",
-		"--builders", f.builders(scheme),
-	}, extra...)
-	cmd := exec.Command(prog, args...)
-	cmd.Env = append(os.Environ(), "NIX_SSHOPTS=-F "+f.sshConfig)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	done := make(chan error, 1)
-	if err := cmd.Start(); err != nil {
-		c.t.Fatal(err)
-	}
-	go func() { done <- cmd.Wait() }()
-	var err error
-	select {
-	case err = <-done:
-	case <-ctx.Done():
-		cmd.Process.Kill()
-		err = <-done
-		c.t.Errorf("%s timed out", prog)
-	}
-	return result{out: strings.TrimSpace(stdout.String()), stderr: stderr.String(), err: err}
-}
-
-func (c *client) mustBuild(f *farm, scheme, file string, extra ...string) []string {
-	c.t.Helper()
-	r := c.build(f, scheme, file, extra...)
-	if r.err != nil {
-		c.t.Fatalf("nix-build %s failed: %v\nstderr:\n%s\nfarm:\n%s", file, r.err, r.stderr, f.logs())
-	}
-	return strings.Fields(r.out)
-}
-
-func (c *client) mustRun(env []string, name string, args ...string) string {
-	c.t.Helper()
-	cmd := exec.Command(name, args...)
-	cmd.Env = append(os.Environ(), env...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		c.t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, stderr.String())
-	}
-	return string(out)
-}
-
-// realPath maps a store path to where the chroot store keeps it.
-func (c *client) realPath(p string) string { return filepath.Join(c.store, p) }
-
-func (c *client) read(p string) string {
-	c.t.Helper()
-	data, err := os.ReadFile(c.realPath(p))
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	return string(data)
-}
-
-// verify checks that the client's Nix considers the path valid and intact,
-// and returns its references as Nix sees them.
-func (c *client) verify(p string) []string {
-	c.t.Helper()
-	c.mustRun(nil, "nix-store", "--store", c.store, "--verify-path", p)
-	return strings.Fields(c.mustRun(nil, "nix-store", "--store", c.store, "-q", "--references", p))
-}
-
-// nixLog returns what `nix log` shows for a derivation built remotely.
-func (c *client) nixLog(drv string) string {
-	c.t.Helper()
-	return c.mustRun(nil, "nix", "--extra-experimental-features", "nix-command", "log", "--store", c.store, drv)
-}
-
-// drvPath instantiates an expression and returns the .drv paths.
-func (c *client) instantiate(file string) []string {
-	c.t.Helper()
-	return strings.Fields(c.mustRun(nil, "nix-instantiate", "--store", c.store, file))
 }

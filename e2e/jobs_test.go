@@ -44,11 +44,13 @@ func TestLocalJobsLimit(t *testing.T) {
 
 // Without the built-in worker and no other worker, a build fails at once
 // with a message that says why, instead of hanging.
-func TestNoWorkerFailsClearly(t *testing.T) {
+func TestNoWorkerFailsClearly(t *testing.T) { forClientsAndSchemes(t, testNoWorkerFailsClearly) }
+
+func testNoWorkerFailsClearly(t *testing.T, v *nixVersion, scheme string) {
 	f := startFarm(t, "--local-worker=false", "--unbuildable-grace", "1s")
-	c := newClient(t)
+	c := newClientOf(t, v)
 	file := c.expr("noworker", `mk { name = "noworker"; args = ["-c" "echo > $out"]; }`)
-	r := c.build(f, "ssh", file)
+	r := c.build(f, scheme, file)
 	if r.err == nil {
 		t.Fatal("built without a worker")
 	}
@@ -60,10 +62,13 @@ func TestNoWorkerFailsClearly(t *testing.T) {
 }
 
 // The client's max-silent-time reaches the build over ssh:// and a silent
-// build is stopped with Nix's own message.
-func TestMaxSilentTime(t *testing.T) {
+// build is stopped with Nix's own message. (Over ssh-ng:// no Nix client
+// sends its settings: its ssh-ng store skips SetOptions.)
+func TestMaxSilentTime(t *testing.T) { forClients(t, testMaxSilentTime) }
+
+func testMaxSilentTime(t *testing.T, v *nixVersion) {
 	f := startFarm(t)
-	c := newClient(t)
+	c := newClientOf(t, v)
 	file := c.expr("silent", `mk { name = "silent"; args = ["-c" "echo about to hang; sleep 30; echo > $out"]; }`)
 	r := c.build(f, "ssh", file, "--option", "max-silent-time", "1")
 	if r.err == nil {

@@ -42,7 +42,11 @@ func sshCmd(f *farm, extra ...string) (stdout, stderr string, code int) {
 	return o.String(), e.String(), code
 }
 
-func TestUnknownKeyRefused(t *testing.T) {
+// An unknown key is refused with its fingerprint, to OpenSSH and to every
+// Nix client; the known key goes on working.
+func TestUnknownKeyRefused(t *testing.T) { forClients(t, testUnknownKeyRefused) }
+
+func testUnknownKeyRefused(t *testing.T, v *nixVersion) {
 	f := startFarm(t)
 	other := filepath.Join(f.dir, "stranger_ed25519")
 	pub := writeKey(t, other)
@@ -64,15 +68,22 @@ func TestUnknownKeyRefused(t *testing.T) {
 			t.Errorf("ssh stderr lacks %q:\n%s", want, stderr)
 		}
 	}
-	// A stock Nix client with that key fails, and shows why.
-	c := newClient(t)
+	// A stock Nix client with that key fails, and shows why, over both
+	// protocols and as a remote store.
+	c := newClientOf(t, v)
 	file := c.expr("stranger", `mk { name = "stranger"; args = ["-c" "echo > $out"]; }`)
-	r := c.build(&stranger, "ssh", file)
-	if r.err == nil {
-		t.Fatal("a stranger built on the farm")
+	for _, scheme := range []string{"ssh", "ssh-ng"} {
+		r := c.build(&stranger, scheme, file)
+		if r.err == nil {
+			t.Fatalf("a stranger built on the farm over %s", scheme)
+		}
+		if !strings.Contains(r.stderr, "is not authorized") || !strings.Contains(r.stderr, fp) {
+			t.Errorf("nix-build over %s does not say the key is not authorized:\n%s", scheme, r.stderr)
+		}
 	}
-	if !strings.Contains(r.stderr, "is not authorized") || !strings.Contains(r.stderr, fp) {
-		t.Errorf("nix-build output does not say the key is not authorized:\n%s", r.stderr)
+	r := c.exec(&stranger, "nix", "store", "ping", "--store", stranger.storeURI())
+	if r.err == nil || !strings.Contains(r.stderr, "is not authorized") || !strings.Contains(r.stderr, fp) {
+		t.Errorf("nix store ping with a stranger's key: %v\n%s", r.err, r.stderr)
 	}
 	// The authorized key still works.
 	assertServes(t, f)

@@ -10,7 +10,11 @@ import (
 // answered from the farm store: the builder does not run again. To prove
 // it, the worker's Nix store is deleted before the restart, so the only
 // copy of the output is the farm store's.
-func TestRestartAnswersFromFarmStore(t *testing.T) { forSchemes(t, testRestart) }
+func TestRestartAnswersFromFarmStore(t *testing.T) {
+	for _, scheme := range []string{"ssh", "ssh-ng"} {
+		t.Run(scheme, func(t *testing.T) { testRestart(t, scheme) })
+	}
+}
 
 func testRestart(t *testing.T, scheme string) {
 	f := startFarm(t)

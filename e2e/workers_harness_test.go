@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -195,17 +194,4 @@ func (f *farm) buildersLine(scheme, systems, features string, jobs int) string {
 		features = "-"
 	}
 	return fmt.Sprintf("%s://nixfarm %s - %d 1 %s - %s", scheme, systems, jobs, features, f.hostKeyB64)
-}
-
-// buildWith runs nix-build with an explicit builders line.
-func (c *client) buildWith(f *farm, builders, file string, extra ...string) result {
-	c.t.Helper()
-	args := append([]string{"--store", c.store, "--option", "substituters", "", "--max-jobs", "0",
-		"--builders", builders, "--no-out-link", file}, extra...)
-	cmd := exec.Command("nix-build", args...)
-	cmd.Env = append(os.Environ(), "NIX_SSHOPTS=-F "+f.sshConfig)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	return result{out: strings.TrimSpace(stdout.String()), stderr: stderr.String(), err: err}
 }
