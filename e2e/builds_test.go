@@ -3,6 +3,7 @@ package e2e
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"os/exec"
 	"slices"
@@ -30,6 +31,16 @@ func testUploadedInput(t *testing.T, v *nixVersion, scheme string) {
 	}
 	if refs := c.verify(outs[0]); len(refs) != 0 {
 		t.Errorf("references %v, want none", refs)
+	}
+	// The farm logged which client connected, with the version and the
+	// protocol features (1.38 on) it offered.
+	want := fmt.Sprintf(`msg="client connected" account=alice protocol=serve client_version=%s`, v.serveVersion())
+	if scheme == "ssh-ng" {
+		want = fmt.Sprintf(`msg="client connected" account=alice version=%s protocol=daemon client_version=%s client_features=[] features=[]`,
+			v.daemonVersion(), v.daemonVersion())
+	}
+	if !strings.Contains(f.logs(), want) {
+		t.Errorf("the farm did not log the client's connection as %s", want)
 	}
 	// The farm now holds the uploaded busybox.
 	var n int

@@ -113,6 +113,19 @@ func setUpClients(scratch string) error {
 	return nil
 }
 
+// daemonVersion is the worker-protocol version the client speaks, from
+// Nix's sources: 1.34 in Nix 2.8; 1.38, the first with feature lists, in
+// 2.26 and 2.34 (both offer no features).
+func (v *nixVersion) daemonVersion() string {
+	if v.minor >= 24 {
+		return "1.38"
+	}
+	return "1.34"
+}
+
+// serveVersion is the serve-protocol version: 2.7 in every tested client.
+func (v *nixVersion) serveVersion() string { return "2.7" }
+
 // defaultVersion is the client of the tests of farm internals, which need
 // only one.
 func defaultVersion() *nixVersion { return nixVersions[0] }
@@ -135,12 +148,12 @@ func forClientsAndSchemes(t *testing.T, test func(t *testing.T, v *nixVersion, s
 	})
 }
 
-// client is one stock Nix client with a fresh root of its own: an overlay
-// of its version's chroot, so its store is that root's /nix/store, as on
-// a real machine. The overlay and the mounts it needs exist only in a
-// private mount namespace held by one process; every command enters it.
-// Nothing is mounted where the host can see it, so nothing is left behind
-// however a test ends.
+// client is one stock Nix client with a fresh root of its own, made by
+// scripts/nix-client.sh: an overlay of its version's chroot, so its store
+// is that root's /nix/store, as on a real machine. The overlay and the
+// mounts it needs exist only in a private mount namespace held by one
+// process; every command enters it. Nothing is mounted where the host can
+// see it, so nothing is left behind however a test ends.
 //
 // Inside, the host's temporary directory is at the same path (so
 // expressions, ssh configs and keys need no translation), and so are the
@@ -156,23 +169,6 @@ type client struct {
 	pid   string // the process holding the client's mount namespace
 }
 
-// holderScript mounts a client's root in a private mount namespace and
-// then keeps it, chrooted into it, until killed.
-const holderScript = `
-lower=$1 upper=$2 work=$3 root=$4 tmp=$5
-mount -t overlay overlay -o "lowerdir=$lower,upperdir=$upper,workdir=$work" "$root"
-mount -t proc proc "$root/proc"
-mount --rbind /dev "$root/dev"
-mkdir -p "$root$tmp"
-mount --bind "$tmp" "$root$tmp"
-mount --bind /etc/passwd "$root/etc/passwd"
-mount --bind /etc/group "$root/etc/group"
-mkdir -p /nix/var/nix/userpool "$root/nix/var/nix/userpool"
-mount --bind /nix/var/nix/userpool "$root/nix/var/nix/userpool"
-# Ready only once chrooted: commands enter the holder's root.
-exec chroot "$root" /bin/sh -c 'echo ready; exec sleep infinity'
-`
-
 // newClient returns a client of the version the tests of farm internals use.
 func newClient(t *testing.T) *client { return newClientOf(t, defaultVersion()) }
 
@@ -182,17 +178,9 @@ func newClientOf(t *testing.T, v *nixVersion) *client {
 	t.Helper()
 	dir := t.TempDir()
 	c := &client{t: t, v: v, store: "local", dir: dir}
-	for _, d := range []string{"upper", "work", "root"} {
-		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	tmp, err := filepath.EvalSymlinks(os.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	holder := exec.Command("unshare", "--mount", "--propagation", "private", "/bin/sh", "-ec", holderScript, "sh",
-		v.root, filepath.Join(dir, "upper"), filepath.Join(dir, "work"), filepath.Join(dir, "root"), tmp)
+	// scripts/nix-client.sh makes the root and keeps it while this holder
+	// lives; it is ready once chrooted.
+	holder := exec.Command("../scripts/nix-client.sh", "--upper", dir, v.suite, "/bin/sh", "-c", "echo ready; exec sleep infinity")
 	// The holder dies with the test binary, and its namespace with it.
 	holder.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stdout, err := holder.StdoutPipe()

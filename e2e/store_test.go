@@ -69,6 +69,7 @@ func parsePathInfo(out string) ([]pathInfo, error) {
 	slices.SortFunc(infos, func(a, b pathInfo) int { return strings.Compare(a.Path, b.Path) })
 	return infos, nil
 }
+
 // nix store ping, and from Nix 2.19 on its new name nix store info, reach
 // the farm and report it.
 func TestStorePing(t *testing.T) { forClients(t, testStorePing) }

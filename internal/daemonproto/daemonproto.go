@@ -131,6 +131,10 @@ func (op Op) String() string {
 func minor(v uint64) uint64 { return v & 0xff }
 func major(v uint64) uint64 { return v & 0xff00 }
 
+// serverFeatures are the protocol features (1.38 on) nixfarm offers: none
+// yet. Nix 2.34, the newest client tested, offers none either.
+var serverFeatures = []string{}
+
 func versionString(v uint64) string { return fmt.Sprintf("%d.%d", v>>8, minor(v)) }
 
 // ErrProtocol is wrapped by errors caused by what the peer sent. On the

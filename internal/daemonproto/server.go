@@ -57,8 +57,12 @@ type conn struct {
 	r    *wire.Reader
 	out  *frameWriter
 	ver  uint64
-	opts build.Options
-	log  *slog.Logger
+	// clientVersion and clientFeatures are what the client offered in
+	// the handshake (features from 1.38 on).
+	clientVersion  uint64
+	clientFeatures []string
+	opts           build.Options
+	log            *slog.Logger
 	// replied is set once an operation's STDERR_LAST is written: an error
 	// after it can no longer be reported.
 	replied bool
@@ -78,6 +82,10 @@ func (s *Server) Serve(ctx context.Context, in io.Reader, out io.Writer, sess *S
 		return err
 	}
 	c.log = c.log.With("version", versionString(c.ver))
+	// Which clients a farm serves is worth knowing at a glance, and a
+	// feature nixfarm lacks shows up here first.
+	c.log.Info("client connected", "protocol", "daemon", "client_version", versionString(c.clientVersion),
+		"client_features", c.clientFeatures, "features", serverFeatures)
 	for {
 		if c.r.AtEOF() {
 			return nil
@@ -156,6 +164,7 @@ func (c *conn) handshake() error {
 	if err != nil {
 		return fmt.Errorf("%w: reading client version: %w", ErrProtocol, err)
 	}
+	c.clientVersion = clientVersion
 	if major(clientVersion) != major(Version) || minor(clientVersion) < 10 {
 		// Too old to understand an error frame: just end the connection.
 		return fmt.Errorf("%w: client speaks protocol %s; nixfarm needs 1.21 (Nix 2.3) or newer", ErrProtocol, versionString(clientVersion))
@@ -166,10 +175,12 @@ func (c *conn) handshake() error {
 		return fmt.Errorf("%w: client speaks protocol %s; nixfarm needs 1.21 (Nix 2.3) or newer", ErrProtocol, versionString(clientVersion))
 	}
 	if minor(c.ver) >= 38 {
-		if _, err := c.r.Strings(64, 256); err != nil { // the client's features
+		// Both sides name the features they support; the connection uses
+		// those both named. The client's go first.
+		if c.clientFeatures, err = c.r.Strings(64, 256); err != nil {
 			return fmt.Errorf("%w: reading features: %w", ErrProtocol, err)
 		}
-		c.out.w.Strings(nil) // nixfarm needs no optional features
+		c.out.w.Strings(serverFeatures)
 		if err := c.out.w.Flush(); err != nil {
 			return err
 		}

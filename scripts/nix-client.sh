@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Runs a command with one of the stock Nix clients that scripts/nix-clients.sh
+# provides, in a root of its own: an overlay of the cached chroot, so the
+# chroot itself never changes and every run starts from a clean
+# /nix/store. The overlay and every mount it needs exist only in a private
+# mount namespace, so nothing outlives the command, however it ends.
+#
+# Inside, the host's temporary directory ($TMPDIR or /tmp) is at the same
+# path, and so are the host's users and Nix's pool of build users
+# (/nix/var/nix/userpool): the client is another Nix on this machine, as a
+# user's Nix would be. A chrooted process cannot create user namespaces,
+# so the client's own builds run without a sandbox (its nix.conf says so).
+#
+#   scripts/nix-client.sh sid nix --version
+#   scripts/nix-client.sh trixie                  an interactive shell
+#   scripts/nix-client.sh --bind DIR sid CMD...   DIR too, at the same path
+#   scripts/nix-client.sh --upper DIR sid CMD...  keep what CMD writes in DIR,
+#                                                 for the next run to find
+#
+# The end-to-end tests hold one such root open per client with --upper, and
+# enter it with nsenter for each command.
+set -euo pipefail
+
+die() { printf 'nix-client: %s\n' "$*" >&2; exit 1; }
+usage() { die "usage: nix-client.sh [--upper DIR] [--bind DIR]... SUITE [COMMAND [ARG]...]"; }
+
+upper="" binds=()
+while [ $# -gt 0 ]; do
+	case $1 in
+	--upper) [ $# -ge 2 ] || usage; upper=$2; shift 2 ;;
+	--bind) [ $# -ge 2 ] || usage; binds+=("$(realpath "$2")"); shift 2 ;;
+	-*) usage ;;
+	*) break ;;
+	esac
+done
+[ $# -ge 1 ] || usage
+suite=$1
+shift
+[ $# -gt 0 ] || set -- /bin/bash
+
+[ "$(id -u)" = 0 ] || die "must run as root (mounts and chroot need it)"
+lower=${NIXFARM_CLIENTS_DIR:-/var/cache/nixfarm/nix-clients}/$suite
+[ -f "$lower/.nixfarm-client" ] || die "there is no $suite client; run scripts/nix-clients.sh $suite"
+
+scratch=""
+if [ -z "$upper" ]; then
+	scratch=$(mktemp -d)
+	upper=$scratch
+	trap 'rm -rf --one-file-system "$scratch"' EXIT
+fi
+mkdir -p "$upper/upper" "$upper/work" "$upper/root"
+upper=$(realpath "$upper")
+tmp=$(realpath "${TMPDIR:-/tmp}")
+
+run=(unshare --mount --propagation private /bin/sh -ec '
+	lower=$1 upper=$2 tmp=$3 binds=$4
+	shift 4
+	root=$upper/root
+	mount -t overlay overlay -o "lowerdir=$lower,upperdir=$upper/upper,workdir=$upper/work" "$root"
+	mount -t proc proc "$root/proc"
+	mount --rbind /dev "$root/dev"
+	for dir in $tmp $binds; do
+		mkdir -p "$root$dir"
+		mount --bind "$dir" "$root$dir"
+	done
+	mount --bind /etc/passwd "$root/etc/passwd"
+	mount --bind /etc/group "$root/etc/group"
+	mkdir -p /nix/var/nix/userpool "$root/nix/var/nix/userpool"
+	mount --bind /nix/var/nix/userpool "$root/nix/var/nix/userpool"
+	exec chroot "$root" /usr/bin/env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root "$@"
+' sh "$lower" "$upper" "$tmp" "${binds[*]}" "$@")
+
+if [ -n "$scratch" ]; then
+	"${run[@]}"
+else
+	# The caller may hold this process: it must be the one in the namespace.
+	exec "${run[@]}"
+fi
