@@ -34,7 +34,7 @@ func testUploadedInput(t *testing.T, v *nixVersion, scheme string) {
 	}
 	// The farm logged which client connected, with the version and the
 	// protocol features (1.38 on) it offered.
-	want := fmt.Sprintf(`msg="client connected" account=alice protocol=serve client_version=%s`, v.serveVersion())
+	want := fmt.Sprintf(`msg="client connected" account=alice version=%s protocol=serve client_version=%s`, v.serveVersion(), v.serveVersion())
 	if scheme == "ssh-ng" {
 		want = fmt.Sprintf(`msg="client connected" account=alice version=%s protocol=daemon client_version=%s client_features=[] features=[]`,
 			v.daemonVersion(), v.daemonVersion())
