@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nixfarm/nixfarm/internal/buildusers"
 	"github.com/nixfarm/nixfarm/internal/server"
 	"github.com/nixfarm/nixfarm/internal/sshd"
 	"github.com/nixfarm/nixfarm/internal/store"
@@ -75,6 +76,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&cfg.LocalWorker, "local-worker", true, "run the built-in worker, which builds with this machine's Nix")
 	fs.StringVar(&cfg.LocalStore, "local-store", "", "Nix store URI the built-in worker builds in (default STATE-DIR/worker-store, a chroot store; \"daemon\" or \"auto\" for the machine's store)")
 	fs.IntVar(&cfg.LocalJobs, "local-jobs", 4, "builds the built-in worker runs at once; more wait their turn")
+	fs.StringVar(&cfg.BuildUsersGroup, "build-users-group", buildusers.DefaultGroup, "as root, the built-in worker builds as the members of this group, created with one user per job if missing, so the machine's own Nix keeps its build users; the machine's group (nixbld) shares them instead, with the jobs capped below those free at start")
 	fs.IntVar(&cfg.WarmSessions, "warm-sessions", 1, "nix-store --serve sessions the built-in worker and each static worker keep started ahead of need (0: none)")
 	fs.StringVar(&cfg.NixStore, "nix-store", "nix-store", "nix-store binary the built-in worker runs")
 	fs.StringVar(&cfg.Machines, "machines", "", "Nix machines file of static workers, driven over SSH with the serve protocol (NIX_SSHOPTS applies)")

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/nixfarm/nixfarm/internal/agent"
+	"github.com/nixfarm/nixfarm/internal/buildusers"
 	"github.com/nixfarm/nixfarm/internal/scheduler"
 	"github.com/nixfarm/nixfarm/internal/worker"
 )
@@ -57,6 +58,7 @@ func workerCmd(args []string, stdout, stderr io.Writer) int {
 	fs.Var(&features, "features", "supported system features (default: the local Nix's system-features)")
 	fs.Var(&mandatory, "mandatory-features", "features every derivation this worker takes must require")
 	maxJobs := fs.Int("max-jobs", runtime.NumCPU(), "builds run at once")
+	buildUsers := fs.String("build-users-group", "", "as root, build as the members of this group, created with one user per job if missing (e.g. "+buildusers.DefaultGroup+" on a machine that also builds for itself); the machine's own group (nixbld) caps the jobs below its users free at start (default: whatever the machine's Nix uses)")
 	speed := fs.Float64("speed-factor", 1, "how fast this worker is relative to others")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	fs.Usage = func() {
@@ -84,7 +86,8 @@ func workerCmd(args []string, stdout, stderr io.Writer) int {
 	caps := worker.Capabilities{Systems: systems.values, SupportedFeatures: features.values, MandatoryFeatures: mandatory.values,
 		MaxJobs: *maxJobs, SpeedFactor: *speed}
 	native := ""
-	if nc, err := worker.DetectNix(ctx, ""); err == nil {
+	nc, err := worker.DetectNix(ctx, "")
+	if err == nil {
 		native = nc.System
 		if !systems.set {
 			caps.Systems = nc.Systems()
@@ -99,10 +102,29 @@ func workerCmd(args []string, stdout, stderr io.Writer) int {
 		native = systems.values[0]
 	}
 	slices.Sort(caps.SupportedFeatures)
+	settings := caps.Settings(native)
+	if *buildUsers != "" {
+		plan, err := buildusers.Decide(ctx, buildusers.Host{}, buildusers.Request{
+			Root: os.Geteuid() == 0, Group: *buildUsers, NixGroup: nc.BuildUsersGroup,
+			DaemonStore: worker.IsDaemonStore(*storeURI), Jobs: caps.MaxJobs,
+		})
+		if err != nil {
+			fmt.Fprintf(stderr, "nixfarm worker: build users: %v\n", err)
+			return 1
+		}
+		if len(plan.Created) > 0 {
+			log.Info("created build users", "created", strings.Join(plan.Created, ", "))
+		}
+		log.Info("build users", "group", plan.Group, "jobs", plan.Jobs, "shared", plan.Shared, "detail", plan.Describe())
+		caps.MaxJobs = plan.Jobs
+		if plan.Group != "" && !worker.IsDaemonStore(*storeURI) {
+			settings["build-users-group"] = plan.Group
+		}
+	}
 	a, err := agent.New(agent.Config{
 		Coordinator: *coordinator, Token: strings.TrimSpace(string(data)), CoordinatorHostKey: *hostKey,
 		Name: *name, Version: version, Caps: caps,
-		Local: &worker.Local{NixStore: *nixStore, StoreURI: *storeURI, Options: caps.Settings(native)},
+		Local: &worker.Local{NixStore: *nixStore, StoreURI: *storeURI, Options: settings},
 		Log:   log,
 	})
 	if err != nil {

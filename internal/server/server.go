@@ -28,6 +28,7 @@ import (
 
 	"github.com/nixfarm/nixfarm/internal/agent"
 	"github.com/nixfarm/nixfarm/internal/blob"
+	"github.com/nixfarm/nixfarm/internal/buildusers"
 	"github.com/nixfarm/nixfarm/internal/coordinator"
 	"github.com/nixfarm/nixfarm/internal/daemonproto"
 	"github.com/nixfarm/nixfarm/internal/db"
@@ -60,6 +61,11 @@ type Config struct {
 	LocalStore string
 	// LocalJobs is how many builds the built-in worker runs at once.
 	LocalJobs int
+	// BuildUsersGroup is the group whose members the built-in worker's
+	// Nix builds as when nixfarm runs as root (buildusers.DefaultGroup
+	// if empty, created when missing); the machine's own group (nixbld)
+	// shares its users, with the jobs capped below those free at start.
+	BuildUsersGroup string
 	// WarmSessions is how many nix-store --serve sessions the built-in
 	// worker and each static worker keep started ahead of need.
 	WarmSessions int
@@ -235,21 +241,55 @@ func (f *Farm) addLocalWorker(ctx context.Context) error {
 	if !f.cfg.LocalWorker {
 		return nil
 	}
-	caps := worker.Capabilities{Systems: []string{nixSystem()}, MaxJobs: f.cfg.LocalJobs, SpeedFactor: 1}
+	caps := worker.Capabilities{Systems: []string{nixSystem()}, SpeedFactor: 1}
 	nc, err := worker.DetectNix(ctx, "")
 	if err != nil {
-		f.log.Warn("could not ask the local Nix what it builds; assuming this machine's system and no features", "err", err)
+		f.log.Warn("could not ask the local Nix what it builds; assuming this machine's system, no features and build users group nixbld", "err", err)
+		nc.BuildUsersGroup = "nixbld"
 	} else {
 		caps.Systems = nc.Systems()
 		caps.SupportedFeatures = nc.SystemFeatures
 	}
 	transport := &worker.Local{NixStore: f.cfg.NixStore, StoreURI: f.cfg.LocalStore}
+	if err := f.planBuildUsers(ctx, nc, transport); err != nil {
+		return err
+	}
+	caps.MaxJobs = f.cfg.LocalJobs
 	executor := f.newExecutor("local", transport)
 	// Open the worker's store once now, before builds run at once.
 	if err := executor.Check(ctx); err != nil {
 		f.log.Warn("the built-in worker's nix-store --serve does not answer; its builds will fail until it does", "err", err)
 	}
 	return f.sched.AddWorker(scheduler.Worker{Name: "local", Kind: "local", Caps: caps, Builder: executor})
+}
+
+// planBuildUsers decides which users the built-in worker builds as (see
+// package buildusers), caps its jobs accordingly and sets its Nix's
+// build-users-group.
+func (f *Farm) planBuildUsers(ctx context.Context, nc worker.NixConfig, transport *worker.Local) error {
+	group := f.cfg.BuildUsersGroup
+	if group == "" {
+		group = buildusers.DefaultGroup
+	}
+	plan, err := buildusers.Decide(ctx, buildusers.Host{}, buildusers.Request{
+		Root: os.Geteuid() == 0, Group: group, NixGroup: nc.BuildUsersGroup,
+		DaemonStore: worker.IsDaemonStore(f.cfg.LocalStore), Jobs: f.cfg.LocalJobs,
+	})
+	if err != nil {
+		return fmt.Errorf("the built-in worker's build users: %w", err)
+	}
+	if len(plan.Created) > 0 {
+		f.log.Info("created build users for the built-in worker", "created", strings.Join(plan.Created, ", "))
+	}
+	if plan.Jobs < f.cfg.LocalJobs {
+		f.log.Warn("fewer local jobs than asked for: not enough build users", "asked", f.cfg.LocalJobs, "jobs", plan.Jobs, "group", plan.Group)
+	}
+	f.log.Info("build users", "group", plan.Group, "jobs", plan.Jobs, "shared", plan.Shared, "detail", plan.Describe())
+	f.cfg.LocalJobs = plan.Jobs
+	if plan.Group != "" && !worker.IsDaemonStore(f.cfg.LocalStore) {
+		transport.Options = map[string]string{"build-users-group": plan.Group}
+	}
+	return nil
 }
 
 // newExecutor returns an executor for a worker of the farm's own, which

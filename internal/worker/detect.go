@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os/exec"
 	"slices"
+	"strings"
 )
 
 // NixConfig is what the local Nix says about the machine.
@@ -13,10 +14,12 @@ type NixConfig struct {
 	System         string
 	ExtraPlatforms []string
 	SystemFeatures []string
+	// BuildUsersGroup is the group Nix builds as when run as root.
+	BuildUsersGroup string
 }
 
 // DetectNix asks the local Nix (`nix show-config --json`) for its system,
-// extra platforms and system features.
+// extra platforms, system features and build users group.
 func DetectNix(ctx context.Context, nixBin string) (NixConfig, error) {
 	if nixBin == "" {
 		nixBin = "nix"
@@ -35,6 +38,7 @@ func DetectNix(ctx context.Context, nixBin string) (NixConfig, error) {
 	json.Unmarshal(cfg["system"].Value, &nc.System)
 	json.Unmarshal(cfg["extra-platforms"].Value, &nc.ExtraPlatforms)
 	json.Unmarshal(cfg["system-features"].Value, &nc.SystemFeatures)
+	json.Unmarshal(cfg["build-users-group"].Value, &nc.BuildUsersGroup)
 	if nc.System == "" {
 		return NixConfig{}, fmt.Errorf("nix show-config names no system")
 	}
@@ -76,4 +80,10 @@ func joinWords(ws []string) string {
 		out += w
 	}
 	return out
+}
+
+// IsDaemonStore reports whether a store URI reaches the machine's
+// nix-daemon, whose own settings (build users among them) then apply.
+func IsDaemonStore(uri string) bool {
+	return uri == "daemon" || strings.HasPrefix(uri, "unix://")
 }
