@@ -9,8 +9,11 @@ import (
 )
 
 // storeURI names the farm as a Nix store over ssh-ng://.
-func (f *farm) storeURI() string {
-	return "ssh-ng://nixfarm?base64-ssh-public-host-key=" + f.hostKeyB64
+func (f *farm) storeURI() string { return f.storeURIFor("ssh-ng") }
+
+// storeURIFor names the farm as a Nix store over ssh:// or ssh-ng://.
+func (f *farm) storeURIFor(scheme string) string {
+	return scheme + "://nixfarm?base64-ssh-public-host-key=" + f.hostKeyB64
 }
 
 // nix runs the nix command with the farm's ssh config and returns its
@@ -91,16 +94,23 @@ func testStorePing(t *testing.T, v *nixVersion) {
 		if !strings.Contains(out+stderr, "ssh-ng://") || !strings.Contains(out+stderr, "nixfarm-") {
 			t.Errorf("nix %s output: %s %s", strings.Join(cmd, " "), out, stderr)
 		}
+		// Over ssh:// it reaches the farm too (the serve protocol has no
+		// version string to show).
+		out, stderr, err = c.nixErr(f, append(cmd, "--store", f.storeURIFor("ssh"))...)
+		if err != nil || !strings.Contains(out+stderr, "ssh://nixfarm") {
+			t.Errorf("nix %s over ssh://: %v\n%s %s", strings.Join(cmd, " "), err, out, stderr)
+		}
 	}
 }
 
-// nix copy to the farm and back keeps a path's narHash and references,
-// and nix path-info on the farm shows them.
-func TestCopyRoundTrip(t *testing.T) { forClients(t, testCopyRoundTrip) }
+// nix copy to the farm and back, over both protocols, keeps a path's
+// narHash and references, and nix path-info on the farm shows them.
+func TestCopyRoundTrip(t *testing.T) { forClientsAndSchemes(t, testCopyRoundTrip) }
 
-func testCopyRoundTrip(t *testing.T, v *nixVersion) {
+func testCopyRoundTrip(t *testing.T, v *nixVersion, scheme string) {
 	f := startFarm(t)
 	c := newClientOf(t, v)
+	uri := f.storeURIFor(scheme)
 	// A path with a reference: a text file naming busybox.
 	file := c.expr("copied", `builtins.toFile "copied.txt" "busybox is ${bb}"`)
 	var p string
@@ -111,15 +121,15 @@ func testCopyRoundTrip(t *testing.T, v *nixVersion) {
 	if len(want.References) != 1 || want.References[0] != c.bb {
 		t.Fatalf("test path has references %v", want.References)
 	}
-	c.nix(f, "copy", "--store", c.store, "--to", f.storeURI(), p)
+	c.nix(f, "copy", "--store", c.store, "--to", uri, p)
 
-	got := c.pathInfo(f, f.storeURI(), p)[0]
+	got := c.pathInfo(f, uri, p)[0]
 	if got.NarHash != want.NarHash || got.NarSize != want.NarSize || !slices.Equal(got.References, want.References) {
 		t.Errorf("on the farm: %+v, on the client: %+v", got, want)
 	}
 
 	c2 := newClientOf(t, v)
-	c2.nix(f, "copy", "--no-check-sigs", "--store", c2.store, "--from", f.storeURI(), p)
+	c2.nix(f, "copy", "--no-check-sigs", "--store", c2.store, "--from", uri, p)
 	back := c2.pathInfo(f, c2.store, p)[0]
 	if back.NarHash != want.NarHash || back.NarSize != want.NarSize || !slices.Equal(back.References, want.References) {
 		t.Errorf("copied back: %+v, original: %+v", back, want)

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs the whole nixfarm test suite: go vet, unit tests, the end-to-end
-# tests against the real Nix client, one iteration of every Go benchmark
-# (so they cannot rot), and a few seconds of every fuzz target.
-# It installs what the tests need (Debian packages) when they are missing.
+# tests against three real Nix clients (2.8, 2.26 and 2.34), one iteration
+# of every Go benchmark (so they cannot rot), and a few seconds of every
+# fuzz target. It installs what the tests need when it is missing: Debian
+# packages, and the clients' chroots (scripts/nix-clients.sh, cached in
+# /var/cache/nixfarm/nix-clients, so later runs reuse them).
 #
 #   scripts/test.sh                 everything
 #   FUZZTIME=30s scripts/test.sh    longer fuzzing
@@ -11,22 +13,26 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 fuzztime=${FUZZTIME:-4s}
-packages=(nix-bin busybox-static openssh-client openssh-server)
+packages=(nix-bin busybox-static openssh-client openssh-server debootstrap)
 
+sudo=""
+[ "$(id -u)" = 0 ] || sudo="sudo"
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if ((${#missing[@]})); then
 	echo "== installing ${missing[*]}"
-	sudo=""
-	[ "$(id -u)" = 0 ] || sudo="sudo"
 	export DEBIAN_FRONTEND=noninteractive
-	$sudo apt-get install -y -q "${missing[@]}" >/dev/null || {
-		$sudo apt-get update -q >/dev/null
-		$sudo apt-get install -y -q "${missing[@]}" >/dev/null
-	}
+	# A fresh machine's package lists may be empty or stale.
+	$sudo apt-get update -q >/dev/null
+	$sudo apt-get install -y -q "${missing[@]}" >/dev/null
 fi
+
+echo "== Nix clients"
+start=$SECONDS
+$sudo scripts/nix-clients.sh
+echo "== Nix clients ready in $((SECONDS - start)) s"
 
 echo "== go vet"
 go vet ./...
