@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"io"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -127,7 +128,9 @@ func (fx *transcriptFixture) start(t *testing.T) (*exchange, func()) {
 		outW.Close()
 		close(done)
 	}()
-	return &exchange{t: t, in: inW, out: outR}, func() { inW.Close(); <-done }
+	// Closing outR too ends a server blocked writing a reply the test
+	// stopped reading after a mismatch.
+	return &exchange{t: t, in: inW, out: outR}, func() { inW.Close(); outR.Close(); <-done }
 }
 
 func (fx *transcriptFixture) pathInfoReply(e *enc) *enc {
@@ -150,8 +153,11 @@ func buildDerivationArgs(drvPath storepath.Path, drv *derivation.Basic) *enc {
 	return e.u(0)
 }
 
-func logFrames(drvPath string, lines ...string) *enc {
-	id := uint64(0x6e66<<32 | 1)
+func logFrames(drvPath string, lines ...string) *enc { return activityLog(1, drvPath, lines...) }
+
+// activityLog is the build log of the connection's nth activity.
+func activityLog(n uint64, drvPath string, lines ...string) *enc {
+	id := uint64(0x6e66<<32 | n)
 	e := (&enc{}).u(stderrStart, id, 3, 105).s("building '"+drvPath+"'").
 		u(4, 1).s(drvPath).u(1).s("").u(0, 1, 0, 1).u(0)
 	for _, l := range lines {
@@ -232,4 +238,170 @@ func TestTranscriptNix224(t *testing.T) {
 	real := `{"dependentRealisations":{},"id":"` + id + `","outPath":"` + strings.TrimPrefix(out, "/nix/store/") + `","signatures":[]}`
 	x.expect("BuildDerivation", logFrames(string(drvPath), "building nix224", "second line").
 		u(stderrLast, 0).s("").u(1, 0, 1700000000, 1700000005).u(0, 0).u(1).s(id, real))
+}
+
+// framed appends data as a framed stream (u64 length, bytes, no padding;
+// an empty frame ends it) in frames of size bytes, cut without regard to
+// the fields inside, as a buffered writer cuts them.
+func framed(e *enc, data []byte, size int) *enc {
+	for len(data) > 0 {
+		n := min(size, len(data))
+		e.u(uint64(n)).Write(data[:n])
+		data = data[n:]
+	}
+	return e.u(0)
+}
+
+// realisation is the id and JSON of the realisation a build of drv's out
+// output reports.
+func realisation(t *testing.T, drv *derivation.Derivation) (id, json string) {
+	t.Helper()
+	h, err := derivation.HashModulo(drv, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id = "sha256:" + h.Hex() + "!out"
+	out := strings.TrimPrefix(drv.Outputs["out"].Path, "/nix/store/")
+	return id, `{"dependentRealisations":{},"id":"` + id + `","outPath":"` + out + `","signatures":[]}`
+}
+
+// TestTranscriptLix is a session as a Lix client has it over ssh-ng://
+// (a build hook, `nix copy --to`, `nix build --store`). Lix froze the
+// worker protocol at 1.35 and every serialiser lays fields out as 1.35
+// does, whatever the daemon's version. From Lix's sources (lix-project/lix
+// 049cc4e1, 2026-08):
+//
+//   - lix/libstore/worker-protocol.hh: PROTOCOL_VERSION and
+//     MIN_SUPPORTED_WORKER_PROTO_VERSION are both 1.35; STDERR_READ and
+//     STDERR_WRITE are gone.
+//   - lix/libstore/remote-store.cc, initConnection: the magic alone; then
+//     a daemon below 1.35 is refused ("The remote Nix daemon version is too
+//     old"); then 1.35, CPU affinity 0 and reserveSpace 0; the daemon's Nix
+//     version and trust are read unconditionally. processStderr knows
+//     NEXT, ERROR, START_ACTIVITY, STOP_ACTIVITY, RESULT and LAST only.
+//   - lix/libstore/ssh-store.cc: setOptions is a no-op, so no SetOptions.
+//   - lix/libstore/remote-store-connection.hh: an argument that is a
+//     callback is sent as a framed stream (withFramedStream); the reply
+//     is read with the daemon's version, not the lower of the two.
+//   - lix/libutil/async-io.cc, AsyncFramedOutputStream: u64 length and
+//     bytes, no padding, ended by an empty frame.
+//   - lix/libstore/store-api.cc, copyPaths: QueryValidPaths, then
+//     AddMultipleToStore (even of no paths); the .drv closure goes the same
+//     way. AddToStoreNar is left to copyStorePath (substitution).
+//   - lix/libstore/worker-protocol.cc: ValidPathInfo, the optional path
+//     info of QueryPathInfo, the BuildResult with times but no CPU times,
+//     and KeyedBuildResult as a derived path then a BuildResult.
+//   - lix/libstore/derivations.cc, serializeDerivation: the
+//     BasicDerivation, which only has input-addressed and fixed outputs.
+//   - lix/libstore/derived-path.cc: derived paths in the "!" form.
+//   - lix/libstore/realisation.cc: realisations as JSON with outPath
+//     a base name.
+//   - lix/legacy/build-remote.cc: the build hook sends BuildDerivation when
+//     trusted, and BuildPathsWithResults of drv!* otherwise.
+//   - lix/libmain/progress-bar.cc: a build activity whose fields 2 and 3
+//     are not 1 and 1 is an error ("repeating builds").
+func TestTranscriptLix(t *testing.T) {
+	fx := newTranscriptFixture(t)
+	var logs bytes.Buffer
+	fx.f.srv.Log = slog.New(slog.NewTextHandler(&logs, nil))
+	x, stop := fx.start(t)
+	defer stop()
+
+	x.send((&enc{}).u(daemonproto.Magic1))
+	x.expect("handshake", (&enc{}).u(daemonproto.Magic2, daemonproto.Version))
+	x.send((&enc{}).u(0x123, 0, 0)) // version, CPU affinity, reserveSpace
+	x.expect("handshake end", (&enc{}).s("nixfarm-test").u(1, stderrLast))
+
+	x.send((&enc{}).u(26).s(string(fx.known.Path)))
+	x.expect("QueryPathInfo", fx.pathInfoReply((&enc{}).u(stderrLast, 1)))
+	missing := "/nix/store/" + strings.Repeat("m", 32) + "-missing"
+	x.send((&enc{}).u(26).s(missing))
+	x.expect("QueryPathInfo of a missing path", (&enc{}).u(stderrLast, 0))
+
+	// copyPaths: which paths the farm lacks, without substituting.
+	up := fx.upload
+	x.send((&enc{}).u(31).list(string(fx.known.Path), string(up.Path)).u(0))
+	x.expect("QueryValidPaths", (&enc{}).u(stderrLast).list(string(fx.known.Path)))
+
+	// AddMultipleToStore: repair, dontCheckSigs, then one framed stream
+	// of the count and each ValidPathInfo followed by its NAR.
+	stream := (&enc{}).u(1).s(string(up.Path), "", up.NarHash.Hex()).list(string(fx.known.Path)).
+		u(1700000000, up.NarSize, 1).list().s(up.CA)
+	stream.Write(fx.uploadNar)
+	x.send(framed((&enc{}).u(44, 0, 1), stream.Bytes(), 100))
+	x.expect("AddMultipleToStore", (&enc{}).u(stderrLast))
+	// Nothing missing: still sent, with a count of 0.
+	x.send(framed((&enc{}).u(44, 0, 1), (&enc{}).u(0).Bytes(), 100))
+	x.expect("AddMultipleToStore of no paths", (&enc{}).u(stderrLast))
+
+	// NarFromPath: the NAR itself right after STDERR_LAST.
+	x.send((&enc{}).u(38).s(string(up.Path)))
+	nar := (&enc{}).u(stderrLast)
+	nar.Write(fx.uploadNar)
+	x.expect("NarFromPath", nar)
+
+	// The build hook, trusted: BuildDerivation in normal mode.
+	drvPath, drv, full := basic(t, "lix")
+	x.send(buildDerivationArgs(drvPath, drv))
+	id, real := realisation(t, full)
+	x.expect("BuildDerivation", logFrames(string(drvPath), "building lix", "second line").
+		u(stderrLast, 0).s("").u(1, 0, 1700000000, 1700000005).u(1).s(id, real))
+
+	// Remote-store mode: the .drv is copied, then built by derived path.
+	drvPath2, _, full2 := basic(t, "lix-remote")
+	text := full2.Bytes()
+	drvNar := testutil.FileNar(string(text))
+	ca := "text:" + nixhash.SHA256Of(text).String()
+	if p, _ := storepath.MakeText("lix-remote.drv", text, nil); p != drvPath2 {
+		t.Fatalf("text path %s, want %s", p, drvPath2)
+	}
+	stream = (&enc{}).u(1).s(string(drvPath2), "", nixhash.SHA256Of(drvNar).Hex()).list().
+		u(1700000000, uint64(len(drvNar)), 1).list().s(ca)
+	stream.Write(drvNar)
+	x.send(framed((&enc{}).u(44, 0, 1), stream.Bytes(), 4096))
+	x.expect("AddMultipleToStore of the .drv", (&enc{}).u(stderrLast))
+	target := string(drvPath2) + "!*"
+	x.send((&enc{}).u(46).list(target).u(0))
+	id, real = realisation(t, full2)
+	x.expect("BuildPathsWithResults", activityLog(2, string(drvPath2), "building lix-remote", "second line").
+		u(stderrLast, 1).s(target).u(0).s("").u(1, 0, 1700000000, 1700000005).u(1).s(id, real))
+
+	stop()
+	if !strings.Contains(logs.String(), `msg="client connected" account=alice version=1.35 protocol=daemon client_version=1.35 client_features=[] features=[]`) {
+		t.Errorf("log:\n%s", logs.String())
+	}
+}
+
+// TestFeatureExchange is the handshake of a 1.38 client offering features
+// nixfarm does not know: it is offered none back, the connection works,
+// and the log names what the client offered.
+func TestFeatureExchange(t *testing.T) {
+	fx := newTranscriptFixture(t)
+	var logs bytes.Buffer
+	fx.f.srv.Log = slog.New(slog.NewTextHandler(&logs, nil))
+	x, stop := fx.start(t)
+	defer stop()
+
+	x.send((&enc{}).u(daemonproto.Magic1, 0x126))
+	x.expect("handshake", (&enc{}).u(daemonproto.Magic2, daemonproto.Version))
+	x.send((&enc{}).list("some-future-feature", "another"))
+	x.expect("features", (&enc{}).list())
+	x.send((&enc{}).u(0, 0))
+	x.expect("handshake end", (&enc{}).s("nixfarm-test").u(1, stderrLast))
+
+	x.send((&enc{}).u(26).s(string(fx.known.Path)))
+	x.expect("QueryPathInfo", fx.pathInfoReply((&enc{}).u(stderrLast, 1)))
+
+	stop()
+	var line string
+	for _, l := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(l, `msg="client connected"`) {
+			line = l
+		}
+	}
+	for _, want := range []string{"client_version=1.38", `client_features="[some-future-feature another]"`, "features=[]"} {
+		if !strings.Contains(line, want) {
+			t.Errorf("client connected line lacks %s:\n%s", want, logs.String())
+		}
+	}
 }
