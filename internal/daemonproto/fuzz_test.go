@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/nixfarm/nixfarm/internal/daemonproto"
@@ -16,11 +17,22 @@ import (
 // handshake at a version the input picks. The server must never panic or
 // hang, whatever the client sends.
 func FuzzServe(f *testing.F) {
-	sessions, _ := filepath.Glob("testdata/sessions/0[24]*")
-	for _, s := range sessions {
-		in := testutil.ReadGz(f, filepath.Join(s, "in.gz"))
-		if len(in) > 32 && len(in) < 1<<16 {
-			f.Add(byte(7), in[32:]) // after the 1.34 handshake
+	// Recorded sessions after their handshakes: 32 bytes at 1.34, 40 at
+	// 1.38 (an empty feature list).
+	for _, seed := range []struct {
+		glob      string
+		version   uint64
+		handshake int
+	}{
+		{"testdata/sessions/nix-2.8/0[24]*", 1<<8 | 34, 32},
+		{"testdata/sessions/nix-2.34/0[24]*", 1<<8 | 38, 40},
+	} {
+		sessions, _ := filepath.Glob(seed.glob)
+		for _, s := range sessions {
+			in := testutil.ReadGz(f, filepath.Join(s, "in.gz"))
+			if len(in) > seed.handshake && len(in) < 1<<16 {
+				f.Add(byte(slices.Index(versions, seed.version)), in[seed.handshake:])
+			}
 		}
 	}
 	var seed bytes.Buffer

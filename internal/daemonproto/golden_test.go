@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -23,6 +23,9 @@ import (
 type cursor struct {
 	b   []byte
 	pos int
+	// stats holds where each BuildResult's timesBuilt word starts in the
+	// last reply, counted from the reply's start (1.29 on).
+	stats []int
 }
 
 func (c *cursor) u64() uint64 {
@@ -122,6 +125,7 @@ func (c *cursor) buildResult(ver uint64) {
 	c.u64()
 	c.str()
 	if minor(ver) >= 29 {
+		c.stats = append(c.stats, c.pos)
 		c.u64()
 		c.u64()
 		c.u64()
@@ -145,6 +149,12 @@ func (c *cursor) buildResult(ver uint64) {
 // reply cuts out the reply of op that follows STDERR_LAST.
 func (c *cursor) reply(op Op, ver uint64) []byte {
 	start := c.pos
+	c.stats = c.stats[:0]
+	defer func() {
+		for i := range c.stats {
+			c.stats[i] -= start
+		}
+	}()
 	switch op {
 	case OpQueryValidPaths:
 		c.strs()
@@ -198,26 +208,68 @@ func sameModuloTimes(got, want []byte) error {
 	return nil
 }
 
-// TestGoldenSessions replays sessions recorded between a stock Nix 2.8
-// client (protocol 1.34) and a stock `nix-daemon --stdio`, in order,
-// against nixfarm with the real local worker. For every operation the
-// reply must end the same way (LAST or ERROR) and carry the same bytes,
-// times aside; log frames may differ, but the build's log lines must
-// arrive as build-log-line results.
+// greeting is what a server says in the handshake, from its version on.
+type greeting struct {
+	version    uint64
+	features   []string // 1.38 on
+	nixVersion string   // 1.33 on
+	trusted    uint64   // 1.35 on: 0 unknown, 1 trusted, 2 not
+}
+
+// handshake reads a server's side of the handshake at the negotiated
+// version ver, up to the end of its startup log frames.
+func (c *cursor) handshake(ver uint64) (greeting, error) {
+	var h greeting
+	if m := c.u64(); m != Magic2 {
+		return h, fmt.Errorf("magic 0x%x", m)
+	}
+	h.version = c.u64()
+	if minor(ver) >= 38 {
+		h.features = c.strs()
+	}
+	if minor(ver) >= 33 {
+		h.nixVersion = c.str()
+	}
+	if minor(ver) >= 35 {
+		h.trusted = c.u64()
+	}
+	if term, _ := c.frames(ver); term != stderrLast {
+		return h, fmt.Errorf("handshake ended with 0x%x", term)
+	}
+	return h, nil
+}
+
+// TestGoldenSessions replays sessions recorded between stock Nix clients
+// and a stock `nix-daemon --stdio` of the same version (one directory per
+// client under testdata/sessions), in order, against nixfarm with the real
+// local worker. The handshake must offer what stock offers, apart from the
+// server's own protocol and Nix versions. For every operation the reply
+// must end the same way (LAST or ERROR) and carry the same bytes, times
+// aside; log frames may differ, but the build's log lines must arrive as
+// build-log-line results.
 func TestGoldenSessions(t *testing.T) {
 	testutil.RequireTools(t, "nix-store")
+	clients, _ := filepath.Glob("testdata/sessions/nix-*")
+	if len(clients) == 0 {
+		t.Fatal("no sessions")
+	}
+	for _, client := range clients {
+		t.Run(filepath.Base(client), func(t *testing.T) { replayGolden(t, client) })
+	}
+}
+
+func replayGolden(t *testing.T, client string) {
 	st, database, dir := testutil.Store(t)
 	executor := worker.NewExecutor("local", st, &worker.Local{StoreURI: filepath.Join(dir, "worker-store")}, nil)
-	coord, err := coordinator.New(st, testutil.Scheduler(t, executor), database, filepath.Join(dir, "logs"), coordinator.Options{})
+	sched := testutil.Scheduler(t, executor)
+	coord, err := coordinator.New(st, sched, database, filepath.Join(dir, "logs"), coordinator.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	sessions, _ := filepath.Glob("testdata/sessions/[0-9]*")
-	if len(sessions) == 0 {
-		t.Fatal("no sessions")
-	}
-	sort.Strings(sessions)
-	for _, s := range sessions {
+	// A build's record may be written after its client has the answer:
+	// let it be before the database closes.
+	t.Cleanup(func() { sched.Close(); coord.Wait() })
+	for _, s := range testutil.GoldenSessions(t, st, client) {
 		name := filepath.Base(s)
 		in := testutil.ReadGz(t, filepath.Join(s, "in.gz"))
 		stock := testutil.ReadGz(t, filepath.Join(s, "out.gz"))
@@ -230,18 +282,31 @@ func TestGoldenSessions(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
+
+		// The client's version word follows its magic; both servers
+		// answer at the lower of theirs and the client's.
+		clientVer := binary.LittleEndian.Uint64(in[8:])
+		ver := min(clientVer, Version)
 		ours, theirs := &cursor{b: out.Bytes()}, &cursor{b: stock}
-		const ver = 1<<8 | 34
-		for _, c := range []*cursor{ours, theirs} {
-			if c.u64() != Magic2 {
-				t.Fatalf("%s: no magic", name)
-			}
-			c.u64() // versions differ: 1.38 and 1.34
-			c.str() // so do the Nix versions
-			if term, _ := c.frames(ver); term != stderrLast {
-				t.Fatalf("%s: handshake ended with 0x%x", name, term)
-			}
+		hOurs, err := ours.handshake(ver)
+		if err != nil {
+			t.Fatalf("%s: nixfarm's handshake: %v", name, err)
 		}
+		hStock, err := theirs.handshake(ver)
+		if err != nil {
+			t.Fatalf("%s: stock's handshake: %v", name, err)
+		}
+		if stockVer := min(clientVer, hStock.version); stockVer != ver {
+			t.Fatalf("%s: the client offered %s, stock answered at %s, nixfarm at %s: the recording cannot be replayed",
+				name, versionString(clientVer), versionString(stockVer), versionString(ver))
+		}
+		// The server's own version and its Nix version may differ; the
+		// rest of what it offers must not.
+		if !slices.Equal(hOurs.features, hStock.features) || hOurs.trusted != hStock.trusted {
+			t.Errorf("%s: nixfarm offered features %q, trusted %d; stock %q, trusted %d",
+				name, hOurs.features, hOurs.trusted, hStock.features, hStock.trusted)
+		}
+
 		var logLines []string
 		for i, op := range ops {
 			termOurs, lines := ours.frames(ver)
@@ -253,7 +318,9 @@ func TestGoldenSessions(t *testing.T) {
 			if termOurs != stderrLast {
 				continue
 			}
-			if err := sameModuloTimes(ours.reply(op, ver), theirs.reply(op, ver)); err != nil {
+			got, want := ours.reply(op, ver), theirs.reply(op, ver)
+			got = testutil.UnsetBuildStats(got, want, ours.stats, theirs.stats)
+			if err := sameModuloTimes(got, want); err != nil {
 				t.Errorf("%s: op %d (%s): %v", name, i, op, err)
 			}
 		}

@@ -16,7 +16,7 @@ import (
 // FuzzServe feeds arbitrary bytes to the server after a valid handshake.
 // The server must never panic or hang, whatever the client sends.
 func FuzzServe(f *testing.F) {
-	sessions, _ := filepath.Glob("testdata/sessions/[0-9]*")
+	sessions, _ := filepath.Glob("testdata/sessions/*/[0-9]*")
 	for _, s := range sessions {
 		in := testutil.ReadGz(f, filepath.Join(s, "in.gz"))
 		if len(in) > 16 && len(in) < 1<<16 {

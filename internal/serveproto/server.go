@@ -36,6 +36,8 @@ type Server struct {
 	Log    *slog.Logger
 	// TempDir holds spooled ImportPaths NARs ("" = os.TempDir()).
 	TempDir string
+
+	onReply func(cmd uint64) // for tests: called after each command's reply is flushed
 }
 
 // Session is one client connection.
@@ -103,6 +105,9 @@ func (s *Server) Serve(ctx context.Context, in io.Reader, out io.Writer, sess *S
 		}
 		if err := w.Flush(); err != nil {
 			return fmt.Errorf("%s: writing reply: %w", command.name, err)
+		}
+		if s.onReply != nil {
+			s.onReply(cmd)
 		}
 		log.Debug("serve command", "cmd", command.name, "duration", time.Since(start))
 	}

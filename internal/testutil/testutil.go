@@ -7,11 +7,13 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"encoding/binary"
 	"io"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 
@@ -22,6 +24,7 @@ import (
 	"github.com/nixfarm/nixfarm/internal/db"
 	"github.com/nixfarm/nixfarm/internal/derivation"
 	"github.com/nixfarm/nixfarm/internal/nar"
+	"github.com/nixfarm/nixfarm/internal/nixhash"
 	"github.com/nixfarm/nixfarm/internal/scheduler"
 	"github.com/nixfarm/nixfarm/internal/store"
 	"github.com/nixfarm/nixfarm/internal/storepath"
@@ -103,6 +106,107 @@ func ReadGz(t testing.TB, path string) []byte {
 		t.Fatal(err)
 	}
 	return data
+}
+
+// AddBusybox puts a directory holding the machine's /bin/busybox as
+// bin/busybox and bin/sh into st as the source path name, as
+// `nix-store --add DIR` would, and returns its path.
+func AddBusybox(t testing.TB, st store.Store, name string) storepath.Path {
+	t.Helper()
+	RequireFile(t, "/bin/busybox")
+	dir := filepath.Join(t.TempDir(), name)
+	if err := os.MkdirAll(filepath.Join(dir, "bin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "bin", "busybox"), data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("busybox", filepath.Join(dir, "bin", "sh")); err != nil {
+		t.Fatal(err)
+	}
+	var n bytes.Buffer
+	if err := nar.DumpPath(&n, dir); err != nil {
+		t.Fatal(err)
+	}
+	h := nixhash.SHA256Of(n.Bytes())
+	p, err := storepath.MakeFixedOutput(name, true, h, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := &store.PathInfo{Path: p, NarHash: h, NarSize: uint64(n.Len()), CA: "fixed:r:sha256:" + h.Nix32()}
+	if err := st.AddToStore(context.Background(), info, &n); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// GoldenSessions returns the directories of a client's recorded golden
+// sessions in dir (testdata/sessions/nix-X.Y, made by testdata/gen.sh), in
+// the order they were recorded, after putting into st what the recording
+// server held before the first of them: paths.txt names it with
+// seeded=bb, busybox as the source path bb, which is rebuilt here from
+// the machine's /bin/busybox and must come out at the recorded path.
+func GoldenSessions(t testing.TB, st store.Store, dir string) []string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(dir, "paths.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	paths := map[string]string{}
+	for _, kv := range strings.Fields(string(data)) {
+		k, v, _ := strings.Cut(kv, "=")
+		paths[k] = v
+	}
+	if paths["seeded"] != "" {
+		if paths["seeded"] != "bb" {
+			t.Fatalf("%s: paths.txt: seeded=%s: only bb (busybox) can be seeded", dir, paths["seeded"])
+		}
+		if bb := AddBusybox(t, st, "bb"); string(bb) != paths["bb"] {
+			t.Fatalf("%s: /bin/busybox makes %s, but the sessions were recorded with %s: a different busybox-static; record them again with gen.sh", dir, bb, paths["bb"])
+		}
+	}
+	sessions, err := filepath.Glob(filepath.Join(dir, "[0-9]*"))
+	if err != nil || len(sessions) == 0 {
+		t.Fatalf("%s: no sessions: %v", dir, err)
+	}
+	sort.Strings(sessions)
+	return sessions
+}
+
+// UnsetBuildStats lets nixfarm's reply report builds that stock Nix
+// reported without statistics, in a golden test. Nix 2.34 answers
+// BuildDerivation (both protocols) and BuildPathsWithResults with
+// timesBuilt, startTime and stopTime all 0: the goal that answers,
+// DerivationTrampolineGoal (derivation-trampoline-goal.cc), makes a new
+// result of the status and outputs of the goals that built, where 2.31 to
+// 2.33 copied the first one's. Nix 2.8 and 2.26 send 1 and the build's
+// times, and so does nixfarm, to every client.
+//
+// gotAt and wantAt are where each BuildResult's timesBuilt word is in got
+// and want. Where stock sent the three words as 0, UnsetBuildStats returns
+// got with them copied from want; isNonDeterministic, between them, is
+// still compared.
+func UnsetBuildStats(got, want []byte, gotAt, wantAt []int) []byte {
+	if len(gotAt) != len(wantAt) {
+		return got
+	}
+	got = bytes.Clone(got)
+	word := func(b []byte, off int) uint64 { return binary.LittleEndian.Uint64(b[off:]) }
+	for i := range gotAt {
+		g, w := gotAt[i], wantAt[i]
+		if g+32 > len(got) || w+32 > len(want) {
+			continue
+		}
+		if word(want, w) == 0 && word(want, w+16) == 0 && word(want, w+24) == 0 {
+			copy(got[g:g+8], want[w:w+8])
+			copy(got[g+16:g+32], want[w+16:w+32])
+		}
+	}
+	return got
 }
 
 // Derivation completes an input-addressed derivation named name: it sets
