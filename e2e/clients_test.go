@@ -159,6 +159,13 @@ func forClientsAndSchemes(t *testing.T, test func(t *testing.T, v *nixVersion, s
 // expressions, ssh configs and keys need no translation), and so are the
 // host's users and Nix's pool of build users (/nix/var/nix/userpool): the
 // client is another Nix on the same machine as the farm.
+//
+// One quirk: Nix 2.8, running as root, starts ssh from the root of its
+// mount namespace (restoreMountNamespace sets the namespace back, not the
+// root; later Nix restores both), so a 2.8 client's ssh is the host's
+// rather than the chroot's. Both are bookworm's OpenSSH 9.2, and every
+// file ssh reads is under the temporary directory, at the same path in
+// both.
 type client struct {
 	t     *testing.T
 	v     *nixVersion

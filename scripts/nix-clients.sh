@@ -4,7 +4,7 @@
 # apt already uses:
 #
 #   bookworm  Nix 2.8   (worker protocol 1.34, serve 2.7)
-#   trixie    Nix 2.26  (1.37)
+#   trixie    Nix 2.26  (1.38, with protocol features)
 #   sid       Nix 2.34  (1.38, with protocol features)
 #
 # The chroots live in a cache directory that survives between runs

@@ -158,6 +158,12 @@ func (s *session) run(ctx context.Context, req *build.Request) (*build.Result, e
 	if err != nil {
 		return nil, err
 	}
+	if res.Status == build.Built && res.TimesBuilt == 0 {
+		// Nix 2.34's nix-store --serve answers a build it has just done
+		// with timesBuilt 0 (and no times): its result keeps only the
+		// status and outputs. The farm reports what happened.
+		res.TimesBuilt = 1
+	}
 	t3 := time.Now()
 	if !res.Status.Success() {
 		return res, nil
