@@ -38,7 +38,26 @@ echo "== go vet"
 go vet ./...
 
 echo "== go test"
-go test -count=1 -timeout 20m ./...
+go test -count=1 -timeout 20m $(go list ./... | grep -v '/e2e$')
+
+# The end-to-end tests run every client-facing test once per Nix client.
+# None may be skipped here: a skipped end-to-end test is not a passing one.
+echo "== end-to-end tests against Nix 2.8, 2.26 and 2.34"
+e2elog=$(mktemp)
+trap 'rm -f "$e2elog"' EXIT
+if ! go test -count=1 -timeout 20m -v ./e2e >"$e2elog" 2>&1; then
+	grep -vE '^=== (RUN|PAUSE|CONT)' "$e2elog" | tail -n 200
+	echo "== end-to-end tests FAILED"
+	exit 1
+fi
+if grep -E -- '--- SKIP' "$e2elog"; then
+	echo "== end-to-end tests were skipped; CI must run them all"
+	exit 1
+fi
+for client in nix-2.8 nix-2.26 nix-2.34; do
+	echo "-- $client: $(grep -cE -- "--- PASS: [^ ]+/$client( |/)" "$e2elog") subtests passed"
+done
+grep -E '^(ok|FAIL)' "$e2elog"
 
 echo "== go benchmarks (one iteration each, no timings asserted)"
 go test -run='^$' -bench=. -benchtime=1x -timeout 10m ./...
