@@ -86,7 +86,7 @@ func running(pid int) bool {
 func TestWarmSessions(t *testing.T) {
 	testutil.RequireTools(t, "nix-store")
 	st, _, dir := testutil.Store(t)
-	bb := addBusybox(t, st)
+	bb := testutil.AddBusybox(t, st, "busybox")
 	pidFile := filepath.Join(dir, "pids")
 	wrapper := filepath.Join(dir, "nix-store-wrapper")
 	script := "#!/bin/sh\necho $$ >> " + pidFile + "\nexec nix-store \"$@\"\n"

@@ -11,42 +11,11 @@ import (
 
 	"github.com/nixfarm/nixfarm/internal/build"
 	"github.com/nixfarm/nixfarm/internal/derivation"
-	"github.com/nixfarm/nixfarm/internal/nar"
-	"github.com/nixfarm/nixfarm/internal/nixhash"
 	"github.com/nixfarm/nixfarm/internal/store"
 	"github.com/nixfarm/nixfarm/internal/storepath"
 	"github.com/nixfarm/nixfarm/internal/testutil"
 	"github.com/nixfarm/nixfarm/internal/worker"
 )
-
-// addBusybox puts a directory holding /bin/busybox and bin/sh into the farm
-// store as a source path, as `nix-store --add` would.
-func addBusybox(t *testing.T, st store.Store) storepath.Path {
-	t.Helper()
-	testutil.RequireFile(t, "/bin/busybox")
-	dir := filepath.Join(t.TempDir(), "busybox")
-	os.MkdirAll(filepath.Join(dir, "bin"), 0o755)
-	data, err := os.ReadFile("/bin/busybox")
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.WriteFile(filepath.Join(dir, "bin", "busybox"), data, 0o755)
-	os.Symlink("busybox", filepath.Join(dir, "bin", "sh"))
-	var n bytes.Buffer
-	if err := nar.DumpPath(&n, dir); err != nil {
-		t.Fatal(err)
-	}
-	h := nixhash.SHA256Of(n.Bytes())
-	p, err := storepath.MakeFixedOutput("busybox", true, h, nil, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info := &store.PathInfo{Path: p, NarHash: h, NarSize: uint64(n.Len()), CA: "fixed:r:sha256:" + h.Nix32()}
-	if err := st.AddToStore(context.Background(), info, &n); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
 
 // basic returns an input-addressed BasicDerivation running script with
 // busybox, and its .drv path.
@@ -67,7 +36,7 @@ func basic(t *testing.T, bb storepath.Path, name, script string) (storepath.Path
 func TestBuild(t *testing.T) {
 	testutil.RequireTools(t, "nix-store")
 	st, _, dir := testutil.Store(t)
-	bb := addBusybox(t, st)
+	bb := testutil.AddBusybox(t, st, "busybox")
 	w := worker.NewExecutor("local", st, &worker.Local{StoreURI: filepath.Join(dir, "worker")}, nil)
 	ctx := context.Background()
 
