@@ -19,7 +19,7 @@ import (
 func TestWorkerBuildUsers(t *testing.T) {
 	t.Run("own", func(t *testing.T) {
 		f := startFarm(t)
-		if !strings.Contains(f.logs(), `msg="build users" group=nixfarmbld jobs=4 shared=false`) {
+		if !strings.Contains(f.logs(), `msg="build users" worker=local group=nixfarmbld jobs=4 shared=false members=`) {
 			t.Errorf("the farm did not say which build users it uses:\n%s", f.logs())
 		}
 		uid := builderUID(t, f)
@@ -32,15 +32,18 @@ func TestWorkerBuildUsers(t *testing.T) {
 	})
 	t.Run("shared", func(t *testing.T) {
 		f := startFarm(t, "--build-users-group", "nixbld", "--local-jobs", "64")
-		m := regexp.MustCompile(`msg="build users" group=nixbld jobs=(\d+) shared=true`).FindStringSubmatch(f.logs())
+		m := regexp.MustCompile(`msg="build users" worker=local group=nixbld jobs=(\d+) shared=true members=(\d+) free=(\d+)`).FindStringSubmatch(f.logs())
 		if m == nil {
 			t.Fatalf("the farm did not say it shares nixbld:\n%s", f.logs())
 		}
+		jobs, _ := strconv.Atoi(m[1])
+		members, _ := strconv.Atoi(m[2])
+		free, _ := strconv.Atoi(m[3])
 		// Capped below the users free at start, so the machine keeps one.
-		if jobs, _ := strconv.Atoi(m[1]); jobs >= len(groupUIDs(t, "nixbld")) {
-			t.Errorf("%d jobs on %d shared users", jobs, len(groupUIDs(t, "nixbld")))
+		if members != len(groupUIDs(t, "nixbld")) || free > members || jobs != max(1, min(64, free-1)) {
+			t.Errorf("%d jobs, %d members, %d free", jobs, members, free)
 		}
-		if !strings.Contains(f.logs(), "fewer local jobs than asked for") {
+		if !strings.Contains(f.logs(), "fewer jobs than asked for") {
 			t.Errorf("the farm did not warn that it took fewer jobs")
 		}
 		if uid := builderUID(t, f); !slices.Contains(groupUIDs(t, "nixbld"), uid) {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"os"
 	"os/signal"
@@ -58,7 +59,7 @@ func workerCmd(args []string, stdout, stderr io.Writer) int {
 	fs.Var(&features, "features", "supported system features (default: the local Nix's system-features)")
 	fs.Var(&mandatory, "mandatory-features", "features every derivation this worker takes must require")
 	maxJobs := fs.Int("max-jobs", runtime.NumCPU(), "builds run at once")
-	buildUsers := fs.String("build-users-group", "", "as root, build as the members of this group, created with one user per job if missing (e.g. "+buildusers.DefaultGroup+" on a machine that also builds for itself); the machine's own group (nixbld) caps the jobs below its users free at start (default: whatever the machine's Nix uses)")
+	buildUsers := fs.String("build-users-group", "", "as root, with a --store of the worker's own, build as the members of this group, created with one user per job if missing (e.g. "+buildusers.DefaultGroup+", on a machine that also builds for itself); in the machine's own store, or given the machine's group (nixbld), share its users with the jobs capped below those free at start (default: build as the machine's Nix does, unchecked)")
 	speed := fs.Float64("speed-factor", 1, "how fast this worker is relative to others")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	fs.Usage = func() {
@@ -104,22 +105,21 @@ func workerCmd(args []string, stdout, stderr io.Writer) int {
 	slices.Sort(caps.SupportedFeatures)
 	settings := caps.Settings(native)
 	if *buildUsers != "" {
-		plan, err := buildusers.Decide(ctx, buildusers.Host{}, buildusers.Request{
-			Root: os.Geteuid() == 0, Group: *buildUsers, NixGroup: nc.BuildUsersGroup,
-			DaemonStore: worker.IsDaemonStore(*storeURI), Jobs: caps.MaxJobs,
-		})
+		if nc.BuildUsersGroup == "" {
+			nc.BuildUsersGroup = "nixbld" // Nix's default, when Nix could not be asked
+		}
+		root := os.Geteuid() == 0
+		machine, daemon := worker.MachineStore(*storeURI, root)
+		plan, err := buildusers.Configure(ctx, buildusers.Host{}, buildusers.Request{
+			Root: root, Group: *buildUsers, NixGroup: nc.BuildUsersGroup,
+			MachineStore: machine, Daemon: daemon, Jobs: caps.MaxJobs,
+		}, log)
 		if err != nil {
 			fmt.Fprintf(stderr, "nixfarm worker: build users: %v\n", err)
 			return 1
 		}
-		if len(plan.Created) > 0 {
-			log.Info("created build users", "created", strings.Join(plan.Created, ", "))
-		}
-		log.Info("build users", "group", plan.Group, "jobs", plan.Jobs, "shared", plan.Shared, "detail", plan.Describe())
 		caps.MaxJobs = plan.Jobs
-		if plan.Group != "" && !worker.IsDaemonStore(*storeURI) {
-			settings["build-users-group"] = plan.Group
-		}
+		maps.Copy(settings, plan.Settings())
 	}
 	a, err := agent.New(agent.Config{
 		Coordinator: *coordinator, Token: strings.TrimSpace(string(data)), CoordinatorHostKey: *hostKey,

@@ -50,23 +50,24 @@ func (h Host) LookupGroup(ctx context.Context, name string) (*Group, error) {
 	if err != nil && !errors.Is(err, errNotFound) { // some missing: below
 		return nil, err
 	}
-	uids := map[string]int{}
+	users := map[string]User{}
 	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		// name:password:uid:gid:comment:home:shell
 		f := strings.Split(line, ":")
-		if len(f) < 3 {
+		if len(f) < 5 {
 			continue
 		}
 		if uid, err := strconv.Atoi(f[2]); err == nil {
-			uids[f[0]] = uid
+			users[f[0]] = User{Name: f[0], UID: uid, Comment: f[4]}
 		}
 	}
 	for _, n := range names {
-		uid, ok := uids[n]
+		u, ok := users[n]
 		if !ok {
 			// Nix fails the build in this case; say so now.
 			return nil, fmt.Errorf("the user %s in group %s does not exist", n, name)
 		}
-		g.Members = append(g.Members, User{Name: n, UID: uid})
+		g.Members = append(g.Members, u)
 	}
 	return g, nil
 }
@@ -90,34 +91,46 @@ func getent(ctx context.Context, db string, keys ...string) (string, error) {
 }
 
 // AddGroup implements System with groupadd --system. A group that exists
-// already (another nixfarm made it first) is not an error.
+// already (another nixfarm made it first) is not an error: the caller
+// looks it up again.
 func (Host) AddGroup(ctx context.Context, name string) error {
-	return shadow(ctx, "groupadd", "--system", name)
+	err := shadow(ctx, "groupadd", "--system", name)
+	if errors.Is(err, errNameTaken) {
+		return nil
+	}
+	return err
 }
 
 // AddUser implements System with useradd --system: no home, no login,
-// listed as a member of group (Nix reads the member list).
+// listed as a member of group (Nix reads the member list). A name already
+// taken is ErrUserExists.
 func (Host) AddUser(ctx context.Context, name, group, comment string) error {
-	return shadow(ctx, "useradd", "--system", "--no-create-home", "--home-dir", "/var/empty",
+	err := shadow(ctx, "useradd", "--system", "--no-create-home", "--home-dir", "/var/empty",
 		"--shell", "/usr/sbin/nologin", "--gid", group, "--groups", group, "--comment", comment, name)
+	if errors.Is(err, errNameTaken) {
+		return ErrUserExists
+	}
+	return err
 }
 
-// shadow runs a shadow-utils tool. Exit status 9 means the name is taken,
-// which is success here; 10 means the user database was locked by someone
-// else, so it tries again.
+var errNameTaken = errors.New("name taken")
+
+// shadow runs a shadow-utils tool. Exit status 9 means the name is taken
+// (errNameTaken); 10 means the user database was locked by someone else,
+// so it tries again.
 func shadow(ctx context.Context, tool string, args ...string) error {
-	var last error
+	var err error
 	for attempt := 0; attempt < 10; attempt++ {
-		cmd := exec.CommandContext(ctx, tool, args...)
-		out, err := cmd.CombinedOutput()
+		var out []byte
+		out, err = exec.CommandContext(ctx, tool, args...).CombinedOutput()
 		var exit *exec.ExitError
 		switch {
 		case err == nil:
 			return nil
 		case errors.As(err, &exit) && exit.ExitCode() == 9:
-			return nil
+			return errNameTaken
 		case errors.As(err, &exit) && exit.ExitCode() == 10:
-			last = fmt.Errorf("%s: %s", tool, strings.TrimSpace(string(out)))
+			err = fmt.Errorf("%s %s: %w: %s", tool, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
@@ -127,7 +140,7 @@ func shadow(ctx context.Context, tool string, args ...string) error {
 			return fmt.Errorf("%s %s: %w: %s", tool, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 		}
 	}
-	return last
+	return err
 }
 
 // InUse implements System: Nix holds an exclusive flock on

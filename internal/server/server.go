@@ -267,28 +267,17 @@ func (f *Farm) addLocalWorker(ctx context.Context) error {
 // package buildusers), caps its jobs accordingly and sets its Nix's
 // build-users-group.
 func (f *Farm) planBuildUsers(ctx context.Context, nc worker.NixConfig, transport *worker.Local) error {
-	group := f.cfg.BuildUsersGroup
-	if group == "" {
-		group = buildusers.DefaultGroup
-	}
-	plan, err := buildusers.Decide(ctx, buildusers.Host{}, buildusers.Request{
-		Root: os.Geteuid() == 0, Group: group, NixGroup: nc.BuildUsersGroup,
-		DaemonStore: worker.IsDaemonStore(f.cfg.LocalStore), Jobs: f.cfg.LocalJobs,
-	})
+	root := os.Geteuid() == 0
+	machine, daemon := worker.MachineStore(f.cfg.LocalStore, root)
+	plan, err := buildusers.Configure(ctx, buildusers.Host{}, buildusers.Request{
+		Root: root, Group: f.cfg.BuildUsersGroup, NixGroup: nc.BuildUsersGroup,
+		MachineStore: machine, Daemon: daemon, Jobs: f.cfg.LocalJobs,
+	}, f.log.With("worker", "local"))
 	if err != nil {
 		return fmt.Errorf("the built-in worker's build users: %w", err)
 	}
-	if len(plan.Created) > 0 {
-		f.log.Info("created build users for the built-in worker", "created", strings.Join(plan.Created, ", "))
-	}
-	if plan.Jobs < f.cfg.LocalJobs {
-		f.log.Warn("fewer local jobs than asked for: not enough build users", "asked", f.cfg.LocalJobs, "jobs", plan.Jobs, "group", plan.Group)
-	}
-	f.log.Info("build users", "group", plan.Group, "jobs", plan.Jobs, "shared", plan.Shared, "detail", plan.Describe())
 	f.cfg.LocalJobs = plan.Jobs
-	if plan.Group != "" && !worker.IsDaemonStore(f.cfg.LocalStore) {
-		transport.Options = map[string]string{"build-users-group": plan.Group}
-	}
+	transport.Options = plan.Settings()
 	return nil
 }
 

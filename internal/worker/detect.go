@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os/exec"
+	"net/url"
 	"slices"
 	"strings"
 )
@@ -82,8 +83,24 @@ func joinWords(ws []string) string {
 	return out
 }
 
-// IsDaemonStore reports whether a store URI reaches the machine's
-// nix-daemon, whose own settings (build users among them) then apply.
-func IsDaemonStore(uri string) bool {
-	return uri == "daemon" || strings.HasPrefix(uri, "unix://")
+// MachineStore reports whether a Nix store URI is this machine's own
+// /nix/store, and whether it is reached through the machine's nix-daemon,
+// for a Nix running as root or not: "" and "auto" are the local store as
+// root and the daemon otherwise; "daemon" and unix:// are the daemon;
+// "local" and "/" the local store, unless a root= parameter makes it a
+// chroot store. A chroot store (any other absolute path) and remote stores
+// are not the machine's.
+func MachineStore(uri string, root bool) (machine, daemon bool) {
+	base, query, _ := strings.Cut(uri, "?")
+	params, _ := url.ParseQuery(query)
+	switch {
+	case base == "" || base == "auto":
+		return true, !root
+	case base == "daemon" || strings.HasPrefix(base, "unix://"):
+		return true, true
+	case base == "local" || base == "/" || base == "local://":
+		r := params.Get("root")
+		return r == "" || r == "/", false
+	}
+	return false, false
 }

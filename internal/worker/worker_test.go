@@ -112,3 +112,29 @@ bare-host ; ssh-ng://ng.example.org?remote-program=nix-daemon - - - 0 - -
 		}
 	}
 }
+
+func TestMachineStore(t *testing.T) {
+	for _, c := range []struct {
+		uri             string
+		root            bool
+		machine, daemon bool
+	}{
+		{"", true, true, false},
+		{"", false, true, true},
+		{"auto", true, true, false},
+		{"auto", false, true, true},
+		{"daemon", true, true, true},
+		{"unix:///nix/var/nix/daemon-socket/socket", true, true, true},
+		{"local", true, true, false},
+		{"local?root=/", true, true, false},
+		{"/", true, true, false},
+		{"local?root=/var/lib/nixfarm/worker-store", true, false, false},
+		{"/var/lib/nixfarm/worker-store", true, false, false},
+		{"ssh-ng://builder", true, false, false},
+	} {
+		m, d := worker.MachineStore(c.uri, c.root)
+		if m != c.machine || d != c.daemon {
+			t.Errorf("MachineStore(%q, root=%v) = %v, %v; want %v, %v", c.uri, c.root, m, d, c.machine, c.daemon)
+		}
+	}
+}
