@@ -4,8 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os/exec"
 	"net/url"
+	"os/exec"
 	"slices"
 	"strings"
 )
