@@ -203,11 +203,23 @@ func newClientOf(t *testing.T, v *nixVersion) *client {
 		holder.Process.Kill()
 		holder.Wait()
 	})
-	line, _ := bufio.NewReader(stdout).ReadString('\n')
-	if line != "ready\n" {
+	ready := make(chan string, 1)
+	go func() {
+		line, _ := bufio.NewReader(stdout).ReadString('\n')
+		ready <- line
+	}()
+	select {
+	case line := <-ready:
+		if line != "ready\n" {
+			holder.Process.Kill()
+			holder.Wait()
+			t.Fatalf("setting up the %s client's root: %q\n%s", v.name, line, stderr.String())
+		}
+	case <-time.After(time.Minute):
+		// Held up, perhaps by nix-clients.sh rebuilding the chroot.
 		holder.Process.Kill()
 		holder.Wait()
-		t.Fatalf("setting up the %s client's root: %q\n%s", v.name, line, stderr.String())
+		t.Fatalf("the %s client's root was not ready within a minute\n%s", v.name, stderr.String())
 	}
 	go io.Copy(io.Discard, stdout)
 	c.pid = strconv.Itoa(holder.Process.Pid)

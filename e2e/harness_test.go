@@ -53,6 +53,7 @@ func TestMain(m *testing.M) {
 	}
 	if err := setUpClients(dir); err != nil {
 		fmt.Fprintf(os.Stderr, "e2e: FAIL: the Nix clients: %v\n", err)
+		os.RemoveAll(dir)
 		os.Exit(1)
 	}
 	nixfarmBin = filepath.Join(dir, "nixfarm")

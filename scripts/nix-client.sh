@@ -39,7 +39,15 @@ shift
 [ $# -gt 0 ] || set -- /bin/bash
 
 [ "$(id -u)" = 0 ] || die "must run as root (mounts and chroot need it)"
-lower=${NIXFARM_CLIENTS_DIR:-/var/cache/nixfarm/nix-clients}/$suite
+[[ $suite =~ ^[a-z]+$ ]] || die "unknown release '$suite'"
+dir=$(realpath -m "${NIXFARM_CLIENTS_DIR:-/var/cache/nixfarm/nix-clients}")
+lower=$dir/$suite
+# Hold the clients' lock shared while the client runs, so that
+# nix-clients.sh never rebuilds the chroot under it (the lock goes with the
+# file descriptor into the command, and ends with it).
+[ -d "$dir" ] || die "there is no $suite client; run scripts/nix-clients.sh $suite"
+exec 9>>"$dir/.lock"
+flock -s 9
 [ -f "$lower/.nixfarm-client" ] || die "there is no $suite client; run scripts/nix-clients.sh $suite"
 
 scratch=""
@@ -51,24 +59,34 @@ fi
 mkdir -p "$upper/upper" "$upper/work" "$upper/root"
 upper=$(realpath "$upper")
 tmp=$(realpath "${TMPDIR:-/tmp}")
+# Nix's pool of build users is the machine's; make sure it exists here,
+# as any Nix building as root would, so that the client shares it.
+mkdir -p /nix/var/nix/userpool
 
+# The directories to bind travel as arguments of their own, between the
+# root and the command, so no name is split or globbed.
 run=(unshare --mount --propagation private /bin/sh -ec '
-	lower=$1 upper=$2 tmp=$3 binds=$4
-	shift 4
+	lower=$1 upper=$2 nbind=$3
+	shift 3
 	root=$upper/root
 	mount -t overlay overlay -o "lowerdir=$lower,upperdir=$upper/upper,workdir=$upper/work" "$root"
 	mount -t proc proc "$root/proc"
 	mount --rbind /dev "$root/dev"
-	for dir in $tmp $binds; do
-		mkdir -p "$root$dir"
-		mount --bind "$dir" "$root$dir"
+	while [ "$nbind" -gt 0 ]; do
+		mkdir -p "$root$1"
+		mount --bind "$1" "$root$1"
+		shift
+		nbind=$((nbind - 1))
 	done
-	mount --bind /etc/passwd "$root/etc/passwd"
-	mount --bind /etc/group "$root/etc/group"
-	mkdir -p /nix/var/nix/userpool "$root/nix/var/nix/userpool"
+	# The machine users, read-only: a shell inside must not edit them.
+	for f in /etc/passwd /etc/group; do
+		mount --bind "$f" "$root$f"
+		mount -o remount,bind,ro "$root$f"
+	done
+	mkdir -p "$root/nix/var/nix/userpool"
 	mount --bind /nix/var/nix/userpool "$root/nix/var/nix/userpool"
 	exec chroot "$root" /usr/bin/env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root "$@"
-' sh "$lower" "$upper" "$tmp" "${binds[*]}" "$@")
+' sh "$lower" "$upper" "$((${#binds[@]} + 1))" "$tmp" "${binds[@]}" "$@")
 
 if [ -n "$scratch" ]; then
 	"${run[@]}"

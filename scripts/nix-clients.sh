@@ -12,55 +12,101 @@
 # finds them complete checks each with `nix --version` and spends seconds.
 # A chroot is built under <suite>.partial and renamed into place only when
 # it is complete, so an interrupted run leaves nothing that looks finished:
-# the next run removes the remains and builds it again. Every mount the
-# build needs (/proc, /dev) is made in a private mount namespace, so an
-# interruption never leaves a mount behind either.
+# the next run removes the remains and builds it again. Everything that
+# mounts (debootstrap, apt in the chroot) runs in a private mount
+# namespace, so an interruption never leaves a mount behind either, and
+# an interrupted run stops the builds it started.
+#
+# Each release must bring the Nix version above: the tests, their golden
+# sessions and the README are named after it. A release whose Nix moved on
+# (sid does) makes this script fail with what to update.
+#
+# Runs take .lock in the cache directory: shared to check, exclusive to
+# build. scripts/nix-client.sh holds it shared while a client runs, so a
+# chroot is never rebuilt under a running client.
 #
 #   scripts/nix-clients.sh                 all three
 #   scripts/nix-clients.sh trixie          just one
 #   NIXFARM_CLIENTS_DIR=/srv/c scripts/nix-clients.sh
 #   NIXFARM_DEBIAN_MIRROR=URL ...          another archive than apt's
 #
-# Needs root, debootstrap and util-linux (unshare); it installs debootstrap
-# when it is missing.
+# Needs root, debootstrap and util-linux (unshare, flock); it installs
+# debootstrap when it is missing.
 set -euo pipefail
 
-dir=${NIXFARM_CLIENTS_DIR:-/var/cache/nixfarm/nix-clients}
+dir=$(realpath -m "${NIXFARM_CLIENTS_DIR:-/var/cache/nixfarm/nix-clients}")
 suites=("$@")
 ((${#suites[@]})) || suites=(bookworm trixie sid)
 
 log() { printf '== nix-clients: %s\n' "$*"; }
 die() { printf 'nix-clients: %s\n' "$*" >&2; exit 1; }
 
+# expected is the Nix version (major.minor) each release must bring.
+expected() {
+	case $1 in
+	bookworm) echo 2.8 ;;
+	trixie) echo 2.26 ;;
+	sid) echo 2.34 ;;
+	*) return 1 ;;
+	esac
+}
+
 [ "$(id -u)" = 0 ] || die "must run as root (debootstrap and chroot need it)"
+for suite in "${suites[@]}"; do
+	expected "$suite" >/dev/null || die "unknown release '$suite' (known: bookworm, trixie, sid)"
+done
 
 # mirror prints the URI of the Debian archive apt uses for this machine's
-# own release, from deb822 .sources files or one-line .list files.
+# own release, from deb822 .sources files or one-line .list files: an
+# entry for the release's codename with the main component, over http,
+# https or file (mirror+ lists are read for their first entry), and not
+# disabled. Nothing else is guessed: no host name is built in.
 mirror() {
 	if [ -n "${NIXFARM_DEBIAN_MIRROR:-}" ]; then
 		echo "$NIXFARM_DEBIAN_MIRROR"
 		return
 	fi
-	local codename files
+	local codename uri f
 	codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
-	files=$(ls /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
-	# deb822: a stanza whose Suites has the codename (not -security/-updates).
-	# shellcheck disable=SC2086
-	awk -v want="$codename" '
-		BEGIN { RS = ""; FS = "\n" }
+	local sources=() lists=()
+	for f in /etc/apt/sources.list.d/*.sources; do [ -f "$f" ] && sources+=("$f"); done
+	for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do [ -f "$f" ] && lists+=("$f"); done
+	uri=$(
+		set +o pipefail
 		{
-			uris = ""; ok = 0
-			for (i = 1; i <= NF; i++) {
-				if ($i ~ /^URIs:/) { uris = $i; sub(/^URIs:[ \t]*/, "", uris) }
-				if ($i ~ /^Suites:/) { n = split($i, s, /[ \t]+/); for (j = 2; j <= n; j++) if (s[j] == want) ok = 1 }
-			}
-			if (ok && uris != "") { split(uris, u, /[ \t]+/); print u[1]; exit }
-		}' $(echo "$files" | grep '\.sources$' || true) </dev/null 2>/dev/null | head -n 1 | grep . && return
-	# one-line: deb [options] URI suite components
-	# shellcheck disable=SC2086
-	sed -E 's/\[[^]]*\]//' $(echo "$files" | grep -v '\.sources$' || true) </dev/null 2>/dev/null |
-		awk -v want="$codename" '$1 == "deb" && $3 == want { print $2; exit }' | grep . && return
-	die "found no Debian archive for '$codename' in /etc/apt/sources*; set NIXFARM_DEBIAN_MIRROR"
+			if ((${#sources[@]})); then
+				awk -v want="$codename" '
+					BEGIN { RS = ""; FS = "\n" }
+					{
+						uris = ""; suite = 0; main = 0; off = 0; deb = 0
+						for (i = 1; i <= NF; i++) {
+							line = $i
+							if (line ~ /^URIs:/) { uris = line; sub(/^URIs:[ \t]*/, "", uris) }
+							if (line ~ /^Types:/ && line ~ /[ \t]deb([ \t]|$)/) deb = 1
+							if (line ~ /^Enabled:[ \t]*no/) off = 1
+							if (line ~ /^Suites:/) { n = split(line, s, /[ \t]+/); for (j = 2; j <= n; j++) if (s[j] == want) suite = 1 }
+							if (line ~ /^Components:/) { n = split(line, s, /[ \t]+/); for (j = 2; j <= n; j++) if (s[j] == "main") main = 1 }
+						}
+						if (deb && suite && main && !off && uris != "") { n = split(uris, u, /[ \t]+/); for (j = 1; j <= n; j++) print u[j] }
+					}' "${sources[@]}"
+			fi
+			# one-line: deb [options] URI suite component...
+			if ((${#lists[@]})); then
+				sed -E 's/\[[^]]*\]//; s/#.*//' "${lists[@]}" |
+					awk -v want="$codename" '$1 == "deb" && $3 == want { for (i = 4; i <= NF; i++) if ($i == "main") print $2 }'
+			fi
+		} 2>/dev/null | while read -r u; do
+			case $u in
+			mirror+file:*)
+				# A list of mirrors, one per line: take the first usable.
+				sed -E 's/#.*//; s/[ \t].*//' "${u#mirror+file:}" 2>/dev/null | grep -E '^(https?|file):' | head -n 1
+				;;
+			http://* | https://* | file:*) echo "$u" ;;
+			esac
+		done | head -n 1
+	)
+	[ -n "$uri" ] || die "found no Debian archive (an http, https or file source of '$codename' with the main component) in /etc/apt/sources*; set NIXFARM_DEBIAN_MIRROR"
+	echo "$uri"
 }
 
 # inchroot runs a command in the chroot at $1 with /proc and /dev mounted
@@ -98,7 +144,9 @@ build() {
 		srcopt="[check-valid-until=no] "
 	fi
 	mkdir -p "$dir/debs/$suite"
-	if ! debootstrap --variant=minbase --cache-dir="$dir/debs/$suite" "$suite" "$part" "$url" >>"$logf" 2>&1; then
+	# debootstrap mounts /proc and /sys in the target itself.
+	if ! unshare --mount --propagation private \
+		debootstrap --variant=minbase --cache-dir="$dir/debs/$suite" "$suite" "$part" "$url" >>"$logf" 2>&1; then
 		tail -n 20 "$logf" >&2
 		die "$suite: debootstrap failed"
 	fi
@@ -123,8 +171,13 @@ build() {
 		substituters =
 		experimental-features = nix-command
 	EOF
-	local version
+	local version want
 	version=$(inchroot "$part" /usr/bin/nix --version) || die "$suite: nix --version fails in the new chroot"
+	want=$(expected "$suite")
+	case "${version##* }" in
+	"$want" | "$want".*) ;;
+	*) die "$suite now has ${version##* }, not Nix $want: the end-to-end tests, the golden sessions (testdata/gen.sh $suite) and the README are named after $want; update expected() here and them together" ;;
+	esac
 	echo "$version" >"$part/.nixfarm-client"
 	sync -f "$part/.nixfarm-client"
 	rm -rf --one-file-system "$final"
@@ -132,25 +185,41 @@ build() {
 	log "$suite: $version, ready in $((SECONDS - start)) s"
 }
 
-mkdir -p "$dir"
-exec 9>"$dir/.lock"
-flock 9 # one run at a time; a second waits for the first
+# survey sorts the suites into those whose chroot is complete (logged) and
+# those to build (printed, one per line).
+survey() {
+	local suite version
+	for suite in "${suites[@]}"; do
+		if version=$(check "$dir/$suite"); then
+			log "$suite: $version (cached in $dir/$suite)" >&2
+		else
+			echo "$suite"
+		fi
+	done
+}
 
-todo=()
-for suite in "${suites[@]}"; do
-	# The remains of an interrupted run.
+mkdir -p "$dir"
+exec 9>>"$dir/.lock"
+flock -s 9
+mapfile -t todo < <(survey)
+((${#todo[@]})) || exit 0
+
+# Building needs the lock alone: no other run, and no client running from
+# a chroot that may be replaced. Taking it drops the shared lock first, so
+# look again once it is held.
+flock -n 9 || {
+	log "waiting for the other users of $dir to finish"
+	flock 9
+}
+mapfile -t todo < <(survey 2>/dev/null)
+((${#todo[@]})) || exit 0
+for suite in "${todo[@]}"; do
 	if [ -e "$dir/$suite.partial" ]; then
 		log "$suite: removing an unfinished chroot from an interrupted run"
-		rm -rf --one-file-system "$dir/$suite.partial"
-	fi
-	if version=$(check "$dir/$suite"); then
-		log "$suite: $version (cached in $dir/$suite)"
-	else
-		[ -e "$dir/$suite" ] && log "$suite: the cached chroot is broken; building it again"
-		todo+=("$suite")
+	elif [ -e "$dir/$suite" ]; then
+		log "$suite: the cached chroot is broken; building it again"
 	fi
 done
-((${#todo[@]})) || exit 0
 
 if ! command -v debootstrap >/dev/null; then
 	log "installing debootstrap"
@@ -159,9 +228,20 @@ if ! command -v debootstrap >/dev/null; then
 fi
 url=$(mirror)
 
+# killtree ends a process and everything it started: background jobs of a
+# script ignore SIGINT, so an interrupted run must stop them itself.
+killtree() {
+	local child
+	for child in $(pgrep -P "$1" 2>/dev/null); do
+		killtree "$child"
+	done
+	kill -TERM "$1" 2>/dev/null || true
+}
+
 # The chroots are independent and mostly wait on the network: build them
 # at once.
 pids=()
+trap 'for pid in "${pids[@]}"; do killtree "$pid"; done; wait; exit 130' INT TERM
 for suite in "${todo[@]}"; do
 	build "$suite" "$url" &
 	pids+=($!)
@@ -170,6 +250,7 @@ failed=0
 for pid in "${pids[@]}"; do
 	wait "$pid" || failed=1
 done
+trap - INT TERM
 ((failed == 0)) || die "some clients could not be built; run again to retry"
 for suite in "${todo[@]}"; do
 	check "$dir/$suite" >/dev/null || die "$suite: the new chroot does not run nix"

@@ -135,7 +135,7 @@ func major(v uint64) uint64 { return v & 0xff00 }
 // yet. Nix 2.34, the newest client tested, offers none either.
 var serverFeatures = []string{}
 
-func versionString(v uint64) string { return fmt.Sprintf("%d.%d", v>>8, minor(v)) }
+func versionString(v uint64) string { return fmt.Sprintf("%d.%d", major(v)>>8, minor(v)) }
 
 // ErrProtocol is wrapped by errors caused by what the peer sent. On the
 // server they end the connection after the error is reported.

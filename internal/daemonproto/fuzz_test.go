@@ -63,3 +63,28 @@ func FuzzServe(f *testing.F) {
 		fm.srv.Serve(context.Background(), &in, io.Discard, &daemonproto.Session{Account: "fuzz"})
 	})
 }
+
+// FuzzHandshake feeds arbitrary bytes from the very first one: the
+// version, the feature list (1.38) and what follows must be read within
+// their bounds, and the server must never panic or hang.
+func FuzzHandshake(f *testing.F) {
+	sessions, _ := filepath.Glob("testdata/sessions/nix-2.*/0[24]*")
+	for _, s := range sessions {
+		if in := testutil.ReadGz(f, filepath.Join(s, "in.gz")); len(in) < 1<<16 {
+			f.Add(in)
+		}
+	}
+	var seed bytes.Buffer
+	w := wire.NewWriter(&seed)
+	w.Uint64(daemonproto.Magic1)
+	w.Uint64(1<<8 | 38)
+	w.Strings([]string{"some-future-feature", "another"})
+	w.Uint64(0)
+	w.Uint64(0)
+	w.Flush()
+	f.Add(seed.Bytes())
+	fm := newFarm(f)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		fm.srv.Serve(context.Background(), bytes.NewReader(data), io.Discard, &daemonproto.Session{Account: "fuzz"})
+	})
+}

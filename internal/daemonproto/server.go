@@ -85,7 +85,7 @@ func (s *Server) Serve(ctx context.Context, in io.Reader, out io.Writer, sess *S
 	// Which clients a farm serves is worth knowing at a glance, and a
 	// feature nixfarm lacks shows up here first.
 	c.log.Info("client connected", "protocol", "daemon", "client_version", versionString(c.clientVersion),
-		"client_features", c.clientFeatures, "features", serverFeatures)
+		"client_features", loggable(c.clientFeatures), "features", serverFeatures)
 	for {
 		if c.r.AtEOF() {
 			return nil
@@ -209,6 +209,24 @@ func (c *conn) handshake() error {
 	}
 	c.out.last()
 	return c.out.w.Flush()
+}
+
+// loggable bounds what a client's feature list puts in the log: the
+// protocol allows 64 names of 256 bytes, more than a log line should hold.
+func loggable(features []string) []string {
+	const maxNames, maxLen = 8, 64
+	out := make([]string, 0, min(len(features), maxNames+1))
+	for i, f := range features {
+		if i == maxNames {
+			out = append(out, fmt.Sprintf("(and %d more)", len(features)-maxNames))
+			break
+		}
+		if len(f) > maxLen {
+			f = f[:maxLen] + "..."
+		}
+		out = append(out, f)
+	}
+	return out
 }
 
 func (s *Server) nixVersion() string {

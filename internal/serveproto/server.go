@@ -83,7 +83,7 @@ func (s *Server) Serve(ctx context.Context, in io.Reader, out io.Writer, sess *S
 	}
 	c := &serveConn{s: s, r: r, w: w, sess: sess, ver: min(clientVersion, Version)}
 	log := s.logger().With("account", sess.Account, "version", fmt.Sprintf("2.%d", minor(c.ver)))
-	log.Info("client connected", "protocol", "serve", "client_version", fmt.Sprintf("%d.%d", clientVersion>>8, minor(clientVersion)))
+	log.Info("client connected", "protocol", "serve", "client_version", fmt.Sprintf("%d.%d", major(clientVersion)>>8, minor(clientVersion)))
 	for {
 		if r.AtEOF() {
 			return nil // clean end between commands
