@@ -44,7 +44,7 @@ func testUploadedInput(t *testing.T, v *nixVersion, scheme string) {
 	}
 	// The farm now holds the uploaded busybox.
 	var n int
-	if err := f.db().QueryRow(`SELECT count(*) FROM paths WHERE path = ? AND account = 'alice'`, c.bb).Scan(&n); err != nil || n != 1 {
+	if err := f.db().QueryRow(`SELECT count(*) FROM views WHERE path = ? AND account = 'alice'`, c.bb).Scan(&n); err != nil || n != 1 {
 		t.Errorf("busybox %s not registered in the farm store for alice (n=%d, err=%v)", c.bb, n, err)
 	}
 }

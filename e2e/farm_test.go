@@ -292,7 +292,7 @@ func TestCoordinatorRestart(t *testing.T) {
 	for _, d := range completed {
 		out := strings.TrimPrefix(d.outputs, "out=")
 		var n int
-		f.db().QueryRow(`SELECT count(*) FROM paths WHERE path = ?`, out).Scan(&n)
+		f.db().QueryRow(`SELECT count(*) FROM objects WHERE path = ?`, out).Scan(&n)
 		if n != 1 {
 			t.Errorf("output %s of %s is not in the farm store", out, d.drv)
 		}

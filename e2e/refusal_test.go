@@ -178,7 +178,7 @@ func TestAddToStoreNarWrongHashRejected(t *testing.T) {
 		t.Errorf("stderr does not name the problem:\n%s", msg)
 	}
 	var n int
-	if err := f.db().QueryRow(`SELECT count(*) FROM paths WHERE path = ?`, string(p)).Scan(&n); err != nil && err != sql.ErrNoRows {
+	if err := f.db().QueryRow(`SELECT count(*) FROM objects WHERE path = ?`, string(p)).Scan(&n); err != nil && err != sql.ErrNoRows {
 		t.Fatal(err)
 	}
 	if n != 0 {
@@ -275,7 +275,7 @@ func TestDaemonBadInput(t *testing.T) {
 	}
 	closeFn()
 	var count int
-	f.db().QueryRow(`SELECT count(*) FROM paths WHERE path = ?`, string(p)).Scan(&count)
+	f.db().QueryRow(`SELECT count(*) FROM objects WHERE path = ?`, string(p)).Scan(&count)
 	if count != 0 {
 		t.Errorf("a bad upload was registered")
 	}

@@ -33,7 +33,7 @@ type ServerConfig struct {
 	HostKey ssh.Signer
 	// Token is the join token agents must present.
 	Token    string
-	Farm     store.Store
+	Farm     store.Views
 	Registry Registry
 	// HeartbeatInterval is what agents are told to use (5s); an agent
 	// silent for three intervals is lost.

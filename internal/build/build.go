@@ -7,6 +7,7 @@ package build
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -168,3 +169,14 @@ func (l LogWriter) BuildLog(storepath.Path) io.WriteCloser {
 type nopCloser struct{ io.Writer }
 
 func (nopCloser) Close() error { return nil }
+
+// ErrWorkerBusy is returned by a Builder that cannot run a build now
+// because a build running on the same worker uses other contents under
+// one of its paths: the build waits and is tried again, on any worker,
+// and the worker is not at fault.
+var ErrWorkerBusy = errors.New("the worker is busy with other contents of the same path")
+
+// ErrWorkerConflict is returned by a Builder whose worker holds other
+// contents under one of the build's paths and cannot remove them: the
+// build is tried on another worker, and this worker is not at fault.
+var ErrWorkerConflict = errors.New("the worker holds other contents under a path of the build")

@@ -44,7 +44,7 @@ type Options struct {
 
 // Coordinator implements the protocol servers' Builds interfaces.
 type Coordinator struct {
-	store  store.Store
+	store  store.Views
 	sched  Scheduler
 	writes *dbpkg.Group // build records, group-committed
 	db     *sql.DB
@@ -54,12 +54,17 @@ type Coordinator struct {
 	now    func() time.Time
 
 	mu       sync.Mutex
-	inflight map[storepath.Path]*inflight
+	inflight map[string]*inflight // by build key (sharing.go)
 	running  sync.WaitGroup // background builds
 }
 
-// inflight is a build under way, shared by every request for it.
+// inflight is a build under way, shared by every request for it: every
+// request with the same build key, whichever its account.
 type inflight struct {
+	key     string
+	drvPath storepath.Path
+	account string // the account it is built for
+
 	// earlyRes, under Coordinator.mu, is the result of the latest attempt
 	// that succeeded and announced its outputs while the farm still
 	// copies them in (nil before one has); announced is closed, and
@@ -79,7 +84,7 @@ type inflight struct {
 
 // New returns a coordinator. Build records go to db, build logs to files in
 // logDir. Builds interrupted by an earlier stop are marked as such.
-func New(st store.Store, sched Scheduler, db *sql.DB, logDir string, opts Options) (*Coordinator, error) {
+func New(st store.Views, sched Scheduler, db *sql.DB, logDir string, opts Options) (*Coordinator, error) {
 	if err := os.MkdirAll(logDir, 0o755); err != nil {
 		return nil, fmt.Errorf("creating log directory: %w", err)
 	}
@@ -87,7 +92,7 @@ func New(st store.Store, sched Scheduler, db *sql.DB, logDir string, opts Option
 		opts.Log = slog.Default()
 	}
 	c := &Coordinator{store: st, sched: sched, db: db, writes: dbpkg.NewGroup(db), logDir: logDir, log: opts.Log, opts: opts, now: time.Now,
-		inflight: map[storepath.Path]*inflight{}}
+		inflight: map[string]*inflight{}}
 	res, err := db.Exec(`UPDATE builds SET error = 'interrupted: nixfarm stopped before the build finished', stopped_at = ?
 		WHERE stopped_at = 0`, c.now().UnixMilli())
 	if err != nil {
@@ -117,46 +122,73 @@ func (c *Coordinator) buildDerivation(ctx context.Context, req *build.Request, e
 	if err := checkKind(req.DrvPath, req.Drv.Kind()); err != nil {
 		return nil, err
 	}
+	st := c.store.For(req.Account)
 	outputs := req.Drv.OutputPaths()
-	if done, err := c.allValid(ctx, outputs); err != nil {
+	if done, err := allValid(ctx, st, outputs); err != nil {
 		return nil, err
 	} else if done {
-		now := c.now()
-		res := &build.Result{Status: build.AlreadyValid, StartTime: now, StopTime: now, Outputs: outputs}
-		if _, err := c.record(ctx, req, res, now); err != nil {
-			return nil, err
-		}
 		log.Info("outputs already in the farm store")
-		setBasicHash(res, req.Drv)
-		return res, nil
+		return c.answered(ctx, req, outputs)
 	}
 	inputs, err := storepath.ParseList(req.Drv.InputSrcs)
 	if err != nil {
 		return nil, fmt.Errorf("derivation %s: %w", req.DrvPath, err)
 	}
-	if _, err := c.store.Closure(ctx, inputs); err != nil {
+	closure, err := st.ClosureInfos(ctx, inputs)
+	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			return nil, fmt.Errorf("%w: %w", ErrMissingInput, err)
 		}
 		return nil, err
 	}
+	key := buildKey(req.DrvPath, req.Drv, closure)
+	if shared, err := adopt(ctx, st, key, outputs); err != nil {
+		return nil, err
+	} else if shared {
+		log.Info("outputs shared from an identical build for another account")
+		return c.answered(ctx, req, outputs)
+	}
 
 	c.mu.Lock()
-	f, joined := c.inflight[req.DrvPath]
+	f, joined := c.inflight[key]
 	if !joined {
-		f = c.registerLocked(ctx, req)
+		f = c.registerLocked(ctx, key, req)
 	}
 	f.waiters++
 	c.mu.Unlock()
 	if joined {
-		log.Info("joining the same build under way")
+		log.Info("joining the same build under way", "for_account", f.account)
 	} else {
 		c.start(ctx, req, f, log)
 	}
 	unsubscribe := f.log.subscribe(req.Log)
 	defer unsubscribe()
-	res, err := c.wait(ctx, f, early, log)
+	// Outputs stream early only to the account they are being copied in
+	// for; another account's request has them once they are registered
+	// and shared with it.
+	mine := f.account == req.Account
+	res, err := c.wait(ctx, f, early && mine, log)
 	if err != nil {
+		return nil, err
+	}
+	if !mine && res.Status.Success() {
+		if shared, err := adopt(ctx, st, key, res.Outputs); err != nil {
+			return nil, err
+		} else if !shared {
+			return &build.Result{Status: build.MiscFailure, StartTime: res.StartTime, StopTime: res.StopTime,
+				ErrorMsg: fmt.Sprintf("the outputs of %s were built for another request and could not be shared: some of them are in the farm store already, with other contents, for this account", req.DrvPath)}, nil
+		}
+	}
+	setBasicHash(res, req.Drv)
+	return res, nil
+}
+
+// answered records and returns the answer to a request whose outputs the
+// account has already.
+func (c *Coordinator) answered(ctx context.Context, req *build.Request, outputs map[string]storepath.Path) (*build.Result, error) {
+	now := c.now()
+	res := &build.Result{Status: build.AlreadyValid, StartTime: now, StopTime: now, Outputs: outputs}
+	if _, err := c.record(ctx, req, res, now); err != nil {
 		return nil, err
 	}
 	setBasicHash(res, req.Drv)
@@ -188,7 +220,7 @@ func (c *Coordinator) wait(ctx context.Context, f *inflight, early bool, log *sl
 		c.mu.Unlock()
 		if !early {
 			announced = nil
-		} else if earlyRes != nil && c.servesAll(ctx, earlyRes.Outputs) {
+		} else if earlyRes != nil && c.servesAll(ctx, f.account, earlyRes.Outputs) {
 			c.mu.Lock()
 			f.waiters--
 			c.mu.Unlock()
@@ -224,9 +256,10 @@ func finalResult(f *inflight) (*build.Result, error) {
 
 // servesAll reports whether the farm store serves every one of paths,
 // registered or being copied in.
-func (c *Coordinator) servesAll(ctx context.Context, paths map[string]storepath.Path) bool {
+func (c *Coordinator) servesAll(ctx context.Context, account string, paths map[string]storepath.Path) bool {
+	st := c.store.For(account)
 	for _, p := range paths {
-		if _, err := c.store.QueryPathInfo(ctx, p); err != nil {
+		if _, err := st.QueryPathInfo(ctx, p); err != nil {
 			return false
 		}
 	}
@@ -235,21 +268,22 @@ func (c *Coordinator) servesAll(ctx context.Context, paths map[string]storepath.
 
 // registerLocked makes req the build under way for its derivation, so
 // that the same request from other clients joins it.
-func (c *Coordinator) registerLocked(ctx context.Context, req *build.Request) *inflight {
+func (c *Coordinator) registerLocked(ctx context.Context, key string, req *build.Request) *inflight {
 	// The build belongs to the farm, not to the client that asked first:
 	// unless told otherwise, it outlives that client's connection.
-	f := &inflight{log: newFanout(), done: make(chan struct{}), announced: make(chan struct{})}
+	f := &inflight{key: key, drvPath: req.DrvPath, account: req.Account,
+		log: newFanout(), done: make(chan struct{}), announced: make(chan struct{})}
 	f.ctx, f.cancel = context.WithCancel(context.WithoutCancel(ctx))
-	c.inflight[req.DrvPath] = f
+	c.inflight[key] = f
 	return f
 }
 
 // end finishes f with err (res nil) or res, and lets the derivation be
 // built again.
-func (c *Coordinator) end(drvPath storepath.Path, f *inflight, res *build.Result, err error) {
+func (c *Coordinator) end(f *inflight, res *build.Result, err error) {
 	f.cancel()
 	c.mu.Lock()
-	delete(c.inflight, drvPath)
+	delete(c.inflight, f.key)
 	c.mu.Unlock()
 	f.res, f.err = res, err
 	close(f.done)
@@ -262,7 +296,7 @@ func (c *Coordinator) start(ctx context.Context, req *build.Request, f *inflight
 	queued := c.now()
 	id, err := c.insert(context.WithoutCancel(ctx), req, queued)
 	if err != nil {
-		c.end(req.DrvPath, f, nil, err)
+		c.end(f, nil, err)
 		return
 	}
 	f.log.setPath(c.logPath(id))
@@ -286,13 +320,16 @@ func (c *Coordinator) start(ctx context.Context, req *build.Request, f *inflight
 		} else {
 			log.Info("build finished", "status", res.Status, "worker", res.Worker, "duration", res.StopTime.Sub(res.StartTime))
 		}
+		if res.Status.Success() {
+			c.share(context.WithoutCancel(ctx), f, res, log)
+		}
 		if uerr := c.update(context.WithoutCancel(ctx), id, res, f.log.size()); uerr != nil {
 			log.Error("recording build", "err", uerr)
 		}
 		if err := f.log.close(); err != nil {
 			log.Warn("writing build log", "err", err)
 		}
-		c.end(req.DrvPath, f, res, nil)
+		c.end(f, res, nil)
 	})
 }
 
@@ -301,10 +338,13 @@ func (c *Coordinator) start(ctx context.Context, req *build.Request, f *inflight
 func (c *Coordinator) Waiting(drvPath storepath.Path) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if f, ok := c.inflight[drvPath]; ok {
-		return f.waiters
+	n := 0
+	for _, f := range c.inflight {
+		if f.drvPath == drvPath {
+			n += f.waiters
+		}
 	}
-	return 0
+	return n
 }
 
 // Wait waits until every build under way is recorded. Call it after the
@@ -320,12 +360,12 @@ func checkKind(drvPath storepath.Path, kind derivation.Kind) error {
 	return fmt.Errorf("derivation %s is %s; nixfarm builds input-addressed and fixed-output derivations only", drvPath, kind)
 }
 
-func (c *Coordinator) allValid(ctx context.Context, outputs map[string]storepath.Path) (bool, error) {
+func allValid(ctx context.Context, st store.Store, outputs map[string]storepath.Path) (bool, error) {
 	want := make([]storepath.Path, 0, len(outputs))
 	for _, p := range outputs {
 		want = append(want, p)
 	}
-	valid, err := c.store.ValidPaths(ctx, want)
+	valid, err := st.ValidPaths(ctx, want)
 	return len(valid) == len(want), err
 }
 

@@ -35,7 +35,7 @@ func addFile(t *testing.T, st store.Store, p storepath.Path, contents string, re
 // fakeBuilder "builds" by writing each output as a file naming its inputs,
 // after checking that every input is in the farm store.
 type fakeBuilder struct {
-	st    store.Store
+	st    store.Views // outputs go to the view of the request's account
 	mu    sync.Mutex
 	built []string
 	fail  map[string]bool // drv names that fail
@@ -56,11 +56,12 @@ func (b *fakeBuilder) Build(ctx context.Context, req *build.Request) (*build.Res
 	b.mu.Lock()
 	b.built = append(b.built, req.Drv.Name)
 	b.mu.Unlock()
+	st := b.st.For(req.Account)
 	inputs, err := storepath.ParseList(req.Drv.InputSrcs)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := b.st.Closure(ctx, inputs); err != nil {
+	if _, err := st.Closure(ctx, inputs); err != nil {
 		return nil, fmt.Errorf("input missing: %w", err)
 	}
 	fmt.Fprintf(req.Log, "building %s\n", req.Drv.Name)
@@ -77,7 +78,7 @@ func (b *fakeBuilder) Build(ctx context.Context, req *build.Request) (*build.Res
 	if b.copying != nil {
 		// As a worker does, announce the outputs once the farm store
 		// serves them while they are copied in.
-		if ex, ok := b.st.(store.Expecter); ok && req.OnOutputs != nil {
+		if ex, ok := st.(store.Expecter); ok && req.OnOutputs != nil {
 			done := ex.Expect(infos)
 			defer done()
 			req.OnOutputs(&build.Result{Status: build.Built, TimesBuilt: 1, StartTime: now, StopTime: now, Outputs: outs, Worker: "fake"})
@@ -87,7 +88,7 @@ func (b *fakeBuilder) Build(ctx context.Context, req *build.Request) (*build.Res
 		}
 	}
 	for _, info := range infos {
-		if err := b.st.AddToStore(ctx, info, bytes.NewReader(n)); err != nil {
+		if err := st.AddToStore(ctx, info, bytes.NewReader(n)); err != nil {
 			return nil, err
 		}
 	}
@@ -317,6 +318,10 @@ func TestJoinBuildUnderWay(t *testing.T) {
 	addFile(t, st, src, "source", nil)
 	f := &farm{st: st, db: database, coord: c, src: src}
 	drvPath := f.addDrv(t, "popular", []string{"out"}, nil)
+	// Three accounts, each with the same source: the same build.
+	for i := range 3 {
+		addFile(t, st.For(fmt.Sprint("client", i)), src, "source", nil)
+	}
 	d, _ := store.ReadDerivation(context.Background(), st, drvPath)
 
 	var wg sync.WaitGroup

@@ -48,7 +48,7 @@ func (c *Coordinator) Realise(ctx context.Context, paths []build.DerivedPath, op
 	for i, p := range paths {
 		r.goroutine(func() {
 			if !p.Built {
-				outcomes <- outcome{i, c.opaque(ctx, p.Path), nil}
+				outcomes <- outcome{i, opaque(ctx, r.st, p.Path), nil}
 				return
 			}
 			res, err := r.realise(ctx, p.Path)
@@ -112,8 +112,8 @@ func wantedOutputs(p build.DerivedPath, res *build.Result) (*build.Result, error
 }
 
 // opaque answers for a plain store path: it is there, or it cannot be had.
-func (c *Coordinator) opaque(ctx context.Context, p storepath.Path) *build.Result {
-	if _, err := c.store.QueryPathInfo(ctx, p); err != nil {
+func opaque(ctx context.Context, st store.Store, p storepath.Path) *build.Result {
+	if _, err := st.QueryPathInfo(ctx, p); err != nil {
 		return &build.Result{Status: build.NoSubstituters,
 			ErrorMsg: fmt.Sprintf("path '%s' is required, but it is not in the farm store and the farm has no substituters", p)}
 	}
@@ -123,7 +123,8 @@ func (c *Coordinator) opaque(ctx context.Context, p storepath.Path) *build.Resul
 // Missing reports, for the given paths, the derivations that would be
 // built and the paths the farm cannot provide (opaque paths it lacks, and
 // derivations whose .drv it lacks), as Nix's queryMissing does.
-func (c *Coordinator) Missing(ctx context.Context, paths []build.DerivedPath) (willBuild, unknown []storepath.Path, err error) {
+func (c *Coordinator) Missing(ctx context.Context, account string, paths []build.DerivedPath) (willBuild, unknown []storepath.Path, err error) {
+	st := c.store.For(account)
 	seen := map[storepath.Path]bool{}
 	var visit func(p storepath.Path, built bool) error
 	visit = func(p storepath.Path, built bool) error {
@@ -132,14 +133,14 @@ func (c *Coordinator) Missing(ctx context.Context, paths []build.DerivedPath) (w
 		}
 		seen[p] = true
 		if !built {
-			if _, err := c.store.QueryPathInfo(ctx, p); errors.Is(err, store.ErrNotFound) {
+			if _, err := st.QueryPathInfo(ctx, p); errors.Is(err, store.ErrNotFound) {
 				unknown = append(unknown, p)
 			} else if err != nil {
 				return err
 			}
 			return nil
 		}
-		drv, err := store.ReadDerivation(ctx, c.store, p)
+		drv, err := store.ReadDerivation(ctx, st, p)
 		if errors.Is(err, store.ErrNotFound) {
 			unknown = append(unknown, p)
 			return nil
@@ -147,7 +148,7 @@ func (c *Coordinator) Missing(ctx context.Context, paths []build.DerivedPath) (w
 		if err != nil {
 			return err
 		}
-		done, err := c.allValid(ctx, drv.Basic(derivationName(p), nil).OutputPaths())
+		done, err := allValid(ctx, st, drv.Basic(derivationName(p), nil).OutputPaths())
 		if err != nil || done {
 			return err
 		}
@@ -174,8 +175,8 @@ func (c *Coordinator) Missing(ctx context.Context, paths []build.DerivedPath) (w
 
 // OutputMap returns the outputs of a derivation in the farm store, with
 // the paths that are known.
-func (c *Coordinator) OutputMap(ctx context.Context, drvPath storepath.Path) (map[string]storepath.Path, error) {
-	drv, err := store.ReadDerivation(ctx, c.store, drvPath)
+func (c *Coordinator) OutputMap(ctx context.Context, account string, drvPath storepath.Path) (map[string]storepath.Path, error) {
+	drv, err := store.ReadDerivation(ctx, c.store.For(account), drvPath)
 	if err != nil {
 		return nil, err
 	}
@@ -195,6 +196,7 @@ func derivationName(drvPath storepath.Path) string {
 // request, independent derivations at once.
 type realiser struct {
 	c       *Coordinator
+	st      store.Store // the account's view
 	opts    build.Options
 	account string
 	logs    build.Logs
@@ -220,13 +222,14 @@ type realisation struct {
 }
 
 func (c *Coordinator) newRealiser(ctx context.Context, opts build.Options, account string, logs build.Logs) *realiser {
+	st := c.store.For(account)
 	resolve := func(p string) (*derivation.Derivation, error) {
-		return store.ReadDerivation(ctx, c.store, storepath.Path(p))
+		return store.ReadDerivation(ctx, st, storepath.Path(p))
 	}
 	if logs == nil {
 		logs = build.LogWriter{}
 	}
-	return &realiser{c: c, opts: opts, account: account, logs: logs,
+	return &realiser{c: c, st: st, opts: opts, account: account, logs: logs,
 		hasher: derivation.NewHasher(resolve), sem: make(chan struct{}, maxQueries),
 		done: map[storepath.Path]*realisation{}}
 }
@@ -326,17 +329,23 @@ func (r *realiser) realiseOnce(ctx context.Context, drvPath storepath.Path) (*bu
 	)
 	err := r.limited(ctx, func() error {
 		var err error
-		if drv, err = store.ReadDerivation(ctx, r.c.store, drvPath); err != nil {
+		if drv, err = store.ReadDerivation(ctx, r.st, drvPath); err != nil {
 			return err
 		}
 		if err := checkKind(drvPath, drv.Kind()); err != nil {
 			return err
 		}
+		// The .drv's bytes match its path (the store checks that when
+		// it is added); its output paths must be the ones Nix derives
+		// from it and its inputs, or it could name anyone's outputs.
+		if err := r.hasher.Verify(name, drv); err != nil {
+			return fmt.Errorf("refusing %s: %w", drvPath, err)
+		}
 		if hash, err = r.hasher.HashModulo(drv); err != nil {
 			return fmt.Errorf("%s: %w", drvPath, err)
 		}
 		outputs = drv.Basic(name, nil).OutputPaths()
-		valid, err = r.c.allValid(ctx, outputs)
+		valid, err = allValid(ctx, r.st, outputs)
 		return err
 	})
 	if err != nil {
@@ -369,7 +378,7 @@ func (r *realiser) realiseOnce(ctx context.Context, drvPath storepath.Path) (*bu
 	}
 	var closure []storepath.Path
 	err = r.limited(ctx, func() error {
-		closure, err = r.c.store.Closure(ctx, inputs)
+		closure, err = r.st.Closure(ctx, inputs)
 		return err
 	})
 	if err != nil {

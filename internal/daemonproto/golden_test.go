@@ -277,7 +277,7 @@ func replayGolden(t *testing.T, client string) {
 		srv := &Server{Store: st, Builds: coord, TempDir: dir, onOp: func(op Op) { ops = append(ops, op) }}
 		var out bytes.Buffer
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		err := srv.Serve(ctx, bytes.NewReader(in), &out, &Session{Account: "golden"})
+		err := srv.Serve(ctx, bytes.NewReader(in), &out, &Session{Account: testutil.Account})
 		cancel()
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)

@@ -232,7 +232,7 @@ func (c *conn) isValidPath(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	valid, err := c.s.Store.ValidPaths(ctx, []storepath.Path{p})
+	valid, err := c.st.ValidPaths(ctx, []storepath.Path{p})
 	if err != nil {
 		return err
 	}
@@ -256,7 +256,7 @@ func (c *conn) queryValidPaths(ctx context.Context) error {
 			return err
 		}
 	}
-	valid, err := c.s.Store.ValidPaths(ctx, paths)
+	valid, err := c.st.ValidPaths(ctx, paths)
 	if err != nil {
 		return err
 	}
@@ -294,7 +294,7 @@ func (c *conn) queryInfo(ctx context.Context) (*store.PathInfo, error) {
 	if err != nil {
 		return nil, err
 	}
-	info, err := c.s.Store.QueryPathInfo(ctx, p)
+	info, err := c.st.QueryPathInfo(ctx, p)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, fmt.Errorf("path '%s' is not valid", p)
 	}
@@ -306,7 +306,7 @@ func (c *conn) queryPathInfo(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	info, err := c.s.Store.QueryPathInfo(ctx, p)
+	info, err := c.st.QueryPathInfo(ctx, p)
 	if errors.Is(err, store.ErrNotFound) {
 		if minor(c.ver) < 17 {
 			return fmt.Errorf("path '%s' is not valid", p)
@@ -355,7 +355,7 @@ func (c *conn) queryValidDerivers(ctx context.Context) error {
 	}
 	var derivers []storepath.Path
 	if info.Deriver != "" {
-		if derivers, err = c.s.Store.ValidPaths(ctx, []storepath.Path{info.Deriver}); err != nil {
+		if derivers, err = c.st.ValidPaths(ctx, []storepath.Path{info.Deriver}); err != nil {
 			return err
 		}
 	}
@@ -367,7 +367,7 @@ func (c *conn) queryReferrers(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	refs, err := c.s.Store.Referrers(ctx, p)
+	refs, err := c.st.Referrers(ctx, p)
 	if err != nil {
 		return err
 	}
@@ -379,7 +379,7 @@ func (c *conn) queryPathFromHashPart(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	p, err := c.s.Store.QueryPathFromHashPart(ctx, hashPart)
+	p, err := c.st.QueryPathFromHashPart(ctx, hashPart)
 	if errors.Is(err, store.ErrNotFound) {
 		p, err = "", nil
 	}
@@ -405,7 +405,7 @@ func (c *conn) addSignatures(ctx context.Context) error {
 	if err != nil {
 		return fatal(fmt.Errorf("reading signatures: %w", err))
 	}
-	if err := c.s.Store.AddSignatures(ctx, p, sigs); err != nil {
+	if err := c.st.AddSignatures(ctx, p, sigs); err != nil {
 		return err
 	}
 	return c.ok(ctx)
@@ -416,7 +416,7 @@ func (c *conn) narFromPath(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	rc, _, err := c.s.Store.NarFromPath(ctx, p)
+	rc, _, err := c.st.NarFromPath(ctx, p)
 	if errors.Is(err, store.ErrNotFound) {
 		return fmt.Errorf("path '%s' is not valid", p)
 	}
@@ -440,7 +440,7 @@ func (c *conn) derivationOutputs(ctx context.Context) (map[string]storepath.Path
 	if err != nil {
 		return nil, err
 	}
-	outputs, err := c.s.Builds.OutputMap(ctx, p)
+	outputs, err := c.s.Builds.OutputMap(ctx, c.sess.Account, p)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, fmt.Errorf("derivation '%s' is not in the farm store", p)
 	}
@@ -522,7 +522,7 @@ func (c *conn) queryMissing(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	willBuild, unknown, err := c.s.Builds.Missing(ctx, paths)
+	willBuild, unknown, err := c.s.Builds.Missing(ctx, c.sess.Account, paths)
 	if err != nil {
 		return err
 	}

@@ -101,7 +101,7 @@ func (c *conn) addToStoreNar(ctx context.Context) error {
 		if info.NarSize == 0 {
 			return fmt.Errorf("AddToStoreNar of %s has narSize 0", p)
 		}
-		return c.s.Store.AddToStore(ctx, info, src)
+		return c.st.AddToStore(ctx, info, src)
 	}
 	switch {
 	case minor(c.ver) >= 23:
@@ -154,7 +154,7 @@ func (c *conn) addMultipleToStore(ctx context.Context) error {
 				return err
 			}
 			info.Account = c.sess.Account
-			if err := c.s.Store.AddToStore(ctx, info, r); err != nil {
+			if err := c.st.AddToStore(ctx, info, r); err != nil {
 				return err
 			}
 		}
@@ -218,7 +218,7 @@ func (c *conn) addToStore(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		info, err = store.AddContent(ctx, c.s.Store, c.s.TempDir, store.Content{
+		info, err = store.AddContent(ctx, c.st, c.s.TempDir, store.Content{
 			Name: name, Method: method, Algo: algo, References: refs, Data: src, Account: c.sess.Account,
 		})
 		return err
@@ -281,7 +281,7 @@ func (c *conn) addToStoreOld(ctx context.Context) error {
 		}
 		data = nr
 	}
-	info, err := store.AddContent(ctx, c.s.Store, c.s.TempDir, store.Content{
+	info, err := store.AddContent(ctx, c.st, c.s.TempDir, store.Content{
 		Name: name, Method: method, Algo: algo, Data: data, Account: c.sess.Account,
 	})
 	if err != nil {
@@ -303,7 +303,7 @@ func (c *conn) addTextToStore(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	info, err := store.AddContent(ctx, c.s.Store, c.s.TempDir, store.Content{
+	info, err := store.AddContent(ctx, c.st, c.s.TempDir, store.Content{
 		Name: name, Method: storepath.Text, Algo: nixhash.SHA256, References: refs,
 		Data: strings.NewReader(text), Account: c.sess.Account,
 	})

@@ -23,16 +23,17 @@ type Builds interface {
 	// farm store dependencies first; one result per path.
 	Realise(ctx context.Context, paths []build.DerivedPath, opts build.Options, account string, logs build.Logs) ([]*build.Result, error)
 	// Missing reports what Realise would build, and what it cannot have.
-	Missing(ctx context.Context, paths []build.DerivedPath) (willBuild, unknown []storepath.Path, err error)
+	Missing(ctx context.Context, account string, paths []build.DerivedPath) (willBuild, unknown []storepath.Path, err error)
 	// OutputMap lists a stored derivation's outputs and their known paths.
-	OutputMap(ctx context.Context, drvPath storepath.Path) (map[string]storepath.Path, error)
+	OutputMap(ctx context.Context, account string, drvPath storepath.Path) (map[string]storepath.Path, error)
 	// AddBuildLog keeps a build log a client uploads.
 	AddBuildLog(ctx context.Context, drvPath storepath.Path, account string, log []byte) error
 }
 
 // Server answers the worker protocol from the farm store.
 type Server struct {
-	Store  store.Store
+	// Store gives each session its account's view of the farm store.
+	Store  store.Views
 	Builds Builds
 	Log    *slog.Logger
 	// NixVersion is what the server calls itself in the handshake (1.33
@@ -53,6 +54,7 @@ type Session struct {
 // conn is the state of one connection.
 type conn struct {
 	s    *Server
+	st   store.Store // the account's view
 	sess *Session
 	r    *wire.Reader
 	out  *frameWriter
@@ -73,7 +75,7 @@ type conn struct {
 // is reported to it before the error is returned. Errors of a single
 // operation are reported to the client and the connection goes on.
 func (s *Server) Serve(ctx context.Context, in io.Reader, out io.Writer, sess *Session) error {
-	c := &conn{s: s, sess: sess, r: wire.NewReader(in), out: &frameWriter{w: wire.NewWriter(out)}}
+	c := &conn{s: s, st: s.Store.For(sess.Account), sess: sess, r: wire.NewReader(in), out: &frameWriter{w: wire.NewWriter(out)}}
 	c.log = s.logger().With("account", sess.Account)
 	if err := c.handshake(); err != nil {
 		if c.ver != 0 {

@@ -51,7 +51,7 @@ func (b *fakeBuilder) Build(ctx context.Context, req *build.Request) (*build.Res
 }
 
 type farm struct {
-	st      *store.Local
+	st      *testutil.TestStore
 	builder *fakeBuilder
 	srv     *daemonproto.Server
 }

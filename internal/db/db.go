@@ -1,7 +1,9 @@
 // Package db opens the farm's SQLite database and keeps its schema current.
 //
-// The database holds path metadata for the farm store and the record of
-// every build. It uses modernc.org/sqlite, so nixfarm needs no cgo.
+// The database holds the farm store's metadata (objects: one content of
+// one store path; views: which object each account sees under each path;
+// shares: the outputs of builds, by the contents of their inputs) and the
+// record of every build. It uses modernc.org/sqlite, so nixfarm needs no cgo.
 package db
 
 import (
@@ -55,6 +57,70 @@ var migrations = []string{
 		path_id INTEGER PRIMARY KEY REFERENCES paths(id) ON DELETE CASCADE,
 		blob TEXT NOT NULL
 	);`,
+	// Per-account views over one store. An object is one content of one
+	// store path (its NAR, and the references it declares); a view row
+	// makes an object the account's version of that path. Builds' outputs
+	// are recorded against the exact contents of their inputs (shares).
+	`CREATE TABLE objects (
+		id INTEGER PRIMARY KEY,
+		path TEXT NOT NULL,
+		nar_hash TEXT NOT NULL,
+		nar_size INTEGER NOT NULL,
+		refs TEXT NOT NULL DEFAULT '',
+		deriver TEXT NOT NULL DEFAULT '',
+		ca TEXT NOT NULL DEFAULT '',
+		sigs TEXT NOT NULL DEFAULT '',
+		ultimate INTEGER NOT NULL DEFAULT 0,
+		registration_time INTEGER NOT NULL,
+		account TEXT NOT NULL DEFAULT '',
+		worker TEXT NOT NULL DEFAULT '',
+		UNIQUE (path, nar_hash, refs)
+	);
+	INSERT INTO objects (id, path, nar_hash, nar_size, refs, deriver, ca, sigs, ultimate, registration_time, account)
+		SELECT p.id, p.path, p.nar_hash, p.nar_size,
+			COALESCE((SELECT group_concat(path, ' ') FROM (
+				SELECT q.path FROM refs r JOIN paths q ON q.id = r.reference WHERE r.referrer = p.id ORDER BY q.path)), ''),
+			p.deriver, p.ca, '', p.ultimate, p.registration_time, p.account
+		FROM paths p;
+	CREATE TABLE object_refs (
+		object INTEGER NOT NULL REFERENCES objects(id) ON DELETE CASCADE,
+		reference TEXT NOT NULL,
+		PRIMARY KEY (object, reference)
+	) WITHOUT ROWID;
+	CREATE INDEX object_refs_reference ON object_refs(reference);
+	INSERT INTO object_refs (object, reference)
+		SELECT r.referrer, q.path FROM refs r JOIN paths q ON q.id = r.reference;
+	CREATE TABLE views (
+		account TEXT NOT NULL,
+		path TEXT NOT NULL,
+		object INTEGER NOT NULL REFERENCES objects(id) ON DELETE CASCADE,
+		sigs TEXT NOT NULL DEFAULT '',
+		how TEXT NOT NULL,
+		added INTEGER NOT NULL,
+		PRIMARY KEY (account, path)
+	) WITHOUT ROWID;
+	CREATE INDEX views_object ON views(object);
+	INSERT INTO views (account, path, object, sigs, how, added)
+		SELECT account, path, id, sigs, 'upload', registration_time FROM paths;
+	CREATE TABLE shares (
+		build_key TEXT NOT NULL,
+		output TEXT NOT NULL,
+		object INTEGER NOT NULL REFERENCES objects(id) ON DELETE CASCADE,
+		worker TEXT NOT NULL DEFAULT '',
+		account TEXT NOT NULL,
+		created INTEGER NOT NULL,
+		PRIMARY KEY (build_key, output)
+	) WITHOUT ROWID;
+	CREATE INDEX shares_worker ON shares(worker);
+	CREATE INDEX shares_object ON shares(object);
+	CREATE TABLE unsynced_objects (
+		object INTEGER PRIMARY KEY REFERENCES objects(id) ON DELETE CASCADE,
+		blob TEXT NOT NULL
+	);
+	INSERT INTO unsynced_objects (object, blob) SELECT path_id, blob FROM unsynced;
+	DROP TABLE unsynced;
+	DROP TABLE refs;
+	DROP TABLE paths;`,
 }
 
 const maxConns = 8

@@ -206,8 +206,20 @@ func (s *Scheduler) run(ctx context.Context, cancel context.CancelCauseFunc, j *
 // retryLocked handles an attempt that failed for a reason other than the
 // build itself: the worker was lost, or could not run it.
 func (s *Scheduler) retryLocked(j *job, w *workerState, err error) {
+	if errors.Is(err, build.ErrWorkerBusy) {
+		// Another build on that worker uses other contents under one of
+		// this build's paths: nothing ran, and nobody is at fault. It
+		// waits a little and goes to any worker.
+		j.attempts--
+		j.notBefore = time.Now().Add(s.cfg.RetryBackoff)
+		s.cfg.Log.Info("build waits for a worker busy with other contents of its paths", "drv", j.req.DrvPath, "worker", w.Name, "err", err)
+		s.enqueueLocked(j, true)
+		return
+	}
 	j.failedOn[w.Name] = true
-	if cur, ok := s.workers[w.Name]; ok && cur == w {
+	// A worker holding other contents under a path of the build, which it
+	// cannot remove, is not failing: the build goes elsewhere.
+	if cur, ok := s.workers[w.Name]; ok && cur == w && !errors.Is(err, build.ErrWorkerConflict) {
 		w.failures++
 		if w.failures >= s.cfg.QuarantineAfter {
 			w.quarantinedUntil = time.Now().Add(s.cfg.QuarantineFor)

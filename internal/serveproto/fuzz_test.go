@@ -45,6 +45,6 @@ func FuzzServe(f *testing.F) {
 		hw.Uint64(serveproto.Version)
 		hw.Write(data)
 		hw.Flush()
-		srv.Serve(context.Background(), &in, io.Discard, &serveproto.Session{Write: true, Stderr: io.Discard})
+		srv.Serve(context.Background(), &in, io.Discard, &serveproto.Session{Account: testutil.Account, Write: true, Stderr: io.Discard})
 	})
 }

@@ -81,7 +81,7 @@ func replayGolden(t *testing.T, client string) {
 			end = out.Len()
 		})
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		err := srv.Serve(ctx, bytes.NewReader(in), &out, &serveproto.Session{Account: "golden", Write: true, Stderr: &stderr})
+		err := srv.Serve(ctx, bytes.NewReader(in), &out, &serveproto.Session{Account: testutil.Account, Write: true, Stderr: &stderr})
 		cancel()
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)

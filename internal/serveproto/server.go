@@ -31,7 +31,8 @@ type Builds interface {
 
 // Server answers the serve protocol from the farm store.
 type Server struct {
-	Store  store.Store
+	// Store gives each session its account's view of the farm store.
+	Store  store.Views
 	Builds Builds
 	Log    *slog.Logger
 	// TempDir holds spooled ImportPaths NARs ("" = os.TempDir()).
@@ -81,7 +82,7 @@ func (s *Server) Serve(ctx context.Context, in io.Reader, out io.Writer, sess *S
 		return fmt.Errorf("%w: client speaks serve protocol %d.%d; nixfarm supports 2.5 to 2.7 (Nix 2.3 or newer)",
 			ErrProtocol, clientVersion>>8, minor(clientVersion))
 	}
-	c := &serveConn{s: s, r: r, w: w, sess: sess, ver: min(clientVersion, Version)}
+	c := &serveConn{s: s, st: s.Store.For(sess.Account), r: r, w: w, sess: sess, ver: min(clientVersion, Version)}
 	log := s.logger().With("account", sess.Account, "version", fmt.Sprintf("2.%d", minor(c.ver)))
 	log.Info("client connected", "protocol", "serve", "client_version", fmt.Sprintf("%d.%d", major(clientVersion)>>8, minor(clientVersion)))
 	for {
@@ -122,6 +123,7 @@ func (s *Server) logger() *slog.Logger {
 
 type serveConn struct {
 	s    *Server
+	st   store.Store // the account's view
 	r    *wire.Reader
 	w    *wire.Writer
 	sess *Session
@@ -160,7 +162,7 @@ func (c *serveConn) queryValidPaths(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	valid, err := c.s.Store.ValidPaths(ctx, paths)
+	valid, err := c.st.ValidPaths(ctx, paths)
 	if err != nil {
 		return err
 	}
@@ -173,7 +175,7 @@ func (c *serveConn) queryPathInfos(ctx context.Context) error {
 		return err
 	}
 	for _, p := range paths {
-		info, err := c.s.Store.QueryPathInfo(ctx, p)
+		info, err := c.st.QueryPathInfo(ctx, p)
 		if errors.Is(err, store.ErrNotFound) {
 			continue
 		}
@@ -215,7 +217,7 @@ func (c *serveConn) dumpStorePath(ctx context.Context) error {
 }
 
 func (c *serveConn) writeNar(ctx context.Context, p storepath.Path) error {
-	rc, _, err := c.s.Store.NarFromPath(ctx, p)
+	rc, _, err := c.st.NarFromPath(ctx, p)
 	if err != nil {
 		return err
 	}
@@ -266,7 +268,7 @@ func (c *serveConn) addToStoreNar(ctx context.Context) error {
 		return fmt.Errorf("%w: AddToStoreNar of %s has narSize 0", ErrProtocol, p)
 	}
 	src := &io.LimitedReader{R: c.r, N: int64(info.NarSize)}
-	if err := c.s.Store.AddToStore(ctx, info, src); err != nil {
+	if err := c.st.AddToStore(ctx, info, src); err != nil {
 		return fmt.Errorf("rejected %s: %w", p, err)
 	}
 	if src.N != 0 {
@@ -336,7 +338,7 @@ func (c *serveConn) importOne(ctx context.Context) error {
 	if _, err := spool.Seek(0, io.SeekStart); err != nil {
 		return err
 	}
-	if err := c.s.Store.AddToStore(ctx, info, spool); err != nil {
+	if err := c.st.AddToStore(ctx, info, spool); err != nil {
 		return fmt.Errorf("rejected %s: %w", p, err)
 	}
 	return nil
@@ -352,7 +354,7 @@ func (c *serveConn) exportPaths(ctx context.Context) error {
 	}
 	infos := make([]*store.PathInfo, 0, len(paths))
 	for _, p := range paths {
-		info, err := c.s.Store.QueryPathInfo(ctx, p)
+		info, err := c.st.QueryPathInfo(ctx, p)
 		if err != nil {
 			return err
 		}
@@ -385,7 +387,7 @@ func (c *serveConn) queryClosure(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	closure, err := c.s.Store.Closure(ctx, paths)
+	closure, err := c.st.Closure(ctx, paths)
 	if err != nil {
 		return err
 	}
@@ -405,7 +407,7 @@ func (c *serveConn) withOutputs(ctx context.Context, closure []storepath.Path) (
 		if !p.IsDerivation() {
 			continue
 		}
-		drv, err := store.ReadDerivation(ctx, c.s.Store, p)
+		drv, err := store.ReadDerivation(ctx, c.st, p)
 		if err != nil {
 			return nil, err
 		}
@@ -415,11 +417,11 @@ func (c *serveConn) withOutputs(ctx context.Context, closure []storepath.Path) (
 			}
 		}
 	}
-	valid, err := c.s.Store.ValidPaths(ctx, outs)
+	valid, err := c.st.ValidPaths(ctx, outs)
 	if err != nil || len(valid) == 0 {
 		return closure, err
 	}
-	return c.s.Store.Closure(ctx, append(closure, valid...))
+	return c.st.Closure(ctx, append(closure, valid...))
 }
 
 func (c *serveConn) buildPaths(ctx context.Context) error {

@@ -209,7 +209,7 @@ func TestHandshakeRejects(t *testing.T) {
 		w := wire.NewWriter(&in)
 		tc.bytes(w)
 		w.Flush()
-		err := (&serveproto.Server{Store: st, Builds: &fakeBuilds{}}).Serve(context.Background(), &in, &out, &serveproto.Session{Stderr: io.Discard})
+		err := (&serveproto.Server{Store: st, Builds: &fakeBuilds{}}).Serve(context.Background(), &in, &out, &serveproto.Session{Account: testutil.Account, Stderr: io.Discard})
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: error %v, want %q", tc.name, err, tc.want)
 		}
@@ -367,7 +367,7 @@ func TestExportImport(t *testing.T) {
 	w.Strings([]string{string(b), string(a)})
 	w.Flush()
 	var out bytes.Buffer
-	if err := (&serveproto.Server{Store: src, Builds: &fakeBuilds{}}).Serve(ctx, &req, &out, &serveproto.Session{Stderr: io.Discard}); err != nil {
+	if err := (&serveproto.Server{Store: src, Builds: &fakeBuilds{}}).Serve(ctx, &req, &out, &serveproto.Session{Account: testutil.Account, Stderr: io.Discard}); err != nil {
 		t.Fatal(err)
 	}
 	export := out.Bytes()[16:] // after the handshake reply
@@ -381,7 +381,7 @@ func TestExportImport(t *testing.T) {
 	w.Write(export)
 	w.Flush()
 	out.Reset()
-	if err := (&serveproto.Server{Store: dst, Builds: &fakeBuilds{}, TempDir: t.TempDir()}).Serve(ctx, &req, &out, &serveproto.Session{Write: true, Stderr: io.Discard}); err != nil {
+	if err := (&serveproto.Server{Store: dst, Builds: &fakeBuilds{}, TempDir: t.TempDir()}).Serve(ctx, &req, &out, &serveproto.Session{Account: testutil.Account, Write: true, Stderr: io.Discard}); err != nil {
 		t.Fatal(err)
 	}
 	r := wire.NewReader(bufio.NewReader(bytes.NewReader(out.Bytes()[16:])))
@@ -437,7 +437,7 @@ func TestBadAddToStoreNar(t *testing.T) {
 		w.String("")
 		w.Write(tc.nar)
 		w.Flush()
-		err := (&serveproto.Server{Store: st, Builds: &fakeBuilds{}}).Serve(context.Background(), &in, io.Discard, &serveproto.Session{Write: true, Stderr: io.Discard})
+		err := (&serveproto.Server{Store: st, Builds: &fakeBuilds{}}).Serve(context.Background(), &in, io.Discard, &serveproto.Session{Account: testutil.Account, Write: true, Stderr: io.Discard})
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: error %v, want %q", tc.name, err, tc.want)
 		}

@@ -20,15 +20,28 @@ var ErrContentAddress = errors.New("content address mismatch")
 type caCheck struct {
 	ca      storepath.ContentAddress
 	content hash.Hash // hash of the single file (flat, text) or of the NAR (recursive)
+	// derive: no content address was declared (a .drv); the one Nix
+	// gives it is computed from its contents.
+	derive bool
 }
 
+// newCACheck returns the check of a content-addressed upload, or nil for
+// an input-addressed one. A .drv is content-addressed whatever its info
+// says: Nix names it after its text, so its bytes must give its path.
 func newCACheck(info *PathInfo) (*caCheck, error) {
 	if info.CA == "" {
-		return nil, nil
+		if !info.Path.IsDerivation() {
+			return nil, nil
+		}
+		ca := storepath.ContentAddress{Method: storepath.Text, Hash: nixhash.Hash{Algo: nixhash.SHA256}}
+		return &caCheck{ca: ca, content: ca.Hash.Algo.New(), derive: true}, nil
 	}
 	ca, err := storepath.ParseContentAddress(info.CA)
 	if err != nil {
 		return nil, fmt.Errorf("adding %s: %w", info.Path, err)
+	}
+	if info.Path.IsDerivation() && ca.Method != storepath.Text {
+		return nil, fmt.Errorf("%w: %s is a derivation, so its content address must be text, not %s", ErrContentAddress, info.Path, info.CA)
 	}
 	return &caCheck{ca: ca, content: ca.Hash.Algo.New()}, nil
 }
@@ -64,7 +77,9 @@ func (c *caCheck) copy(dst io.Writer, src io.Reader) (int64, error) {
 // path's references, gives the path.
 func (c *caCheck) verify(info *PathInfo) error {
 	got := nixhash.FromDigest(c.ca.Hash.Algo, c.content)
-	if !got.Equal(c.ca.Hash) {
+	if c.derive {
+		c.ca.Hash = got
+	} else if !got.Equal(c.ca.Hash) {
 		return fmt.Errorf("%w for %s: ca declares %s, contents hash to %s", ErrContentAddress, info.Path, c.ca.Hash, got)
 	}
 	self := slices.Contains(info.References, info.Path)
@@ -72,6 +87,9 @@ func (c *caCheck) verify(info *PathInfo) error {
 	want, err := c.ca.Path(info.Path.Name(), others, self)
 	if err != nil {
 		return fmt.Errorf("%w for %s: %w", ErrContentAddress, info.Path, err)
+	}
+	if want != info.Path && c.derive {
+		return fmt.Errorf("%w: the contents of derivation %s, with its references, give the path %s: a .drv must be stored under the path of its text", ErrContentAddress, info.Path, want)
 	}
 	if want != info.Path {
 		return fmt.Errorf("%w: ca %s with these references gives %s, not %s", ErrContentAddress, c.ca, want, info.Path)

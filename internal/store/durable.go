@@ -110,7 +110,7 @@ func (s *Local) syncBatch(batch []syncItem) error {
 		return fmt.Errorf("syncing %d NARs to disk: %w", len(keys), err)
 	}
 	list, _ := json.Marshal(ids)
-	if _, err := s.db.ExecContext(ctx, `DELETE FROM unsynced WHERE path_id IN (SELECT value FROM json_each(?))`, string(list)); err != nil {
+	if _, err := s.db.ExecContext(ctx, `DELETE FROM unsynced_objects WHERE object IN (SELECT value FROM json_each(?))`, string(list)); err != nil {
 		return fmt.Errorf("recording synced NARs: %w", err)
 	}
 	return nil
@@ -167,7 +167,7 @@ type Recovery struct {
 // serving: it would remove the blobs of adds in progress.
 func (s *Local) Recover(ctx context.Context) (Recovery, error) {
 	var rec Recovery
-	rows, err := s.db.QueryContext(ctx, `SELECT u.path_id, u.blob, p.nar_hash, p.nar_size FROM unsynced u JOIN paths p ON p.id = u.path_id`)
+	rows, err := s.db.QueryContext(ctx, `SELECT u.object, u.blob, o.nar_hash, o.nar_size FROM unsynced_objects u JOIN objects o ON o.id = u.object`)
 	if err != nil {
 		return rec, fmt.Errorf("listing unsynced paths: %w", err)
 	}
@@ -267,7 +267,7 @@ func (s *Local) removeOrphans(ctx context.Context) (int, error) {
 	for _, key := range keys {
 		orphans[key] = true
 	}
-	rows, err := s.db.QueryContext(ctx, `SELECT DISTINCT nar_hash FROM paths`)
+	rows, err := s.db.QueryContext(ctx, `SELECT DISTINCT nar_hash FROM objects`)
 	if err != nil {
 		return 0, fmt.Errorf("listing the NARs of registered paths: %w", err)
 	}
@@ -304,11 +304,14 @@ func (s *Local) unregisterBlob(ctx context.Context, key, narHash string) ([]stor
 		return nil, err
 	}
 	defer tx.Rollback()
+	// Referrers are found by path name, in every account's view: an
+	// object referring to a doomed path goes whichever version of it its
+	// viewers hold, so no view is left with a hole in a closure.
 	rows, err := tx.QueryContext(ctx, `WITH RECURSIVE doomed(id) AS (
-			SELECT path_id FROM unsynced WHERE blob = ?
-			UNION SELECT id FROM paths WHERE nar_hash = ?
-			UNION SELECT r.referrer FROM refs r JOIN doomed d ON r.reference = d.id
-		) SELECT id, path FROM paths WHERE id IN doomed`, key, narHash)
+			SELECT object FROM unsynced_objects WHERE blob = ?
+			UNION SELECT id FROM objects WHERE nar_hash = ?
+			UNION SELECT r.object FROM doomed x JOIN objects d ON d.id = x.id JOIN object_refs r ON r.reference = d.path
+		) SELECT id, path FROM objects WHERE id IN doomed`, key, narHash)
 	if err != nil {
 		return nil, fmt.Errorf("finding the paths of damaged NAR %s: %w", key, err)
 	}
@@ -329,11 +332,10 @@ func (s *Local) unregisterBlob(ctx context.Context, key, narHash string) ([]stor
 		return nil, err
 	}
 	list, _ := json.Marshal(ids)
-	// Every referrer of a doomed path is doomed too, so with their
-	// references gone first, no reference to a doomed path is left.
+	// Views, references, shares and unsynced entries of the objects go
+	// with them (ON DELETE CASCADE).
 	for _, q := range []string{
-		`DELETE FROM refs WHERE referrer IN (SELECT value FROM json_each(?))`,
-		`DELETE FROM paths WHERE id IN (SELECT value FROM json_each(?))`,
+		`DELETE FROM objects WHERE id IN (SELECT value FROM json_each(?))`,
 	} {
 		if _, err := tx.ExecContext(ctx, q, string(list)); err != nil {
 			return nil, fmt.Errorf("unregistering the paths of damaged NAR %s: %w", key, err)

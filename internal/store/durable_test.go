@@ -29,7 +29,7 @@ func TestRecoverAfterCrash(t *testing.T) {
 	s, database, dir := testutil.Store(t)
 	count := func() int {
 		var n int
-		if err := database.QueryRow(`SELECT count(*) FROM unsynced`).Scan(&n); err != nil {
+		if err := database.QueryRow(`SELECT count(*) FROM unsynced_objects`).Scan(&n); err != nil {
 			t.Fatal(err)
 		}
 		return n
@@ -47,9 +47,9 @@ func TestRecoverAfterCrash(t *testing.T) {
 
 	// The machine crashed before a, b, c and d were synced; a's blob was
 	// lost, d's is missing.
-	if _, err := database.Exec(`INSERT INTO unsynced (path_id, blob)
-		SELECT id, ? FROM paths WHERE path = ? UNION ALL SELECT id, ? FROM paths WHERE path = ?
-		UNION ALL SELECT id, ? FROM paths WHERE path = ? UNION ALL SELECT id, ? FROM paths WHERE path = ?`,
+	if _, err := database.Exec(`INSERT INTO unsynced_objects (object, blob)
+		SELECT id, ? FROM objects WHERE path = ? UNION ALL SELECT id, ? FROM objects WHERE path = ?
+		UNION ALL SELECT id, ? FROM objects WHERE path = ? UNION ALL SELECT id, ? FROM objects WHERE path = ?`,
 		a.NarHash.Nix32(), string(a.Path), b.NarHash.Nix32(), string(b.Path),
 		c.NarHash.Nix32(), string(c.Path), d.NarHash.Nix32(), string(d.Path)); err != nil {
 		t.Fatal(err)
@@ -94,14 +94,14 @@ func TestSyncDelay(t *testing.T) {
 	s.SyncDelay = time.Hour
 	add(t, s, path("late", 'l'), "synced late")
 	var n int
-	database.QueryRow(`SELECT count(*) FROM unsynced`).Scan(&n)
+	database.QueryRow(`SELECT count(*) FROM unsynced_objects`).Scan(&n)
 	if n != 1 {
 		t.Fatalf("%d unsynced paths, want 1 until the delay has passed", n)
 	}
 	if err := s.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
-	database.QueryRow(`SELECT count(*) FROM unsynced`).Scan(&n)
+	database.QueryRow(`SELECT count(*) FROM unsynced_objects`).Scan(&n)
 	if n != 0 {
 		t.Fatalf("%d unsynced paths after Flush", n)
 	}
@@ -132,7 +132,7 @@ func (b *faultyBlobs) Remove(ctx context.Context, key string) error {
 
 // faultyStore returns a store over faultyBlobs, its database and its
 // directory.
-func faultyStore(t *testing.T) (*store.Local, *sql.DB, string, *faultyBlobs) {
+func faultyStore(t *testing.T) (*testutil.TestStore, *sql.DB, string, *faultyBlobs) {
 	t.Helper()
 	dir := t.TempDir()
 	database, err := db.Open(context.Background(), filepath.Join(dir, "nixfarm.db"))
@@ -148,18 +148,18 @@ func faultyStore(t *testing.T) (*store.Local, *sql.DB, string, *faultyBlobs) {
 	b := &faultyBlobs{Store: d}
 	s := store.NewLocal(database, b)
 	t.Cleanup(func() { s.Flush(context.Background()) })
-	return s, database, dir, b
+	return &testutil.TestStore{Local: s, Store: s.For(testutil.Account)}, database, dir, b
 }
 
 // crashBefore marks paths unsynced, as a crash before their blobs were
 // synced leaves them.
-func crashBefore(t *testing.T, s *store.Local, database *sql.DB, infos ...*store.PathInfo) {
+func crashBefore(t *testing.T, s *testutil.TestStore, database *sql.DB, infos ...*store.PathInfo) {
 	t.Helper()
 	if err := s.Flush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	for _, info := range infos {
-		if _, err := database.Exec(`INSERT INTO unsynced (path_id, blob) SELECT id, ? FROM paths WHERE path = ?`,
+		if _, err := database.Exec(`INSERT INTO unsynced_objects (object, blob) SELECT id, ? FROM objects WHERE path = ?`,
 			info.NarHash.Nix32(), string(info.Path)); err != nil {
 			t.Fatal(err)
 		}
@@ -213,7 +213,7 @@ func TestRecoverRemovesDamagedBlobBeforeItsPaths(t *testing.T) {
 		t.Fatal("Recover succeeded without removing the damaged blob")
 	}
 	var n int
-	if err := database.QueryRow(`SELECT count(*) FROM unsynced`).Scan(&n); err != nil || n != 1 {
+	if err := database.QueryRow(`SELECT count(*) FROM unsynced_objects`).Scan(&n); err != nil || n != 1 {
 		t.Fatalf("%d unsynced paths, %v; want the damaged one still listed", n, err)
 	}
 	b.removeErr = nil

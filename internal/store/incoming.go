@@ -36,13 +36,20 @@ type Expecter interface {
 	Expect(infos []*PathInfo) (done func())
 }
 
-var _ Expecter = (*Local)(nil)
 
 // errNotAdded ends readers of an expected path that was not added.
 var errNotAdded = errors.New("the output was not copied into the farm store")
 
+// incomingKey names an expected path in one account's view: an output
+// being copied in is the version of the account it was built for.
+type incomingKey struct {
+	account string
+	path    storepath.Path
+}
+
 // incoming is an expected path.
 type incoming struct {
+	key  incomingKey
 	info *PathInfo
 
 	mu   sync.Mutex
@@ -57,21 +64,22 @@ type incoming struct {
 	err   error // why the NAR is not there, if it is not
 }
 
-// Expect implements Expecter.
-func (s *Local) Expect(infos []*PathInfo) (done func()) {
+// expect is Expecter.Expect in account's view.
+func (s *Local) expect(account string, infos []*PathInfo) (done func()) {
 	s.inMu.Lock()
 	if s.incoming == nil {
-		s.incoming = map[storepath.Path]*incoming{}
+		s.incoming = map[incomingKey]*incoming{}
 	}
 	var mine []*incoming
 	for _, info := range infos {
-		if _, ok := s.incoming[info.Path]; ok || info.NarSize == 0 || info.NarHash.IsZero() {
+		key := incomingKey{account, info.Path}
+		if _, ok := s.incoming[key]; ok || info.NarSize == 0 || info.NarHash.IsZero() {
 			continue // expected already, by another build's import; or not declared
 		}
 		copied := *info
-		in := &incoming{info: &copied}
+		in := &incoming{key: key, info: &copied}
 		in.cond = sync.NewCond(&in.mu)
-		s.incoming[info.Path] = in
+		s.incoming[key] = in
 		mine = append(mine, in)
 	}
 	s.inMu.Unlock()
@@ -82,16 +90,16 @@ func (s *Local) Expect(infos []*PathInfo) (done func()) {
 	}
 }
 
-func (s *Local) lookupIncoming(p storepath.Path) *incoming {
+func (s *Local) lookupIncoming(account string, p storepath.Path) *incoming {
 	s.inMu.Lock()
 	defer s.inMu.Unlock()
-	return s.incoming[p]
+	return s.incoming[incomingKey{account, p}]
 }
 
 // claimIncoming returns the expectation of p for an add to stream to, or
 // nil if p is not expected, or another add has claimed it already.
-func (s *Local) claimIncoming(p storepath.Path) *incoming {
-	in := s.lookupIncoming(p)
+func (s *Local) claimIncoming(account string, p storepath.Path) *incoming {
+	in := s.lookupIncoming(account, p)
 	if in == nil {
 		return nil
 	}
@@ -114,8 +122,8 @@ func (s *Local) finishIncoming(in *incoming, err error) {
 	}
 	in.mu.Unlock()
 	s.inMu.Lock()
-	if s.incoming[in.info.Path] == in {
-		delete(s.incoming, in.info.Path)
+	if s.incoming[in.key] == in {
+		delete(s.incoming, in.key)
 	}
 	s.inMu.Unlock()
 }
@@ -128,18 +136,18 @@ func (in *incoming) declared() *PathInfo {
 
 // followIncoming opens the NAR of an expected path, following it as it
 // is written.
-func (s *Local) followIncoming(ctx context.Context, p storepath.Path) (io.ReadCloser, *PathInfo, bool) {
-	in := s.lookupIncoming(p)
+func (s *Local) followIncoming(ctx context.Context, v *View, p storepath.Path) (io.ReadCloser, *PathInfo, bool) {
+	in := s.lookupIncoming(v.account, p)
 	if in == nil {
 		return nil, nil, false
 	}
-	return &follower{s: s, ctx: ctx, in: in, limit: int64(in.info.NarSize)}, in.declared(), true
+	return &follower{v: v, ctx: ctx, in: in, limit: int64(in.info.NarSize)}, in.declared(), true
 }
 
 // follower reads an incoming NAR, waiting for bytes not written yet. It
 // gives the end of the NAR only once the path is registered.
 type follower struct {
-	s     *Local
+	v     *View
 	ctx   context.Context
 	in    *incoming
 	limit int64
@@ -165,7 +173,7 @@ func (r *follower) Read(p []byte) (int, error) {
 			// another add).
 			ferr := in.err
 			in.mu.Unlock()
-			rc, _, err := r.s.registeredNar(r.ctx, in.info.Path)
+			rc, _, err := r.v.registeredNar(r.ctx, in.info.Path)
 			if err != nil {
 				if ferr != nil {
 					return 0, ferr

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -16,12 +17,22 @@ import (
 	"github.com/nixfarm/nixfarm/internal/blob"
 	"github.com/nixfarm/nixfarm/internal/nar"
 	"github.com/nixfarm/nixfarm/internal/nixhash"
+	"github.com/nixfarm/nixfarm/internal/signature"
 	"github.com/nixfarm/nixfarm/internal/storepath"
 )
 
 // Local is the farm store on one machine: metadata in a SQLite database
 // opened by package db, NARs in a blob.Store keyed by the nix32 form of
 // their SHA-256.
+//
+// Local holds every account's paths; each account reads and writes it
+// through its View (For). An object is one content of one store path:
+// its NAR and the references it declares. Objects with the same path,
+// NAR and references are one object, and NARs with the same hash are one
+// blob, however many accounts see them; a view row makes an object the
+// account's version of its path. So two accounts can hold different
+// contents under one path at once, each seeing its own, and neither can
+// change what the other sees.
 type Local struct {
 	db    *sql.DB
 	blobs blob.Store
@@ -33,239 +44,57 @@ type Local struct {
 	// SyncDelay is how long after registration a path's blob is synced to
 	// disk (DefaultSyncDelay; set it before use).
 	SyncDelay time.Duration
+	// Key, if set, signs every path the farm built (PathInfo.Ultimate)
+	// when it is registered. Set it before use.
+	Key *signature.SecretKey
 
 	inMu     sync.Mutex
-	incoming map[storepath.Path]*incoming // see Expect
+	incoming map[incomingKey]*incoming // see Expect
+
+	// committing counts the adds that have committed a blob and not yet
+	// registered its object, per blob key: a failed registration removes
+	// its blob only when no other add is about to name it.
+	commitMu   sync.Mutex
+	committing map[string]int
 }
 
 // NewLocal returns a store over an open database and a blob store. Call
 // Recover before serving, and Flush before closing the database.
 func NewLocal(db *sql.DB, blobs blob.Store) *Local {
-	s := &Local{db: db, blobs: blobs, now: time.Now, SyncDelay: DefaultSyncDelay}
+	s := &Local{db: db, blobs: blobs, now: time.Now, SyncDelay: DefaultSyncDelay, committing: map[string]int{}}
 	s.sync.idle = sync.NewCond(&s.sync.mu)
 	s.sync.wake = make(chan struct{}, 1)
 	return s
 }
 
-var _ Store = (*Local)(nil)
+// For returns account's view of the store.
+func (s *Local) For(account string) Store { return &View{s: s, account: account} }
 
-const infoColumns = `id, path, nar_hash, nar_size, deriver, ca, sigs, ultimate, registration_time, account`
-
-func (s *Local) scanInfo(ctx context.Context, row *sql.Row) (*PathInfo, error) {
-	var (
-		id                  int64
-		path, hash, deriver string
-		ca, sigs, account   string
-		size, regTime       int64
-		ultimate            bool
-	)
-	if err := row.Scan(&id, &path, &hash, &size, &deriver, &ca, &sigs, &ultimate, &regTime, &account); err != nil {
-		return nil, err
-	}
-	h, err := nixhash.Parse(hash)
-	if err != nil {
-		return nil, fmt.Errorf("stored hash of %s: %w", path, err)
-	}
-	info := &PathInfo{
-		Path:             storepath.Path(path),
-		Deriver:          storepath.Path(deriver),
-		NarHash:          h,
-		NarSize:          uint64(size),
-		CA:               ca,
-		Ultimate:         ultimate,
-		RegistrationTime: time.Unix(regTime, 0),
-		Account:          account,
-	}
-	if sigs != "" {
-		info.Sigs = strings.Split(sigs, " ")
-	}
-	rows, err := s.db.QueryContext(ctx,
-		`SELECT p.path FROM refs r JOIN paths p ON p.id = r.reference WHERE r.referrer = ? ORDER BY p.path`, id)
-	if err != nil {
-		return nil, err
-	}
-	info.References, err = scanPaths(rows)
-	return info, err
-}
-
-func scanPaths(rows *sql.Rows) ([]storepath.Path, error) {
-	defer rows.Close()
-	var out []storepath.Path
-	for rows.Next() {
-		var p string
-		if err := rows.Scan(&p); err != nil {
-			return nil, err
-		}
-		out = append(out, storepath.Path(p))
-	}
-	return out, rows.Err()
-}
-
-// QueryPathInfo implements Store.
-func (s *Local) QueryPathInfo(ctx context.Context, p storepath.Path) (*PathInfo, error) {
-	// An expected path is looked up first: it stops being expected only
-	// after it is registered, so one or the other always answers.
-	if in := s.lookupIncoming(p); in != nil {
-		return in.declared(), nil
-	}
-	return s.registeredInfo(ctx, p)
-}
-
-// registeredInfo returns the info of a registered path, or ErrNotFound.
-func (s *Local) registeredInfo(ctx context.Context, p storepath.Path) (*PathInfo, error) {
-	info, err := s.scanInfo(ctx, s.db.QueryRowContext(ctx, `SELECT `+infoColumns+` FROM paths WHERE path = ?`, string(p)))
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, fmt.Errorf("%w: %s", ErrNotFound, p)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("querying %s: %w", p, err)
-	}
-	return info, nil
-}
-
-// QueryPathFromHashPart implements Store.
-func (s *Local) QueryPathFromHashPart(ctx context.Context, hashPart string) (storepath.Path, error) {
-	var p string
-	err := s.db.QueryRowContext(ctx, `SELECT path FROM paths WHERE hash_part = ?`, hashPart).Scan(&p)
-	if errors.Is(err, sql.ErrNoRows) {
-		return "", fmt.Errorf("%w: no path has hash part %q", ErrNotFound, hashPart)
-	}
-	if err != nil {
-		return "", fmt.Errorf("querying hash part %s: %w", hashPart, err)
-	}
-	return storepath.Path(p), nil
-}
-
-func jsonList(ps []storepath.Path) string {
-	b, _ := json.Marshal(storepath.Strings(ps))
-	return string(b)
-}
-
-// ValidPaths implements Store.
-func (s *Local) ValidPaths(ctx context.Context, ps []storepath.Path) ([]storepath.Path, error) {
-	if len(ps) == 0 {
-		return nil, nil
-	}
-	rows, err := s.db.QueryContext(ctx,
-		`SELECT path FROM paths WHERE path IN (SELECT value FROM json_each(?))`, jsonList(ps))
-	if err != nil {
-		return nil, fmt.Errorf("querying valid paths: %w", err)
-	}
-	found, err := scanPaths(rows)
-	if err != nil {
-		return nil, fmt.Errorf("querying valid paths: %w", err)
-	}
-	valid := make(map[storepath.Path]bool, len(found))
-	for _, p := range found {
-		valid[p] = true
-	}
-	out := make([]storepath.Path, 0, len(found))
-	for _, p := range ps {
-		if valid[p] {
-			out = append(out, p)
-			delete(valid, p) // report duplicates once
-		}
-	}
-	return out, nil
-}
-
-// Closure implements Store.
-func (s *Local) Closure(ctx context.Context, ps []storepath.Path) ([]storepath.Path, error) {
-	if len(ps) == 0 {
-		return nil, nil
-	}
-	valid, err := s.ValidPaths(ctx, ps)
-	if err != nil {
-		return nil, err
-	}
-	if len(valid) != len(dedup(ps)) {
-		have := make(map[storepath.Path]bool, len(valid))
-		for _, p := range valid {
-			have[p] = true
-		}
-		for _, p := range ps {
-			if !have[p] {
-				return nil, fmt.Errorf("%w: %s", ErrNotFound, p)
-			}
-		}
-	}
-	rows, err := s.db.QueryContext(ctx, `
-		WITH RECURSIVE closure(id) AS (
-			SELECT id FROM paths WHERE path IN (SELECT value FROM json_each(?))
-			UNION
-			SELECT r.reference FROM refs r JOIN closure c ON r.referrer = c.id
-		)
-		SELECT p.path FROM paths p JOIN closure c ON p.id = c.id ORDER BY p.path`, jsonList(ps))
-	if err != nil {
-		return nil, fmt.Errorf("computing closure: %w", err)
-	}
-	return scanPaths(rows)
-}
-
-func dedup(ps []storepath.Path) map[storepath.Path]bool {
-	m := make(map[storepath.Path]bool, len(ps))
-	for _, p := range ps {
-		m[p] = true
-	}
-	return m
-}
-
-// Referrers implements Store.
-func (s *Local) Referrers(ctx context.Context, p storepath.Path) ([]storepath.Path, error) {
-	rows, err := s.db.QueryContext(ctx, `
-		SELECT r.path FROM refs x
-		JOIN paths t ON t.id = x.reference
-		JOIN paths r ON r.id = x.referrer
-		WHERE t.path = ? ORDER BY r.path`, string(p))
-	if err != nil {
-		return nil, fmt.Errorf("querying referrers of %s: %w", p, err)
-	}
-	return scanPaths(rows)
-}
-
-// NarFromPath implements Store. The NAR of a path being added after
-// Expect is followed as it arrives.
-func (s *Local) NarFromPath(ctx context.Context, p storepath.Path) (io.ReadCloser, *PathInfo, error) {
-	if rc, info, ok := s.followIncoming(ctx, p); ok { // first, as in QueryPathInfo
-		return rc, info, nil
-	}
-	return s.registeredNar(ctx, p)
-}
-
-// registeredNar opens the NAR of a registered path.
-func (s *Local) registeredNar(ctx context.Context, p storepath.Path) (io.ReadCloser, *PathInfo, error) {
-	info, err := s.registeredInfo(ctx, p)
-	if err != nil {
-		return nil, nil, err
-	}
-	r, err := s.blobs.Open(ctx, blobKey(info.NarHash))
-	if err != nil {
-		return nil, nil, fmt.Errorf("opening NAR of %s: %w", p, err)
-	}
-	return r, info, nil
-}
+var _ Views = (*Local)(nil)
 
 func blobKey(h nixhash.Hash) string { return h.Nix32() }
 
-// AddToStore implements Store.
-func (s *Local) AddToStore(ctx context.Context, info *PathInfo, narSrc io.Reader) (err error) {
-	if in := s.claimIncoming(info.Path); in != nil {
-		defer func() { s.finishIncoming(in, err) }()
-		return s.addToStore(ctx, info, narSrc, in)
-	}
-	return s.addToStore(ctx, info, narSrc, nil)
+// normalizeRefs sorts references and drops duplicates: Nix holds them as
+// a set, so a client that lists one twice means it once.
+func normalizeRefs(refs []storepath.Path) []storepath.Path {
+	out := slices.Clone(refs)
+	slices.Sort(out)
+	return slices.Compact(out)
 }
 
-// addToStore is AddToStore; in, if not nil, is the path's expectation,
-// claimed by this add, which follows the NAR as it is written.
-func (s *Local) addToStore(ctx context.Context, info *PathInfo, narSrc io.Reader, in *incoming) error {
+// addToStore streams one NAR into a blob, checks it against info, and
+// registers it as account's version of info.Path. in, if not nil, is the
+// path's expectation, claimed by this add, which follows the NAR as it is
+// written.
+func (s *Local) addToStore(ctx context.Context, v *View, info *PathInfo, narSrc io.Reader, in *incoming) error {
 	if !info.NarHash.IsZero() && info.NarHash.Algo != nixhash.SHA256 {
 		return fmt.Errorf("adding %s: NAR hash must be sha256, not %s", info.Path, info.NarHash.Algo)
 	}
 	if info.Path == "" {
 		return errors.New("adding path: no store path given")
 	}
-	if valid, err := s.ValidPaths(ctx, []storepath.Path{info.Path}); err != nil {
+	info.References = normalizeRefs(info.References)
+	if valid, err := v.ValidPaths(ctx, []storepath.Path{info.Path}); err != nil {
 		return err
 	} else if len(valid) == 1 {
 		n, err := nar.Copy(io.Discard, narSrc)
@@ -277,7 +106,7 @@ func (s *Local) addToStore(ctx context.Context, info *PathInfo, narSrc io.Reader
 		}
 		return nil
 	}
-	if err := s.checkReferences(ctx, info); err != nil {
+	if err := v.checkReferences(ctx, info); err != nil {
 		return err
 	}
 	ca, err := newCACheck(info)
@@ -297,6 +126,9 @@ func (s *Local) addToStore(ctx context.Context, info *PathInfo, narSrc io.Reader
 		in.cond.Broadcast()
 		in.mu.Unlock()
 		dst = &incomingWriter{w: w, in: in}
+	}
+	if v.limit > 0 {
+		dst = &limitWriter{w: dst, left: v.limit, path: info.Path}
 	}
 	h := sha256.New()
 	var n int64
@@ -320,6 +152,7 @@ func (s *Local) addToStore(ctx context.Context, info *PathInfo, narSrc io.Reader
 		if err := ca.verify(info); err != nil {
 			return err
 		}
+		info.CA = ca.ca.String()
 	}
 	if err := ctx.Err(); err != nil {
 		return err
@@ -328,101 +161,183 @@ func (s *Local) addToStore(ctx context.Context, info *PathInfo, narSrc io.Reader
 	// of the add, then read the registered NAR: the spool file is
 	// renamed away.
 	key := blobKey(got)
-	if err := w.Commit(key); err != nil {
-		return err
+	s.commitMu.Lock()
+	s.committing[key]++
+	s.commitMu.Unlock()
+	err = w.Commit(key)
+	if err == nil {
+		err = s.register(ctx, v, info, "upload")
 	}
-	return s.register(ctx, info)
-}
-
-func (s *Local) checkReferences(ctx context.Context, info *PathInfo) error {
-	var others []storepath.Path
-	for _, r := range info.References {
-		if r != info.Path {
-			others = append(others, r)
+	s.commitMu.Lock()
+	if s.committing[key]--; s.committing[key] == 0 {
+		delete(s.committing, key)
+		if err != nil {
+			// Nothing was registered: the blob goes unless an object
+			// names it already (a NAR added before).
+			s.removeUnnamed(key, got)
 		}
 	}
-	valid, err := s.ValidPaths(ctx, others)
-	if err != nil {
-		return err
-	}
-	if len(valid) == len(dedup(others)) {
-		return nil
-	}
-	have := dedup(valid)
-	for _, r := range others {
-		if !have[r] {
-			return fmt.Errorf("cannot add %s: %w: %s is not in the farm store (upload it first)", info.Path, ErrInvalidReference, r)
-		}
-	}
-	return nil
+	s.commitMu.Unlock()
+	return err
 }
 
-func (s *Local) register(ctx context.Context, info *PathInfo) error {
+// removeUnnamed removes the blob key unless an object names it. It is
+// called with commitMu held, so no add of the same NAR can commit it
+// meanwhile; it touches only the database and the local disk.
+func (s *Local) removeUnnamed(key string, narHash nixhash.Hash) {
+	ctx := context.Background()
+	var n int
+	if err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM objects WHERE nar_hash = ?`, narHash.String()).Scan(&n); err != nil || n > 0 {
+		return // kept: removed at the next start if no object names it
+	}
+	if err := s.blobs.Remove(ctx, key); err != nil && s.Log != nil {
+		s.Log.Warn("removing the NAR of a failed add", "blob", key, "err", err)
+	}
+}
+
+// limitWriter fails a write past a limit.
+type limitWriter struct {
+	w    io.Writer
+	left int64
+	path storepath.Path
+}
+
+func (l *limitWriter) Write(p []byte) (int, error) {
+	if int64(len(p)) > l.left {
+		return 0, fmt.Errorf("%w: %s is larger than the account's limit", ErrTooLarge, l.path)
+	}
+	l.left -= int64(len(p))
+	return l.w.Write(p)
+}
+
+// ErrTooLarge is returned when a NAR exceeds the size an account may add.
+var ErrTooLarge = errors.New("NAR too large")
+
+// register records info as an object (or finds the identical one) and
+// makes it account's version of info.Path, unless the account has one
+// already. how says where the account got it: upload, built, shared.
+func (s *Local) register(ctx context.Context, v *View, info *PathInfo, how string) error {
 	if info.RegistrationTime.IsZero() {
 		info.RegistrationTime = s.now()
+	}
+	refs := strings.Join(storepath.Strings(info.References), " ")
+	var sigs string
+	if info.Ultimate && s.Key != nil {
+		sigs = s.Key.Sign(signature.Fingerprint(info.Path, info.NarHash, info.NarSize, info.References))
 	}
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("registering %s: %w", info.Path, err)
 	}
 	defer tx.Rollback()
-	res, err := tx.ExecContext(ctx, `INSERT INTO paths
-		(path, hash_part, nar_hash, nar_size, deriver, ca, sigs, ultimate, registration_time, account)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO NOTHING`,
-		string(info.Path), info.Path.HashPart(), info.NarHash.String(), int64(info.NarSize),
-		string(info.Deriver), info.CA, strings.Join(info.Sigs, " "), info.Ultimate,
-		info.RegistrationTime.Unix(), info.Account)
+	if err := v.checkReferencesTx(ctx, tx, info); err != nil {
+		return err
+	}
+	// Within a view a hash part names one path, as in a Nix store.
+	prefix := storepath.Dir + "/" + info.Path.HashPart()
+	var taken string
+	err = tx.QueryRowContext(ctx, `SELECT path FROM views WHERE account = ? AND path > ? AND path < ? AND path != ? LIMIT 1`,
+		v.account, prefix+"-", prefix+".", string(info.Path)).Scan(&taken)
+	if err == nil {
+		return fmt.Errorf("cannot add %s: its hash part is taken by %s", info.Path, taken)
+	}
+	if !errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("registering %s: %w", info.Path, err)
+	}
+	res, err := tx.ExecContext(ctx, `INSERT INTO objects
+		(path, nar_hash, nar_size, refs, deriver, ca, sigs, ultimate, registration_time, account, worker)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(path, nar_hash, refs) DO NOTHING`,
+		string(info.Path), info.NarHash.String(), int64(info.NarSize), refs,
+		string(info.Deriver), info.CA, sigs, info.Ultimate,
+		info.RegistrationTime.Unix(), v.account, info.Worker)
 	if err != nil {
 		return fmt.Errorf("registering %s: %w", info.Path, err)
 	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		return nil // registered concurrently by another upload of the same path
-	}
-	id, err := res.LastInsertId()
-	if err != nil {
-		return err
-	}
-	for _, r := range info.References {
-		res, err := tx.ExecContext(ctx,
-			`INSERT OR IGNORE INTO refs (referrer, reference) SELECT ?, id FROM paths WHERE path = ?`, id, string(r))
-		if err != nil {
-			return fmt.Errorf("registering reference %s of %s: %w", r, info.Path, err)
+	var id int64
+	created := false
+	if n, _ := res.RowsAffected(); n == 1 {
+		created = true
+		if id, err = res.LastInsertId(); err != nil {
+			return err
 		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			return fmt.Errorf("cannot add %s: %w: %s is not in the farm store", info.Path, ErrInvalidReference, r)
+		for _, r := range info.References {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO object_refs (object, reference) VALUES (?, ?)`, id, string(r)); err != nil {
+				return fmt.Errorf("registering reference %s of %s: %w", r, info.Path, err)
+			}
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO unsynced_objects (object, blob) VALUES (?, ?)`, id, blobKey(info.NarHash)); err != nil {
+			return fmt.Errorf("registering %s: %w", info.Path, err)
+		}
+	} else {
+		if err := tx.QueryRowContext(ctx, `SELECT id FROM objects WHERE path = ? AND nar_hash = ? AND refs = ?`,
+			string(info.Path), info.NarHash.String(), refs).Scan(&id); err != nil {
+			return fmt.Errorf("registering %s: %w", info.Path, err)
+		}
+		if info.Ultimate {
+			// The farm built what an account had uploaded: the same
+			// bytes, now known to be the build's.
+			if _, err := tx.ExecContext(ctx, `UPDATE objects SET ultimate = 1,
+				sigs = CASE WHEN sigs = '' THEN ? ELSE sigs END,
+				worker = CASE WHEN worker = '' THEN ? ELSE worker END WHERE id = ?`, sigs, info.Worker, id); err != nil {
+				return fmt.Errorf("registering %s: %w", info.Path, err)
+			}
 		}
 	}
-	key := blobKey(info.NarHash)
-	if _, err := tx.ExecContext(ctx, `INSERT INTO unsynced (path_id, blob) VALUES (?, ?)`, id, key); err != nil {
+	if info.Ultimate {
+		how = "built"
+	}
+	var viewSigs string
+	if !info.Ultimate {
+		viewSigs = strings.Join(validSigs(info.Sigs), " ")
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO views (account, path, object, sigs, how, added)
+		VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(account, path) DO NOTHING`,
+		v.account, string(info.Path), id, viewSigs, how, s.now().Unix()); err != nil {
 		return fmt.Errorf("registering %s: %w", info.Path, err)
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("registering %s: %w", info.Path, err)
 	}
-	s.syncBehind(id, key)
+	if created {
+		s.syncBehind(id, blobKey(info.NarHash))
+	}
 	return nil
 }
 
-// AddSignatures implements Store.
-func (s *Local) AddSignatures(ctx context.Context, p storepath.Path, sigs []string) error {
-	info, err := s.QueryPathInfo(ctx, p)
-	if err != nil {
-		return err
-	}
-	have := make(map[string]bool)
-	for _, sig := range info.Sigs {
-		have[sig] = true
-	}
-	merged := info.Sigs
+// validSigs drops signatures that could not be stored (empty, or with
+// the separator in them).
+func validSigs(sigs []string) []string {
+	var out []string
 	for _, sig := range sigs {
-		if strings.ContainsAny(sig, " \n") || sig == "" {
-			return fmt.Errorf("invalid signature %q", sig)
-		}
-		if !have[sig] {
-			have[sig] = true
-			merged = append(merged, sig)
+		if sig != "" && !strings.ContainsAny(sig, " \n") && !slices.Contains(out, sig) {
+			out = append(out, sig)
 		}
 	}
-	_, err = s.db.ExecContext(ctx, `UPDATE paths SET sigs = ? WHERE path = ?`, strings.Join(merged, " "), string(p))
-	return err
+	return out
+}
+
+func jsonList(ps []storepath.Path) string {
+	b, _ := json.Marshal(storepath.Strings(ps))
+	return string(b)
+}
+
+func dedup(ps []storepath.Path) map[storepath.Path]bool {
+	m := make(map[storepath.Path]bool, len(ps))
+	for _, p := range ps {
+		m[p] = true
+	}
+	return m
+}
+
+func scanPaths(rows *sql.Rows) ([]storepath.Path, error) {
+	defer rows.Close()
+	var out []storepath.Path
+	for rows.Next() {
+		var p string
+		if err := rows.Scan(&p); err != nil {
+			return nil, err
+		}
+		out = append(out, storepath.Path(p))
+	}
+	return out, rows.Err()
 }

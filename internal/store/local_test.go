@@ -18,7 +18,7 @@ import (
 	"github.com/nixfarm/nixfarm/internal/testutil"
 )
 
-func newStore(t *testing.T) (*store.Local, string) {
+func newStore(t *testing.T) (*testutil.TestStore, string) {
 	t.Helper()
 	s, _, dir := testutil.Store(t)
 	return s, dir

@@ -45,8 +45,10 @@ type PathInfo struct {
 	Ultimate   bool   // built here rather than copied in
 	// RegistrationTime is when the path became valid in the farm store.
 	RegistrationTime time.Time
-	// Account is the account that first uploaded or built the path.
+	// Account is the account that first uploaded or built these contents.
 	Account string
+	// Worker names the worker that built them ("" if uploaded).
+	Worker string
 }
 
 // Store is the farm store's interface. Implementations are safe for
@@ -62,6 +64,8 @@ type Store interface {
 	// Closure returns ps and everything they reference, transitively. Any
 	// path of ps that is not valid is an error wrapping ErrNotFound.
 	Closure(ctx context.Context, ps []storepath.Path) ([]storepath.Path, error)
+	// ClosureInfos is Closure with each path's info, in path order.
+	ClosureInfos(ctx context.Context, ps []storepath.Path) ([]*PathInfo, error)
 	// Referrers returns the valid paths that reference p.
 	Referrers(ctx context.Context, p storepath.Path) ([]storepath.Path, error)
 	// NarFromPath opens the NAR of a valid path.
@@ -74,7 +78,7 @@ type Store interface {
 	// dropped. On error nothing is registered, but the reader may have been
 	// consumed partly.
 	AddToStore(ctx context.Context, info *PathInfo, nar io.Reader) error
-	// AddSignatures adds signatures to a valid path.
+	// AddSignatures adds signatures to a valid path, for this view.
 	AddSignatures(ctx context.Context, p storepath.Path, sigs []string) error
 }
 

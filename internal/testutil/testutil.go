@@ -56,8 +56,18 @@ func RequireFile(t testing.TB, path string) {
 	}
 }
 
+// Account is the account a test Store's view belongs to.
+const Account = "alice"
+
+// TestStore is a temporary farm store: the store itself (Recover, Flush,
+// For) and Account's view of it (every Store operation).
+type TestStore struct {
+	*store.Local
+	store.Store
+}
+
 // Store returns a farm store and its database in a temporary directory.
-func Store(t testing.TB) (*store.Local, *sql.DB, string) {
+func Store(t testing.TB) (*TestStore, *sql.DB, string) {
 	t.Helper()
 	dir := t.TempDir()
 	d, err := db.Open(context.Background(), filepath.Join(dir, "nixfarm.db"))
@@ -72,7 +82,7 @@ func Store(t testing.TB) (*store.Local, *sql.DB, string) {
 	blobs.NoSync = true
 	st := store.NewLocal(d, blobs)
 	t.Cleanup(func() { st.Flush(context.Background()) }) // before the database closes
-	return st, d, dir
+	return &TestStore{Local: st, Store: st.For(Account)}, d, dir
 }
 
 // FileNar returns the NAR of a single regular file holding contents.
@@ -255,4 +265,9 @@ func Scheduler(t testing.TB, b build.Builder) *scheduler.Scheduler {
 		t.Fatal(err)
 	}
 	return s
+}
+
+// Expect implements store.Expecter for Account's view.
+func (s *TestStore) Expect(infos []*store.PathInfo) (done func()) {
+	return s.Store.(store.Expecter).Expect(infos)
 }

@@ -47,9 +47,12 @@ type Executor struct {
 	Warm int
 
 	name      string
-	farm      store.Store
+	farm      store.Views
 	transport Transport
 	log       *slog.Logger
+
+	claimMu sync.Mutex
+	claims  map[storepath.Path]*claim // paths the builds running here use
 
 	warmMu  sync.Mutex
 	warm    []*conn
@@ -60,11 +63,18 @@ type Executor struct {
 var _ build.Builder = (*Executor)(nil)
 
 // NewExecutor returns an executor for the machine named name.
-func NewExecutor(name string, farm store.Store, t Transport, log *slog.Logger) *Executor {
+func NewExecutor(name string, farm store.Views, t Transport, log *slog.Logger) *Executor {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Executor{name: name, farm: farm, transport: t, log: log.With("worker", name)}
+	return &Executor{name: name, farm: farm, transport: t, log: log.With("worker", name),
+		claims: map[storepath.Path]*claim{}}
+}
+
+// Deleter is a Transport that can remove paths from the machine's store.
+type Deleter interface {
+	// Delete removes paths, and every path that refers to them.
+	Delete(ctx context.Context, paths []storepath.Path) error
 }
 
 // Build implements build.Builder.
@@ -115,7 +125,7 @@ func (e *Executor) buildOn(ctx context.Context, c *conn, req *build.Request, sta
 	// Ending the context stops the remote Nix and unblocks any read or
 	// write here.
 	stop := context.AfterFunc(ctx, c.kill)
-	s := &session{e: e, client: c.client, start: start, handshake: handshake}
+	s := &session{e: e, farm: e.farm.For(req.Account), client: c.client, start: start, handshake: handshake}
 	res, err := s.run(ctx, req)
 	stop()
 	if werr := c.close(); werr != nil && err == nil {
@@ -141,6 +151,7 @@ func (e *Executor) buildOn(ctx context.Context, c *conn, req *build.Request, sta
 // session is one build over one conn.
 type session struct {
 	e         *Executor
+	farm      store.Store // the view of the account the build is for
 	client    *serveproto.Client
 	start     time.Time
 	handshake time.Duration
@@ -149,7 +160,20 @@ type session struct {
 
 func (s *session) run(ctx context.Context, req *build.Request) (*build.Result, error) {
 	t1 := time.Now()
-	if err := s.sendInputs(ctx, req); err != nil {
+	inputs, err := storepath.ParseList(req.Drv.InputSrcs)
+	if err != nil {
+		return nil, err
+	}
+	closure, err := s.farm.ClosureInfos(ctx, inputs)
+	if err != nil {
+		return nil, fmt.Errorf("input closure: %w", err)
+	}
+	release, err := s.e.claim(req, closure)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	if err := s.sendInputs(ctx, req, closure); err != nil {
 		return nil, err
 	}
 	t2 := time.Now()
@@ -179,34 +203,16 @@ func (s *session) run(ctx context.Context, req *build.Request) (*build.Result, e
 }
 
 // sendInputs copies the part of the input closure that the machine lacks.
-func (s *session) sendInputs(ctx context.Context, req *build.Request) error {
-	farm := s.e.farm
-	inputs, err := storepath.ParseList(req.Drv.InputSrcs)
+func (s *session) sendInputs(ctx context.Context, req *build.Request, closure []*store.PathInfo) error {
+	have, err := s.checkMachine(ctx, req, closure)
 	if err != nil {
 		return err
-	}
-	closure, err := farm.Closure(ctx, inputs)
-	if err != nil {
-		return fmt.Errorf("input closure: %w", err)
-	}
-	valid, err := s.client.QueryValidPaths(closure, false, false)
-	if err != nil {
-		return err
-	}
-	have := make(map[storepath.Path]bool, len(valid))
-	for _, p := range valid {
-		have[p] = true
 	}
 	var missing []*store.PathInfo
-	for _, p := range closure {
-		if have[p] {
-			continue
+	for _, info := range closure {
+		if !have[info.Path] {
+			missing = append(missing, info)
 		}
-		info, err := farm.QueryPathInfo(ctx, p)
-		if err != nil {
-			return err
-		}
-		missing = append(missing, info)
 	}
 	sorted, err := store.TopoSort(missing)
 	if err != nil {
@@ -221,7 +227,7 @@ func (s *session) sendInputs(ctx context.Context, req *build.Request) error {
 }
 
 func (s *session) sendOne(ctx context.Context, info *store.PathInfo) error {
-	rc, _, err := s.e.farm.NarFromPath(ctx, info.Path)
+	rc, _, err := s.farm.NarFromPath(ctx, info.Path)
 	if err != nil {
 		return err
 	}
@@ -234,7 +240,7 @@ func (s *session) sendOne(ctx context.Context, info *store.PathInfo) error {
 // farm store can serve outputs while they are copied in, req.OnOutputs
 // hears of the build's success before the copy starts.
 func (s *session) fetchOutputs(ctx context.Context, req *build.Request, res *build.Result, outputs map[string]storepath.Path) error {
-	farm := s.e.farm
+	farm := s.farm
 	var want []storepath.Path
 	for _, p := range outputs {
 		want = append(want, p)
@@ -264,6 +270,7 @@ func (s *session) fetchOutputs(ctx context.Context, req *build.Request, res *bui
 	}
 	now := time.Now()
 	for _, info := range sorted {
+		info.Worker = s.e.name
 		info.Ultimate = true
 		info.Account = req.Account
 		info.RegistrationTime = now
@@ -292,7 +299,7 @@ func (s *session) candidates(ctx context.Context, req *build.Request, outputs ma
 	if err != nil {
 		return nil, err
 	}
-	closure, err := s.e.farm.Closure(ctx, inputs)
+	closure, err := s.farm.Closure(ctx, inputs)
 	if err != nil {
 		return nil, err
 	}
@@ -316,7 +323,7 @@ func (s *session) fetchOne(ctx context.Context, req *build.Request, info *store.
 		return err
 	}
 	scan := refscan.New(hashes)
-	if err := s.e.farm.AddToStore(ctx, info, io.TeeReader(narSrc, scan)); err != nil {
+	if err := s.farm.AddToStore(ctx, info, io.TeeReader(narSrc, scan)); err != nil {
 		return fmt.Errorf("importing output %s: %w", info.Path, err)
 	}
 	var reported []string

@@ -1,14 +1,18 @@
 package worker
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os/exec"
+	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/nixfarm/nixfarm/internal/build"
+	"github.com/nixfarm/nixfarm/internal/storepath"
 )
 
 // Local runs `nix-store --serve --write` on this machine, in the Nix store
@@ -70,4 +74,39 @@ func ServeArgs(storeURI string, settings map[string]string, opts build.Options) 
 		args = append(args, "--option", "cores", strconv.Itoa(opts.Cores))
 	}
 	return args
+}
+
+// Delete implements Deleter: it removes paths, and every path referring
+// to them, from the store with `nix-store --delete`. Nix refuses to delete
+// a path that is alive (a GC root, or in use by a build), and so does it.
+func (l *Local) Delete(ctx context.Context, paths []storepath.Path) error {
+	bin := l.NixStore
+	if bin == "" {
+		bin = "nix-store"
+	}
+	var base []string
+	if l.StoreURI != "" {
+		base = append(base, "--store", l.StoreURI)
+	}
+	for _, k := range sortedKeys(l.Options) {
+		base = append(base, "--option", k, l.Options[k])
+	}
+	q := exec.CommandContext(ctx, bin, append(append(slices.Clone(base), "--query", "--referrers-closure"), storepath.Strings(paths)...)...)
+	var stderr bytes.Buffer
+	q.Stderr = &stderr
+	out, err := q.Output()
+	if err != nil {
+		return fmt.Errorf("listing the referrers of %d paths: %w: %s", len(paths), err, strings.TrimSpace(stderr.String()))
+	}
+	doomed := strings.Fields(string(out))
+	if len(doomed) == 0 {
+		return nil
+	}
+	d := exec.CommandContext(ctx, bin, append(append(slices.Clone(base), "--delete"), doomed...)...)
+	stderr.Reset()
+	d.Stderr = &stderr
+	if err := d.Run(); err != nil {
+		return fmt.Errorf("deleting %d paths: %w: %s", len(doomed), err, strings.TrimSpace(stderr.String()))
+	}
+	return nil
 }

@@ -1,0 +1,356 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/nixfarm/nixfarm/internal/nixhash"
+	"github.com/nixfarm/nixfarm/internal/storepath"
+)
+
+// Views gives each account its view of the farm store.
+type Views interface {
+	// For returns account's view: every operation of the Store it
+	// returns sees only the paths that account may see, with the
+	// contents that account sees, and answers for any other path as if
+	// it did not exist.
+	For(account string) Store
+}
+
+// View is one account's view of a Local store. A path is in it when the
+// account uploaded it, the farm built it for the account, or the farm
+// shared with the account a build whose inputs were byte-identical.
+type View struct {
+	s       *Local
+	account string
+	limit   int64 // largest NAR the account may add; 0: no limit
+}
+
+var (
+	_ Store    = (*View)(nil)
+	_ Expecter = (*View)(nil)
+)
+
+// Account is the account whose view this is.
+func (v *View) Account() string { return v.account }
+
+// WithMaxNarSize returns a copy of v that refuses NARs larger than n
+// bytes with ErrTooLarge (n <= 0: no limit).
+func (v *View) WithMaxNarSize(n int64) *View {
+	c := *v
+	c.limit = n
+	return &c
+}
+
+const infoColumns = `o.id, v.path, o.nar_hash, o.nar_size, o.refs, o.deriver, o.ca, o.sigs, v.sigs, o.ultimate, o.registration_time, o.account, o.worker`
+
+type scanner interface{ Scan(dest ...any) error }
+
+func scanInfo(row scanner) (int64, *PathInfo, error) {
+	var (
+		id                        int64
+		path, hash, refs, deriver string
+		ca, osigs, vsigs, account string
+		worker                    string
+		size, regTime             int64
+		ultimate                  bool
+	)
+	if err := row.Scan(&id, &path, &hash, &size, &refs, &deriver, &ca, &osigs, &vsigs, &ultimate, &regTime, &account, &worker); err != nil {
+		return 0, nil, err
+	}
+	h, err := nixhash.Parse(hash)
+	if err != nil {
+		return 0, nil, fmt.Errorf("stored hash of %s: %w", path, err)
+	}
+	info := &PathInfo{
+		Path:             storepath.Path(path),
+		Deriver:          storepath.Path(deriver),
+		NarHash:          h,
+		NarSize:          uint64(size),
+		CA:               ca,
+		Ultimate:         ultimate,
+		RegistrationTime: time.Unix(regTime, 0),
+		Account:          account,
+		Worker:           worker,
+	}
+	for _, f := range strings.Fields(refs) {
+		info.References = append(info.References, storepath.Path(f))
+	}
+	info.Sigs = append(strings.Fields(osigs), strings.Fields(vsigs)...)
+	return id, info, nil
+}
+
+// QueryPathInfo implements Store.
+func (v *View) QueryPathInfo(ctx context.Context, p storepath.Path) (*PathInfo, error) {
+	// An expected path is looked up first: it stops being expected only
+	// after it is registered, so one or the other always answers.
+	if in := v.s.lookupIncoming(v.account, p); in != nil {
+		return in.declared(), nil
+	}
+	return v.registeredInfo(ctx, p)
+}
+
+// registeredInfo returns the info of a registered path, or ErrNotFound.
+func (v *View) registeredInfo(ctx context.Context, p storepath.Path) (*PathInfo, error) {
+	_, info, err := scanInfo(v.s.db.QueryRowContext(ctx, `SELECT `+infoColumns+`
+		FROM views v JOIN objects o ON o.id = v.object WHERE v.account = ? AND v.path = ?`, v.account, string(p)))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, p)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("querying %s: %w", p, err)
+	}
+	return info, nil
+}
+
+// QueryPathFromHashPart implements Store.
+func (v *View) QueryPathFromHashPart(ctx context.Context, hashPart string) (storepath.Path, error) {
+	if len(hashPart) != storepath.HashLen {
+		return "", fmt.Errorf("%w: no path has hash part %q", ErrNotFound, hashPart)
+	}
+	// Paths with this hash part sort between "<dir>/<hash>-" and
+	// "<dir>/<hash>." ('.' follows '-').
+	prefix := storepath.Dir + "/" + hashPart
+	var p string
+	err := v.s.db.QueryRowContext(ctx, `SELECT path FROM views WHERE account = ? AND path > ? AND path < ? LIMIT 1`,
+		v.account, prefix+"-", prefix+".").Scan(&p)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", fmt.Errorf("%w: no path has hash part %q", ErrNotFound, hashPart)
+	}
+	if err != nil {
+		return "", fmt.Errorf("querying hash part %s: %w", hashPart, err)
+	}
+	return storepath.Path(p), nil
+}
+
+// ValidPaths implements Store.
+func (v *View) ValidPaths(ctx context.Context, ps []storepath.Path) ([]storepath.Path, error) {
+	if len(ps) == 0 {
+		return nil, nil
+	}
+	rows, err := v.s.db.QueryContext(ctx,
+		`SELECT path FROM views WHERE account = ? AND path IN (SELECT value FROM json_each(?))`, v.account, jsonList(ps))
+	if err != nil {
+		return nil, fmt.Errorf("querying valid paths: %w", err)
+	}
+	found, err := scanPaths(rows)
+	if err != nil {
+		return nil, fmt.Errorf("querying valid paths: %w", err)
+	}
+	valid := make(map[storepath.Path]bool, len(found))
+	for _, p := range found {
+		valid[p] = true
+	}
+	out := make([]storepath.Path, 0, len(found))
+	for _, p := range ps {
+		if valid[p] {
+			out = append(out, p)
+			delete(valid, p) // report duplicates once
+		}
+	}
+	return out, nil
+}
+
+// closureQuery computes the closure of a JSON list of paths in the view
+// of account (both bound twice: account, list).
+const closureQuery = `WITH RECURSIVE closure(path) AS (
+		SELECT value FROM json_each(?)
+		UNION
+		SELECT r.reference FROM closure c
+		JOIN views v ON v.account = ? AND v.path = c.path
+		JOIN object_refs r ON r.object = v.object
+	)`
+
+// Closure implements Store.
+func (v *View) Closure(ctx context.Context, ps []storepath.Path) ([]storepath.Path, error) {
+	infos, err := v.ClosureInfos(ctx, ps)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]storepath.Path, len(infos))
+	for i, info := range infos {
+		out[i] = info.Path
+	}
+	return out, nil
+}
+
+// ClosureInfos is Closure with the info of every path, in path order.
+func (v *View) ClosureInfos(ctx context.Context, ps []storepath.Path) ([]*PathInfo, error) {
+	if len(ps) == 0 {
+		return nil, nil
+	}
+	valid, err := v.ValidPaths(ctx, ps)
+	if err != nil {
+		return nil, err
+	}
+	if err := missing(ps, valid); err != nil {
+		return nil, err
+	}
+	rows, err := v.s.db.QueryContext(ctx, closureQuery+`
+		SELECT `+infoColumns+` FROM closure c
+		JOIN views v ON v.account = ? AND v.path = c.path
+		JOIN objects o ON o.id = v.object
+		ORDER BY c.path`, jsonList(ps), v.account, v.account)
+	if err != nil {
+		return nil, fmt.Errorf("computing closure: %w", err)
+	}
+	defer rows.Close()
+	var out []*PathInfo
+	for rows.Next() {
+		_, info, err := scanInfo(rows)
+		if err != nil {
+			return nil, fmt.Errorf("computing closure: %w", err)
+		}
+		out = append(out, info)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("computing closure: %w", err)
+	}
+	return out, nil
+}
+
+// missing returns ErrNotFound naming the first of ps not in valid.
+func missing(ps, valid []storepath.Path) error {
+	if len(valid) == len(dedup(ps)) {
+		return nil
+	}
+	have := dedup(valid)
+	for _, p := range ps {
+		if !have[p] {
+			return fmt.Errorf("%w: %s", ErrNotFound, p)
+		}
+	}
+	return nil
+}
+
+// Referrers implements Store.
+func (v *View) Referrers(ctx context.Context, p storepath.Path) ([]storepath.Path, error) {
+	rows, err := v.s.db.QueryContext(ctx, `
+		SELECT v.path FROM object_refs r
+		JOIN views v ON v.object = r.object AND v.account = ?
+		WHERE r.reference = ? ORDER BY v.path`, v.account, string(p))
+	if err != nil {
+		return nil, fmt.Errorf("querying referrers of %s: %w", p, err)
+	}
+	return scanPaths(rows)
+}
+
+// NarFromPath implements Store. The NAR of a path being added after
+// Expect is followed as it arrives.
+func (v *View) NarFromPath(ctx context.Context, p storepath.Path) (io.ReadCloser, *PathInfo, error) {
+	if rc, info, ok := v.s.followIncoming(ctx, v, p); ok { // first, as in QueryPathInfo
+		return rc, info, nil
+	}
+	return v.registeredNar(ctx, p)
+}
+
+// registeredNar opens the NAR of a registered path.
+func (v *View) registeredNar(ctx context.Context, p storepath.Path) (io.ReadCloser, *PathInfo, error) {
+	info, err := v.registeredInfo(ctx, p)
+	if err != nil {
+		return nil, nil, err
+	}
+	r, err := v.s.blobs.Open(ctx, blobKey(info.NarHash))
+	if err != nil {
+		return nil, nil, fmt.Errorf("opening NAR of %s: %w", p, err)
+	}
+	return r, info, nil
+}
+
+// AddToStore implements Store.
+func (v *View) AddToStore(ctx context.Context, info *PathInfo, narSrc io.Reader) (err error) {
+	if in := v.s.claimIncoming(v.account, info.Path); in != nil {
+		defer func() { v.s.finishIncoming(in, err) }()
+		return v.s.addToStore(ctx, v, info, narSrc, in)
+	}
+	return v.s.addToStore(ctx, v, info, narSrc, nil)
+}
+
+// Expect implements Expecter.
+func (v *View) Expect(infos []*PathInfo) (done func()) { return v.s.expect(v.account, infos) }
+
+func (v *View) checkReferences(ctx context.Context, info *PathInfo) error {
+	var others []storepath.Path
+	for _, r := range info.References {
+		if r != info.Path {
+			others = append(others, r)
+		}
+	}
+	valid, err := v.ValidPaths(ctx, others)
+	if err != nil {
+		return err
+	}
+	return missingReference(info, others, valid)
+}
+
+// checkReferencesTx is checkReferences inside the registering transaction.
+func (v *View) checkReferencesTx(ctx context.Context, tx *sql.Tx, info *PathInfo) error {
+	var others []storepath.Path
+	for _, r := range info.References {
+		if r != info.Path {
+			others = append(others, r)
+		}
+	}
+	if len(others) == 0 {
+		return nil
+	}
+	rows, err := tx.QueryContext(ctx,
+		`SELECT path FROM views WHERE account = ? AND path IN (SELECT value FROM json_each(?))`, v.account, jsonList(others))
+	if err != nil {
+		return fmt.Errorf("registering %s: %w", info.Path, err)
+	}
+	valid, err := scanPaths(rows)
+	if err != nil {
+		return fmt.Errorf("registering %s: %w", info.Path, err)
+	}
+	return missingReference(info, others, valid)
+}
+
+func missingReference(info *PathInfo, refs, valid []storepath.Path) error {
+	if len(valid) == len(dedup(refs)) {
+		return nil
+	}
+	have := dedup(valid)
+	for _, r := range refs {
+		if !have[r] {
+			return fmt.Errorf("cannot add %s: %w: %s is not in the farm store (upload it first)", info.Path, ErrInvalidReference, r)
+		}
+	}
+	return nil
+}
+
+// AddSignatures implements Store. The signatures are the account's: other
+// accounts seeing the same contents do not see them.
+func (v *View) AddSignatures(ctx context.Context, p storepath.Path, sigs []string) error {
+	for _, sig := range sigs {
+		if strings.ContainsAny(sig, " \n") || sig == "" {
+			return fmt.Errorf("invalid signature %q", sig)
+		}
+	}
+	// One write transaction (taken at BEGIN) reads and updates, so
+	// concurrent additions all land.
+	tx, err := v.s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("adding signatures to %s: %w", p, err)
+	}
+	defer tx.Rollback()
+	var have string
+	err = tx.QueryRowContext(ctx, `SELECT sigs FROM views WHERE account = ? AND path = ?`, v.account, string(p)).Scan(&have)
+	if errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("%w: %s", ErrNotFound, p)
+	}
+	if err != nil {
+		return fmt.Errorf("adding signatures to %s: %w", p, err)
+	}
+	merged := validSigs(append(strings.Fields(have), sigs...))
+	if _, err := tx.ExecContext(ctx, `UPDATE views SET sigs = ? WHERE account = ? AND path = ?`,
+		strings.Join(merged, " "), v.account, string(p)); err != nil {
+		return fmt.Errorf("adding signatures to %s: %w", p, err)
+	}
+	return tx.Commit()
+}
