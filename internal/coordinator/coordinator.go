@@ -55,7 +55,7 @@ type Coordinator struct {
 
 	mu       sync.Mutex
 	inflight map[string]*inflight // by build key (sharing.go)
-	running  sync.WaitGroup // background builds
+	running  sync.WaitGroup       // background builds
 }
 
 // inflight is a build under way, shared by every request for it: every

@@ -36,7 +36,6 @@ type Expecter interface {
 	Expect(infos []*PathInfo) (done func())
 }
 
-
 // errNotAdded ends readers of an expected path that was not added.
 var errNotAdded = errors.New("the output was not copied into the farm store")
 
