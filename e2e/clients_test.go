@@ -174,6 +174,9 @@ type client struct {
 	dir   string // scratch directory, at the same path inside
 	root  string // the client's root as the host sees it
 	pid   string // the process holding the client's mount namespace
+	// sshConfig, if set, replaces the farm's ssh config: the client
+	// reaches the farm as another account (see tenant).
+	sshConfig string
 }
 
 // newClient returns a client of the version the tests of farm internals use.
@@ -265,7 +268,10 @@ func (c *client) exec(f *farm, name string, args ...string) result {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	var env []string
-	if f != nil {
+	switch {
+	case c.sshConfig != "":
+		env = []string{"NIX_SSHOPTS=-F " + c.sshConfig}
+	case f != nil:
 		env = []string{"NIX_SSHOPTS=-F " + f.sshConfig}
 	}
 	cmd := c.command(ctx, env, name, args...)

@@ -292,7 +292,13 @@ func TestDaemonBadInput(t *testing.T) {
 // openSession opens an SSH session with the client's key.
 func openSession(t *testing.T, f *farm) *ssh.Session {
 	t.Helper()
-	keyData, err := os.ReadFile(f.clientKey)
+	return openSessionWith(t, f, f.clientKey)
+}
+
+// openSessionWith opens an SSH session with the private key in keyFile.
+func openSessionWith(t *testing.T, f *farm, keyFile string) *ssh.Session {
+	t.Helper()
+	keyData, err := os.ReadFile(keyFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -320,7 +326,13 @@ func openSession(t *testing.T, f *farm) *ssh.Session {
 // openDaemon starts `nix-daemon --stdio` and returns a client at 1.38.
 func openDaemon(t *testing.T, f *farm) (*daemonproto.Client, func() error) {
 	t.Helper()
-	sess := openSession(t, f)
+	return openDaemonWith(t, f, f.clientKey)
+}
+
+// openDaemonWith is openDaemon with the private key in keyFile.
+func openDaemonWith(t *testing.T, f *farm, keyFile string) (*daemonproto.Client, func() error) {
+	t.Helper()
+	sess := openSessionWith(t, f, keyFile)
 	stdin, _ := sess.StdinPipe()
 	stdout, _ := sess.StdoutPipe()
 	if err := sess.Start("nix-daemon --stdio"); err != nil {

@@ -401,8 +401,8 @@ type WorkerInfo struct {
 
 // RunningBuild is a build a worker runs.
 type RunningBuild struct {
-	DrvPath storepath.Path `json:"drvPath"`
-	Account string         `json:"account"`
+	DrvPath storepath.Path `json:"drvPath,omitempty"` // with the API token only
+	Account string         `json:"account,omitempty"`
 	Attempt int            `json:"attempt"`
 }
 

@@ -34,6 +34,7 @@ import (
 	"github.com/nixfarm/nixfarm/internal/db"
 	"github.com/nixfarm/nixfarm/internal/scheduler"
 	"github.com/nixfarm/nixfarm/internal/serveproto"
+	"github.com/nixfarm/nixfarm/internal/signature"
 	"github.com/nixfarm/nixfarm/internal/sshd"
 	"github.com/nixfarm/nixfarm/internal/store"
 	"github.com/nixfarm/nixfarm/internal/worker"
@@ -93,19 +94,23 @@ type Config struct {
 
 // Farm is a started farm.
 type Farm struct {
-	cfg     Config
-	db      *sql.DB
-	store   *store.Local
-	sched   *scheduler.Scheduler
-	coord   *coordinator.Coordinator
-	ssh     *sshd.Server
-	ln      net.Listener
-	agents  *agent.Server
-	agentLn net.Listener
-	httpSrv *http.Server
-	httpLn  net.Listener
-	log     *slog.Logger
-	hostKey ssh.PublicKey
+	cfg   Config
+	db    *sql.DB
+	store *store.Local
+	// signingKey is the public half of the key that signs outputs.
+	signingKey signature.PublicKey
+	// apiToken admits API requests to account data (api.go).
+	apiToken string
+	sched    *scheduler.Scheduler
+	coord    *coordinator.Coordinator
+	ssh      *sshd.Server
+	ln       net.Listener
+	agents   *agent.Server
+	agentLn  net.Listener
+	httpSrv  *http.Server
+	httpLn   net.Listener
+	log      *slog.Logger
+	hostKey  ssh.PublicKey
 	// executors are the built-in and static workers' executors, whose
 	// warm sessions end with the farm.
 	executors []*worker.Executor
@@ -170,6 +175,18 @@ func (f *Farm) init(ctx context.Context) error {
 	f.store = store.NewLocal(f.db, blobs)
 	f.store.Log = f.log
 	f.store.SyncDelay = cfg.SyncDelay
+	key, created, err := loadOrCreateSigningKey(filepath.Join(cfg.StateDir, "signing-key"))
+	if err != nil {
+		return err
+	}
+	f.store.Key = &key
+	if f.apiToken, err = loadOrCreateAPIToken(filepath.Join(cfg.StateDir, "api-token")); err != nil {
+		return err
+	}
+	f.signingKey = key.Public()
+	if created {
+		f.log.Info("created the farm's signing key; it signs every output the farm builds", "public_key", f.signingKey.String())
+	}
 	rec, err := f.store.Recover(ctx)
 	if err != nil {
 		return fmt.Errorf("checking the farm store after the last stop: %w", err)
@@ -504,6 +521,13 @@ ssh://nixfarm %s - %d 1 - - %s
 		nixSystem(), jobs, hostKeyB64,
 		nixSystem(), jobs, hostKeyB64,
 		hostKeyB64)
+	fmt.Fprintf(w, `
+The farm signs every output it builds with this key. To trust its outputs
+(for example when copying them into a store that requires signatures), add
+to the client's nix.conf:
+
+   extra-trusted-public-keys = %s
+`, f.signingKey)
 	if f.agentLn != nil {
 		_, port, _ := net.SplitHostPort(f.agentLn.Addr().String())
 		fmt.Fprintf(w, `
