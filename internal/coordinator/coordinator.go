@@ -153,8 +153,10 @@ func (c *Coordinator) buildDerivation(ctx context.Context, req *build.Request, e
 	} else {
 		c.start(ctx, req, f, log)
 	}
+	// The client gets the log from a goroutine of its own; the result
+	// follows what was queued for it.
 	unsubscribe := f.log.subscribe(req.Log)
-	defer unsubscribe()
+	defer unsubscribe(ctx)
 	res, err := c.wait(ctx, f, early, log)
 	if err != nil {
 		return nil, err
