@@ -486,9 +486,9 @@ func TestStalledLogDoesNotStallDispatch(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("the failed attempt wrote no retry note")
 	}
-	s.AddWorker(scheduler.Worker{Name: "b-good", Caps: caps("x86_64-linux", "", "", 4, 1), Builder: good})
 	other := make(chan error, 1)
 	go func() {
+		s.AddWorker(scheduler.Worker{Name: "b-good", Caps: caps("x86_64-linux", "", "", 4, 1), Builder: good})
 		_, err := schedule(s, context.Background(), request("other", "x86_64-linux", "", "bob"))
 		other <- err
 	}()
