@@ -181,7 +181,7 @@ func Accept(ctx context.Context, ln net.Listener, log *slog.Logger, handle func(
 			failures++
 			delay = min(max(2*delay, minAcceptDelay), maxAcceptDelay)
 			if ok, _ := logged.allow(time.Now()); ok {
-				log.Error("accepting a connection failed; retrying", "addr", ln.Addr().String(), "err", err,
+				log.Warn("accepting a connection failed; retrying", "addr", ln.Addr().String(), "err", err,
 					"failures", failures, "retry_in", delay)
 			}
 			t := time.NewTimer(delay)
