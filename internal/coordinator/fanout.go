@@ -178,9 +178,13 @@ func (s *subscriber) run() {
 	}
 	var spare []byte
 	for {
+		// Two buffers take turns: push fills one while the other is
+		// written.
 		s.mu.Lock()
 		buf, cut, closed := s.buf, s.cut, s.closed
-		s.buf = spare[:0]
+		if len(buf) > 0 {
+			s.buf = spare[:0]
+		}
 		s.mu.Unlock()
 		if len(buf) > 0 {
 			if _, err := s.w.Write(buf); err != nil {
