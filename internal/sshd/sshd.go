@@ -126,7 +126,7 @@ func (s *Server) checkKey(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permis
 		}
 	}
 	if err := s.gate.AccountFull(ak.Account); err != nil {
-		s.log.Warn("connection refused", "account", ak.Account, "remote", meta.RemoteAddr(), "reason", err)
+		s.gate.logRefusal("connection refused", "account", ak.Account, "remote", meta.RemoteAddr().String(), "reason", err.Error())
 		return nil, &ssh.BannerError{Err: err,
 			Message: "nixfarm: " + err.Error() + "; close some, or ask the farm's operator to raise --max-connections-per-account.\n"}
 	}
