@@ -97,6 +97,7 @@ type farm struct {
 	hostKeyB64  string
 	extraArgs   []string
 	env         []string // extra environment for the farm process
+	prefix      []string // a command that execs nixfarm (e.g. prlimit …)
 	apiURL      string   // the HTTP API
 	tokenFile   string   // the workers' join token
 	workerAddr  string   // where agents dial, if enabled
@@ -117,6 +118,15 @@ func startFarm(t *testing.T, extraArgs ...string) *farm {
 // startFarmEnv is startFarm with extra environment for the farm process.
 func startFarmEnv(t *testing.T, env []string, extraArgs ...string) *farm {
 	t.Helper()
+	f := newFarm(t, env, extraArgs...)
+	f.start()
+	t.Cleanup(f.stop)
+	return f
+}
+
+// newFarm prepares a farm like startFarmEnv's without starting it.
+func newFarm(t *testing.T, env []string, extraArgs ...string) *farm {
+	t.Helper()
 	dir := t.TempDir()
 	f := &farm{
 		t:           t,
@@ -132,8 +142,6 @@ func startFarmEnv(t *testing.T, env []string, extraArgs ...string) *farm {
 	}
 	pub := writeKey(t, f.clientKey)
 	authorize(t, f.keysFile, pub, "alice")
-	f.start()
-	t.Cleanup(f.stop)
 	return f
 }
 
@@ -192,6 +200,9 @@ func (f *farm) start() {
 		"--log-level", "debug",
 	}, f.extraArgs...)
 	cmd := exec.Command(nixfarmBin, args...)
+	if len(f.prefix) > 0 {
+		cmd = exec.Command(f.prefix[0], append(append(f.prefix[1:len(f.prefix):len(f.prefix)], nixfarmBin), args...)...)
+	}
 	cmd.Env = append(os.Environ(), f.env...)
 	pr, pw := io.Pipe()
 	cmd.Stdout, cmd.Stderr = pw, pw

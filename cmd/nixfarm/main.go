@@ -89,6 +89,11 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&cfg.CancelOnDisconnect, "cancel-on-disconnect", false, "stop a build when every client waiting for it has gone (default: finish it and keep the result)")
 	fs.DurationVar(&cfg.SyncDelay, "sync-delay", store.DefaultSyncDelay, "how long after upload a NAR is synced to disk (0: at once); NARs not synced yet are checked against their hashes after a crash")
 	ciphers := fs.String("ssh-ciphers", strings.Join(sshd.DefaultCiphers, ","), "SSH ciphers offered to clients, comma-separated; clients pick the first of their own list that is offered (add chacha20-poly1305@openssh.com for clients without AES-GCM, at a CPU cost)")
+	fs.IntVar(&cfg.SSHLimits.MaxConnections, "max-connections", sshd.DefaultMaxConnections, "SSH connections open at once, authenticated or not; more are closed at once (the agent listener has its own count)")
+	fs.IntVar(&cfg.SSHLimits.MaxUnauthenticatedPerSource, "max-unauthenticated-per-source", sshd.DefaultMaxUnauthenticatedPerSource, "SSH connections from one IP address that have not authenticated yet; more are closed at once")
+	fs.IntVar(&cfg.SSHLimits.MaxConnectionsPerAccount, "max-connections-per-account", sshd.DefaultMaxConnectionsPerAccount, "SSH connections one account may hold; more are refused with a message the client shows")
+	fs.DurationVar(&cfg.SSHLimits.HandshakeTimeout, "handshake-timeout", sshd.DefaultHandshakeTimeout, "how long an SSH connection may take to authenticate before it is closed")
+	fs.DurationVar(&cfg.SSHLimits.IdleTimeout, "idle-timeout", sshd.DefaultIdleTimeout, "how long an authenticated SSH connection may stay without an open session before it is closed (a session, however quiet, keeps it: long silent builds are safe)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	cpuProfile := fs.String("cpu-profile", "", "write a CPU profile (go tool pprof) to this file until nixfarm stops")
 	fs.Usage = func() {

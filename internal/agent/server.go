@@ -38,13 +38,18 @@ type ServerConfig struct {
 	// HeartbeatInterval is what agents are told to use (5s); an agent
 	// silent for three intervals is lost.
 	HeartbeatInterval time.Duration
-	Log               *slog.Logger
+	// Limits bound the connections the agent listener holds; only the
+	// total, the unauthenticated ones per source and the handshake
+	// timeout apply (agents keep one connection, never idle).
+	Limits sshd.Limits
+	Log    *slog.Logger
 }
 
 // Server accepts agents.
 type Server struct {
-	cfg ServerConfig
-	ssh *ssh.ServerConfig
+	cfg  ServerConfig
+	ssh  *ssh.ServerConfig
+	gate *sshd.Gate
 
 	mu     sync.Mutex
 	agents map[string]*agentConn
@@ -66,7 +71,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	s := &Server{cfg: cfg, agents: map[string]*agentConn{}}
+	s := &Server{cfg: cfg, agents: map[string]*agentConn{}, gate: sshd.NewGate(cfg.Limits, cfg.Log)}
 	s.ssh = &ssh.ServerConfig{
 		ServerVersion: "SSH-2.0-nixfarm-coordinator",
 		MaxAuthTries:  3,
@@ -88,11 +93,17 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 
 // Serve accepts agents until ctx ends, then drops them all.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	return sshd.Accept(ctx, ln, func(nc net.Conn) { s.handle(ctx, nc) })
+	return sshd.Accept(ctx, ln, s.cfg.Log, func(nc net.Conn) { s.handle(ctx, nc) })
 }
 
 func (s *Server) handle(ctx context.Context, nc net.Conn) {
-	nc.SetDeadline(time.Now().Add(30 * time.Second))
+	adm, err := s.gate.Admit(nc.RemoteAddr())
+	if err != nil {
+		nc.Close()
+		return
+	}
+	defer adm.Close()
+	nc.SetDeadline(time.Now().Add(s.gate.Limits().HandshakeTimeout))
 	sc, chans, reqs, err := ssh.NewServerConn(nc, s.ssh)
 	if err != nil {
 		s.cfg.Log.Debug("agent handshake failed", "remote", nc.RemoteAddr(), "err", err)
@@ -100,6 +111,7 @@ func (s *Server) handle(ctx context.Context, nc net.Conn) {
 		return
 	}
 	nc.SetDeadline(time.Time{})
+	adm.Authenticated("")
 	name := sc.User()
 	log := s.cfg.Log.With("worker", name, "remote", nc.RemoteAddr())
 	go ssh.DiscardRequests(reqs)

@@ -161,8 +161,10 @@ func (c *Coordinator) buildDerivation(ctx context.Context, req *build.Request, e
 	} else {
 		c.start(ctx, req, f, log)
 	}
+	// The client gets the log from a goroutine of its own; the result
+	// follows what was queued for it.
 	unsubscribe := f.log.subscribe(req.Log)
-	defer unsubscribe()
+	defer unsubscribe(ctx)
 	// Outputs stream early only to the account they are being copied in
 	// for; another account's request has them once they are registered
 	// and shared with it.

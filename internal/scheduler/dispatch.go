@@ -181,6 +181,14 @@ func (s *Scheduler) run(ctx context.Context, cancel context.CancelCauseFunc, j *
 	cause := context.Cause(ctx)
 	cancel(nil)
 
+	// The build's log is written to only once s.mu is released: a client
+	// behind it must never hold up the scheduler.
+	var note string
+	defer func() {
+		if note != "" && j.req.Log != nil {
+			io.WriteString(j.req.Log, note)
+		}
+	}()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(w.running, j)
@@ -199,13 +207,15 @@ func (s *Scheduler) run(ctx context.Context, cancel context.CancelCauseFunc, j *
 	case s.closed:
 		j.finish(nil, err)
 	default:
-		s.retryLocked(j, w, err)
+		note = s.retryLocked(j, w, err)
 	}
 }
 
 // retryLocked handles an attempt that failed for a reason other than the
-// build itself: the worker was lost, or could not run it.
-func (s *Scheduler) retryLocked(j *job, w *workerState, err error) {
+// build itself: the worker was lost, or could not run it. It returns the
+// line for the build's log, which the caller writes once s.mu is released
+// (the retry waits its backoff, so the line comes first).
+func (s *Scheduler) retryLocked(j *job, w *workerState, err error) string {
 	if errors.Is(err, build.ErrWorkerBusy) {
 		// Another build on that worker uses other contents under one of
 		// this build's paths: nothing ran, and nobody is at fault. It
@@ -214,7 +224,7 @@ func (s *Scheduler) retryLocked(j *job, w *workerState, err error) {
 		j.notBefore = time.Now().Add(s.cfg.RetryBackoff)
 		s.cfg.Log.Info("build waits for a worker busy with other contents of its paths", "drv", j.req.DrvPath, "worker", w.Name, "err", err)
 		s.enqueueLocked(j, true)
-		return
+		return ""
 	}
 	j.failedOn[w.Name] = true
 	// A worker holding other contents under a path of the build, which it
@@ -230,15 +240,13 @@ func (s *Scheduler) retryLocked(j *job, w *workerState, err error) {
 		s.cfg.Log.Warn("build failed on every attempt", "drv", j.req.DrvPath, "attempts", j.attempts, "err", err)
 		j.finish(&build.Result{Status: build.MiscFailure,
 			ErrorMsg: fmt.Sprintf("nixfarm tried to build '%s' %d times and no worker could run it; the last error: %v", j.req.DrvPath, j.attempts, err)}, nil)
-		return
+		return ""
 	}
 	backoff := s.cfg.RetryBackoff << (j.attempts - 1)
 	j.notBefore = time.Now().Add(backoff)
 	s.cfg.Log.Warn("build will be retried", "drv", j.req.DrvPath, "worker", w.Name, "attempt", j.attempts, "backoff", backoff, "err", err)
-	if j.req.Log != nil {
-		fmt.Fprintf(j.req.Log, "nixfarm: %v; retrying on another worker\n", err)
-	}
 	s.enqueueLocked(j, true)
+	return fmt.Sprintf("nixfarm: %v; retrying on another worker\n", err)
 }
 
 // watchdog passes a build's log on and notes when it last saw output.

@@ -450,3 +450,63 @@ func TestAccountWithUnbuildableClass(t *testing.T) {
 		t.Errorf("%d still queued", n)
 	}
 }
+
+// stalledLog is a build log whose writes block until released, like a
+// client that stops reading; entered is closed at the first write.
+type stalledLog struct {
+	entered chan struct{}
+	once    sync.Once
+	release chan struct{}
+}
+
+func (l *stalledLog) Write(p []byte) (int, error) {
+	l.once.Do(func() { close(l.entered) })
+	<-l.release
+	return len(p), nil
+}
+
+// A build whose log does not take what is written to it (the retry
+// note here) holds up no other build: the scheduler writes no log while
+// it holds its lock.
+func TestStalledLogDoesNotStallDispatch(t *testing.T) {
+	s := newScheduler(t, scheduler.Config{RetryBackoff: time.Millisecond})
+	bad := &fake{name: "a-bad", fail: errors.New("cannot run it")}
+	good := &fake{name: "b-good"}
+	s.AddWorker(scheduler.Worker{Name: "a-bad", Caps: caps("x86_64-linux", "", "", 4, 1), Builder: bad})
+	log := &stalledLog{entered: make(chan struct{}), release: make(chan struct{})}
+	var releaseOnce sync.Once
+	release := func() { releaseOnce.Do(func() { close(log.release) }) }
+	t.Cleanup(release) // before s.Close, which a stalled scheduler would block
+	stalled := request("stalled", "x86_64-linux", "", "alice")
+	stalled.Log = log
+	stalledDone := make(chan error, 1)
+	s.Submit(context.Background(), stalled, func(_ *build.Result, err error) { stalledDone <- err })
+	select {
+	case <-log.entered:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the failed attempt wrote no retry note")
+	}
+	other := make(chan error, 1)
+	go func() {
+		s.AddWorker(scheduler.Worker{Name: "b-good", Caps: caps("x86_64-linux", "", "", 4, 1), Builder: good})
+		_, err := schedule(s, context.Background(), request("other", "x86_64-linux", "", "bob"))
+		other <- err
+	}()
+	select {
+	case err := <-other:
+		if err != nil {
+			t.Errorf("bob's build: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("bob's build waits for alice's stalled log")
+	}
+	release()
+	select {
+	case err := <-stalledDone:
+		if err != nil {
+			t.Errorf("alice's build: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("alice's build did not end once its log was read")
+	}
+}

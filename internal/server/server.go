@@ -55,6 +55,12 @@ type Config struct {
 	// SSHCiphers are the ciphers the SSH endpoint offers (default
 	// sshd.DefaultCiphers).
 	SSHCiphers []string
+	// SSHLimits bound the SSH endpoint's connections (in all,
+	// unauthenticated per source address, per account) and how long one
+	// may take to authenticate or stay without a session; the agent
+	// listener takes the total, per-source and handshake limits too.
+	// Zero fields take sshd's defaults.
+	SSHLimits sshd.Limits
 	// LocalWorker enables the built-in worker.
 	LocalWorker bool
 	// LocalStore is the Nix store URI the built-in worker builds in (""
@@ -227,6 +233,7 @@ func (f *Farm) init(ctx context.Context) error {
 		HostKey:            hostKey,
 		AuthorizedKeysFile: cfg.AuthorizedKeys,
 		Ciphers:            cfg.SSHCiphers,
+		Limits:             cfg.SSHLimits,
 		Handler:            &execHandler{serve: serve, daemon: daemon, log: f.log},
 		Log:                f.log,
 	})
@@ -351,7 +358,7 @@ func (f *Farm) initAgents(hostKey ssh.Signer) error {
 		f.log.Info("created a worker join token", "path", path)
 	}
 	f.cfg.WorkerTokenFile = path
-	f.agents, err = agent.NewServer(agent.ServerConfig{HostKey: hostKey, Token: token, Farm: f.store, Registry: f.sched, Log: f.log})
+	f.agents, err = agent.NewServer(agent.ServerConfig{HostKey: hostKey, Token: token, Farm: f.store, Registry: f.sched, Limits: f.cfg.SSHLimits, Log: f.log})
 	if err != nil {
 		return err
 	}

@@ -55,7 +55,7 @@ func TestQuickAckEndsWithHandshake(t *testing.T) {
 	conns := make(chan *quickAckConn, 1)
 	done := make(chan error, 1)
 	go func() {
-		done <- Accept(ctx, ln, func(nc net.Conn) {
+		done <- Accept(ctx, ln, nil, func(nc net.Conn) {
 			qc, ok := nc.(*quickAckConn)
 			if !ok {
 				t.Errorf("accepted %T, want *quickAckConn", nc)

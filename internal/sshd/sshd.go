@@ -49,6 +49,9 @@ type Config struct {
 	Banner string
 	// Ciphers are the ciphers offered, DefaultCiphers if empty.
 	Ciphers []string
+	// Limits bound connections, per source, per account and in all, and
+	// how long they may take to authenticate and stay idle.
+	Limits Limits
 }
 
 // DefaultCiphers are AES-GCM only. An OpenSSH client takes the first
@@ -65,6 +68,7 @@ type Server struct {
 	keys *keyFile
 	log  *slog.Logger
 	ssh  *ssh.ServerConfig
+	gate *Gate
 }
 
 // New returns a server. It reads the authorized_keys file once to report
@@ -77,7 +81,7 @@ func New(cfg Config) (*Server, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Server{cfg: cfg, keys: &keyFile{path: cfg.AuthorizedKeysFile}, log: log}
+	s := &Server{cfg: cfg, keys: &keyFile{path: cfg.AuthorizedKeysFile}, log: log, gate: NewGate(cfg.Limits, log)}
 	if _, _, err := s.keys.lookup(cfg.HostKey.PublicKey()); err != nil {
 		return nil, err
 	}
@@ -121,45 +125,78 @@ func (s *Server) checkKey(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permis
 				"nixfarm: with your account name as the key's comment.\n", fp, key.Type()),
 		}
 	}
+	if err := s.gate.AccountFull(ak.Account); err != nil {
+		s.gate.logRefusal("connection refused", "account", ak.Account, "remote", meta.RemoteAddr().String(), "reason", err.Error())
+		return nil, &ssh.BannerError{Err: err,
+			Message: "nixfarm: " + err.Error() + "; close some, or ask the farm's operator to raise --max-connections-per-account.\n"}
+	}
 	return &ssh.Permissions{Extensions: map[string]string{extAccount: ak.Account, extFingerprint: fp}}, nil
 }
 
 // HostKey returns the server's public host key.
 func (s *Server) HostKey() ssh.PublicKey { return s.cfg.HostKey.PublicKey() }
 
-// Serve accepts connections until ctx ends or the listener fails. It waits
-// for open connections to finish before returning.
+// Serve accepts connections until ctx ends or the listener is closed. It
+// waits for open connections to finish before returning.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	return Accept(ctx, ln, func(conn net.Conn) { s.handleConn(ctx, conn) })
+	return Accept(ctx, ln, s.log, func(conn net.Conn) { s.handleConn(ctx, conn) })
 }
 
+// Accept backoff: from minAcceptDelay, doubling, to maxAcceptDelay, as
+// net/http's Server does.
+const (
+	minAcceptDelay = 5 * time.Millisecond
+	maxAcceptDelay = time.Second
+)
+
 // Accept runs handle for each connection ln accepts, each on its own
-// goroutine, until ctx ends or the listener fails, backing off on
-// temporary errors. It returns once every handler has returned. On Linux,
-// a connection acknowledges what it reads at once, to speed up the SSH
-// handshake, until handle clears the connection's deadline with
-// SetDeadline(time.Time{}) to mark the end of the handshake.
-func Accept(ctx context.Context, ln net.Listener, handle func(net.Conn)) error {
+// goroutine, until ctx ends or the listener is closed. Any other error
+// (out of file descriptors, a connection reset before it was accepted) is
+// logged, at most every few seconds, and retried after a backoff: a flood
+// of connections may slow the front end but never ends it. It returns
+// once every handler has returned. On Linux, a connection acknowledges
+// what it reads at once, to speed up the SSH handshake, until handle
+// clears the connection's deadline with SetDeadline(time.Time{}) to mark
+// the end of the handshake.
+func Accept(ctx context.Context, ln net.Listener, log *slog.Logger, handle func(net.Conn)) error {
+	if log == nil {
+		log = slog.Default()
+	}
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	var tempDelay time.Duration
+	var delay time.Duration
+	failures := 0
+	logged := newRateLimit(5 * time.Second)
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				tempDelay = min(max(2*tempDelay, 5*time.Millisecond), time.Second)
-				time.Sleep(tempDelay)
-				continue
+			if errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("accepting connections: %w", err)
 			}
-			return err
+			failures++
+			delay = min(max(2*delay, minAcceptDelay), maxAcceptDelay)
+			if ok, _ := logged.allow(time.Now()); ok {
+				log.Warn("accepting a connection failed; retrying", "addr", ln.Addr().String(), "err", err,
+					"failures", failures, "retry_in", delay)
+			}
+			t := time.NewTimer(delay)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return nil
+			}
+			continue
 		}
-		tempDelay = 0
+		if failures > 0 {
+			log.Info("accepting connections again", "addr", ln.Addr().String(), "failures", failures)
+		}
+		delay, failures = 0, 0
 		conn = withQuickAck(conn)
 		wg.Add(1)
 		go func() {
@@ -170,7 +207,14 @@ func Accept(ctx context.Context, ln net.Listener, handle func(net.Conn)) error {
 }
 
 func (s *Server) handleConn(ctx context.Context, nc net.Conn) {
-	nc.SetDeadline(time.Now().Add(30 * time.Second)) // for the handshake only
+	adm, err := s.gate.Admit(nc.RemoteAddr())
+	if err != nil {
+		nc.Close()
+		return
+	}
+	defer adm.Close()
+	limits := s.gate.Limits()
+	nc.SetDeadline(time.Now().Add(limits.HandshakeTimeout)) // for the handshake only
 	sc, chans, reqs, err := ssh.NewServerConn(nc, s.ssh)
 	if err != nil {
 		s.log.Debug("ssh handshake failed", "remote", nc.RemoteAddr(), "err", err)
@@ -179,8 +223,19 @@ func (s *Server) handleConn(ctx context.Context, nc net.Conn) {
 	}
 	nc.SetDeadline(time.Time{})
 	account := sc.Permissions.Extensions[extAccount]
+	if err := adm.Authenticated(account); err != nil {
+		sc.Close()
+		return
+	}
 	log := s.log.With("account", account, "remote", nc.RemoteAddr())
 	log.Debug("ssh connection")
+	// A connection with no session open for IdleTimeout is closed; an
+	// open session, however quiet, keeps it.
+	idle := newIdleTimer(limits.IdleTimeout, func() {
+		log.Info("closing an idle connection", "idle", limits.IdleTimeout)
+		sc.Close()
+	})
+	defer idle.stop()
 	connCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
@@ -201,9 +256,11 @@ func (s *Server) handleConn(ctx context.Context, nc net.Conn) {
 		if err != nil {
 			continue
 		}
+		idle.enter()
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer idle.leave()
 			s.handleSession(connCtx, log, sc, ch, chReqs)
 		}()
 	}

@@ -49,6 +49,11 @@ func newSigner(t *testing.T) ssh.Signer {
 
 func startServer(t *testing.T, keys string) (addr string, keysFile string) {
 	t.Helper()
+	return startServerLimits(t, keys, sshd.Limits{})
+}
+
+func startServerLimits(t *testing.T, keys string, limits sshd.Limits) (addr string, keysFile string) {
+	t.Helper()
 	dir := t.TempDir()
 	keysFile = filepath.Join(dir, "authorized_keys")
 	if err := os.WriteFile(keysFile, []byte(keys), 0o600); err != nil {
@@ -62,7 +67,7 @@ func startServer(t *testing.T, keys string) (addr string, keysFile string) {
 	if err != nil || created || !bytes.Equal(again.PublicKey().Marshal(), host.PublicKey().Marshal()) {
 		t.Fatalf("host key not kept: %v %v", created, err)
 	}
-	srv, err := sshd.New(sshd.Config{HostKey: host, AuthorizedKeysFile: keysFile, Handler: echoHandler{}})
+	srv, err := sshd.New(sshd.Config{HostKey: host, AuthorizedKeysFile: keysFile, Handler: echoHandler{}, Limits: limits})
 	if err != nil {
 		t.Fatal(err)
 	}
