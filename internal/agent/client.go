@@ -26,7 +26,9 @@ import (
 type Config struct {
 	// Coordinator is the host:port of the coordinator's worker listener.
 	Coordinator string
-	Token       string
+	// Credential is the secret `nixfarm workers add NAME` issued for
+	// Name.
+	Credential string
 	// CoordinatorHostKey pins the coordinator's SSH host key (see
 	// HostKeyCallback); empty accepts any, with a warning.
 	CoordinatorHostKey string
@@ -94,7 +96,7 @@ func (a *Agent) session(ctx context.Context, hostKey ssh.HostKeyCallback) error 
 	var banner strings.Builder
 	conn, err := ssh.Dial("tcp", a.cfg.Coordinator, &ssh.ClientConfig{
 		User:            a.cfg.Name,
-		Auth:            []ssh.AuthMethod{ssh.Password(a.cfg.Token)},
+		Auth:            []ssh.AuthMethod{ssh.Password(a.cfg.Credential)},
 		HostKeyCallback: hostKey,
 		BannerCallback:  func(msg string) error { banner.WriteString(msg); return nil },
 		ClientVersion:   "SSH-2.0-nixfarm-worker",
