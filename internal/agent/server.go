@@ -98,8 +98,8 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, agents: map[string]*agentConn{}}
 	s.ssh = &ssh.ServerConfig{
-		ServerVersion: "SSH-2.0-nixfarm-coordinator",
-		MaxAuthTries:  3,
+		ServerVersion:    "SSH-2.0-nixfarm-coordinator",
+		MaxAuthTries:     3,
 		PasswordCallback: s.authenticate,
 	}
 	s.ssh.AddHostKey(cfg.HostKey)
