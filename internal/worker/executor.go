@@ -131,6 +131,11 @@ func (e *Executor) buildOn(ctx context.Context, c *conn, req *build.Request, sta
 	s := &session{e: e, client: c.client, start: start, handshake: handshake}
 	res, err := s.run(ctx, req)
 	stop()
+	if err != nil {
+		// The process may be in the middle of a reply nobody will read
+		// (the rest of a NAR refused early): stop it rather than wait.
+		c.kill()
+	}
 	if werr := c.close(); werr != nil && err == nil {
 		// The outputs are in the farm store already; only note it.
 		e.log.Debug("nix-store --serve ended uncleanly after the build", "drv", req.DrvPath, "err", werr)
