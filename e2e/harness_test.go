@@ -98,7 +98,6 @@ type farm struct {
 	extraArgs   []string
 	env         []string // extra environment for the farm process
 	apiURL      string   // the HTTP API
-	tokenFile   string   // the workers' join token
 	workerAddr  string   // where agents dial, if enabled
 
 	cmd    *exec.Cmd

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/nixfarm/nixfarm/internal/build"
+	"github.com/nixfarm/nixfarm/internal/credentials"
 	"github.com/nixfarm/nixfarm/internal/scheduler"
 	"github.com/nixfarm/nixfarm/internal/worker"
 )
@@ -49,7 +50,9 @@ type Agent struct {
 
 // New returns an agent.
 func New(cfg Config) (*Agent, error) {
-	if err := ValidName(cfg.Name); err != nil {
+	// The coordinator decides which names are taken or reserved, and
+	// says why it refuses one.
+	if err := credentials.ValidFormat(cfg.Name); err != nil {
 		return nil, err
 	}
 	if err := cfg.Caps.Validate(); err != nil {

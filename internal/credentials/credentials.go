@@ -40,11 +40,20 @@ var ErrNoCredential = errors.New("the worker has no credential")
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 
-// ValidName checks a worker name: 1 to 64 letters, digits, '.', '_' or
-// '-', and not a reserved name.
-func ValidName(name string) error {
+// ValidFormat checks the form of a worker name: 1 to 64 letters, digits,
+// '.', '_' or '-'.
+func ValidFormat(name string) error {
 	if !nameRE.MatchString(name) {
 		return fmt.Errorf("worker name %q: use 1 to 64 letters, digits, '.', '_' and '-'", name)
+	}
+	return nil
+}
+
+// ValidName checks that name has the form of a worker name and is not a
+// reserved one.
+func ValidName(name string) error {
+	if err := ValidFormat(name); err != nil {
+		return err
 	}
 	for _, r := range Reserved {
 		if strings.EqualFold(name, r) {
