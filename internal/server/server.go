@@ -482,8 +482,8 @@ and on the machine:
 
    nixfarm worker --coordinator %s:%s --name builder-1 --credential-file /etc/nixfarm/worker.credential --coordinator-host-key '%s'
 
-"nixfarm workers revoke builder-1" withdraws it and disconnects the machine.
-`, f.cfg.StateDir, host, port, ssh.FingerprintSHA256(f.hostKey))
+"nixfarm workers revoke builder-1 --state-dir %s" withdraws it and disconnects the machine.
+`, f.cfg.StateDir, host, port, ssh.FingerprintSHA256(f.hostKey), f.cfg.StateDir)
 	}
 }
 
