@@ -99,7 +99,6 @@ type farm struct {
 	env         []string // extra environment for the farm process
 	prefix      []string // a command that execs nixfarm (e.g. prlimit …)
 	apiURL      string   // the HTTP API
-	tokenFile   string   // the workers' join token
 	workerAddr  string   // where agents dial, if enabled
 
 	cmd    *exec.Cmd

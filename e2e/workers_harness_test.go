@@ -18,50 +18,78 @@ import (
 )
 
 // startCoordinator starts a farm without the built-in worker that
-// accepts agents with a token in its directory.
+// accepts agents.
 func startCoordinator(t *testing.T, extraArgs ...string) *farm {
 	t.Helper()
-	dir := t.TempDir()
-	token := filepath.Join(dir, "worker-token")
-	if err := os.WriteFile(token, []byte("e2e-join-token-0123456789abcdef\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	args := append([]string{"--local-worker=false", "--worker-listen", "127.0.0.1:0", "--worker-token-file", token}, extraArgs...)
+	args := append([]string{"--local-worker=false", "--worker-listen", "127.0.0.1:0"}, extraArgs...)
 	f := startFarm(t, args...)
-	f.tokenFile = token
 	if f.workerAddr == "" {
 		t.Fatalf("the coordinator did not say where workers connect:\n%s", f.logs())
 	}
 	return f
 }
 
-// agent is a running `nixfarm worker`.
-type agent struct {
-	t     *testing.T
-	f     *farm
-	name  string
-	args  []string
-	store string
-	cmd   *exec.Cmd
-	mu    sync.Mutex
-	out   bytes.Buffer
-	done  chan struct{}
+// issue issues a credential for the worker name with `nixfarm workers
+// add` beside the running farm, and returns the file holding it.
+func (f *farm) issue(name string) string {
+	f.t.Helper()
+	var stderr bytes.Buffer
+	cmd := exec.Command(nixfarmBin, "workers", "add", name, "--state-dir", f.stateDir)
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		f.t.Fatalf("nixfarm workers add %s: %v\n%s", name, err, stderr.String())
+	}
+	file := filepath.Join(f.t.TempDir(), name+".credential")
+	if err := os.WriteFile(file, out, 0o600); err != nil {
+		f.t.Fatal(err)
+	}
+	return file
 }
 
-// startAgent starts `nixfarm worker` named name with its own chroot store.
+// agent is a running `nixfarm worker`.
+type agent struct {
+	t          *testing.T
+	f          *farm
+	name       string
+	credential string // the credential file
+	args       []string
+	store      string
+	cmd        *exec.Cmd
+	mu         sync.Mutex
+	out        bytes.Buffer
+	done       chan struct{}
+}
+
+// startAgent starts `nixfarm worker` named name with its own chroot store
+// and a credential issued for it.
 func startAgent(t *testing.T, f *farm, name string, args ...string) *agent {
 	t.Helper()
-	a := &agent{t: t, f: f, name: name, args: args, store: filepath.Join(t.TempDir(), "store")}
+	return startAgentWith(t, f, name, f.issue(name), args...)
+}
+
+// startAgentWith starts `nixfarm worker` named name with the credential in
+// the file given.
+func startAgentWith(t *testing.T, f *farm, name, credential string, args ...string) *agent {
+	t.Helper()
+	a := &agent{t: t, f: f, name: name, credential: credential, args: args, store: filepath.Join(t.TempDir(), "store")}
 	a.start()
 	t.Cleanup(a.stop)
 	return a
+}
+
+// output returns what the agent has printed so far.
+func (a *agent) output() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.out.String()
 }
 
 func (a *agent) start() {
 	a.t.Helper()
 	args := append([]string{"worker",
 		"--coordinator", a.f.workerAddr,
-		"--token-file", a.f.tokenFile,
+		"--credential-file", a.credential,
 		"--name", a.name,
 		"--store", a.store,
 		"--log-level", "debug",

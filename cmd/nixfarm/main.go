@@ -26,7 +26,9 @@ const usage = `nixfarm is an open, self-hostable build farm for Nix.
 Usage:
   nixfarm serve [flags]     run the farm: SSH endpoint, farm store, scheduler, built-in worker
   nixfarm worker [flags]    run a build machine that joins a farm
-  nixfarm workers [flags]   list a farm's workers
+  nixfarm workers [flags]   list a farm's connected workers
+  nixfarm workers add|revoke|list
+                            issue, revoke and list the agents' credentials
   nixfarm bench [flags]     compare nixfarm with stock Nix remote builds on this machine
   nixfarm version           print the version
   nixfarm help [command]    show a command's flags
@@ -81,7 +83,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.NixStore, "nix-store", "nix-store", "nix-store binary the built-in worker runs")
 	fs.StringVar(&cfg.Machines, "machines", "", "Nix machines file of static workers, driven over SSH with the serve protocol (NIX_SSHOPTS applies)")
 	fs.StringVar(&cfg.WorkerListen, "worker-listen", "", "address `nixfarm worker` agents dial, e.g. :2223 (default: no agents)")
-	fs.StringVar(&cfg.WorkerTokenFile, "worker-token-file", "", "file holding the join token agents present; created if missing (default STATE-DIR/worker-token)")
+	oldToken := fs.String("worker-token-file", "", "no longer accepted: each agent has its own credential (nixfarm workers add NAME)")
 	fs.StringVar(&cfg.HTTPListen, "http-listen", "127.0.0.1:2280", "address of the HTTP API that `nixfarm workers` reads (\"\" to disable)")
 	fs.DurationVar(&cfg.Scheduler.UnbuildableGrace, "unbuildable-grace", 30*time.Second, "how long a build no worker can take waits for one to join before it fails")
 	fs.IntVar(&cfg.Scheduler.MaxAttempts, "max-attempts", 3, "workers a build is tried on when workers are lost or fail to run it")
@@ -102,6 +104,10 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	}
 	if code, ok := parseFlags(fs, args, stderr); !ok {
 		return code
+	}
+	if *oldToken != "" {
+		fmt.Fprintln(stderr, "nixfarm serve: --worker-token-file is no longer accepted: a shared join token let any holder take any worker name.\nIssue each agent its own credential with `nixfarm workers add NAME` and start it with --credential-file.")
+		return 2
 	}
 	log, ok := newLogger(*logLevel, stderr)
 	if !ok {

@@ -49,7 +49,8 @@ func workerCmd(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	hostname, _ := os.Hostname()
 	coordinator := fs.String("coordinator", "", "host:port of the coordinator's --worker-listen address (required)")
-	tokenFile := fs.String("token-file", "", "file holding the coordinator's join token (required)")
+	credFile := fs.String("credential-file", "", "file holding this worker's credential, from `nixfarm workers add NAME` on the coordinator (required)")
+	tokenFile := fs.String("token-file", "", "no longer accepted: use --credential-file")
 	hostKey := fs.String("coordinator-host-key", "", "the coordinator's SSH host key (key line, base64, or SHA256 fingerprint); unset accepts any")
 	name := fs.String("name", hostname, "this worker's name on the farm")
 	storeURI := fs.String("store", "", "Nix store URI to build in (default: this machine's store)")
@@ -63,7 +64,7 @@ func workerCmd(args []string, stdout, stderr io.Writer) int {
 	speed := fs.Float64("speed-factor", 1, "how fast this worker is relative to others")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: nixfarm worker --coordinator HOST:PORT --token-file FILE [flags]\n\nJoins a farm as a build machine. It dials out to the coordinator, so it works behind NAT.\n\nFlags:\n")
+		fmt.Fprintf(stderr, "Usage: nixfarm worker --coordinator HOST:PORT --name NAME --credential-file FILE [flags]\n\nJoins a farm as a build machine. It dials out to the coordinator, so it works behind NAT.\nThe credential is issued for NAME on the coordinator: nixfarm workers add NAME.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	if code, ok := parseFlags(fs, args, stderr); !ok {
@@ -73,13 +74,17 @@ func workerCmd(args []string, stdout, stderr io.Writer) int {
 	if !ok {
 		return 2
 	}
-	if *coordinator == "" || *tokenFile == "" {
-		fmt.Fprintln(stderr, "nixfarm worker: --coordinator and --token-file are required")
+	if *tokenFile != "" {
+		fmt.Fprintln(stderr, "nixfarm worker: --token-file is no longer accepted: each worker has its own credential.\nOn the coordinator, `nixfarm workers add NAME` issues one; pass it with --credential-file and --name NAME.")
 		return 2
 	}
-	data, err := os.ReadFile(*tokenFile)
+	if *coordinator == "" || *credFile == "" {
+		fmt.Fprintln(stderr, "nixfarm worker: --coordinator and --credential-file are required")
+		return 2
+	}
+	data, err := os.ReadFile(*credFile)
 	if err != nil {
-		fmt.Fprintf(stderr, "nixfarm worker: reading the join token: %v\n", err)
+		fmt.Fprintf(stderr, "nixfarm worker: reading the credential: %v\n", err)
 		return 1
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -122,7 +127,7 @@ func workerCmd(args []string, stdout, stderr io.Writer) int {
 		maps.Copy(settings, plan.Settings())
 	}
 	a, err := agent.New(agent.Config{
-		Coordinator: *coordinator, Token: strings.TrimSpace(string(data)), CoordinatorHostKey: *hostKey,
+		Coordinator: *coordinator, Credential: strings.TrimSpace(string(data)), CoordinatorHostKey: *hostKey,
 		Name: *name, Version: version, Caps: caps,
 		Local: &worker.Local{NixStore: *nixStore, StoreURI: *storeURI, Options: settings},
 		Log:   log,
@@ -140,12 +145,18 @@ func workerCmd(args []string, stdout, stderr io.Writer) int {
 }
 
 func workersCmd(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 {
+		switch args[0] {
+		case "add", "revoke", "list":
+			return credentialsCmd(args[0], args[1:], stdout, stderr)
+		}
+	}
 	fs := flag.NewFlagSet("nixfarm workers", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	url := fs.String("url", "http://127.0.0.1:2280", "the coordinator's HTTP API (its --http-listen)")
 	asJSON := fs.Bool("json", false, "print JSON")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: nixfarm workers [--json] [--url URL]\n\nLists the farm's workers: state, systems, features, running builds, last heartbeat.\n\nFlags:\n")
+		fmt.Fprintf(stderr, "Usage: nixfarm workers [--json] [--url URL]\n       nixfarm workers add|revoke|list ...\n\nLists the farm's connected workers: state, systems, features, running builds, last heartbeat.\nThe agents' credentials: nixfarm workers add NAME, revoke NAME, list (see their --help).\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	if code, ok := parseFlags(fs, args, stderr); !ok {

@@ -2,15 +2,17 @@
 // `nixfarm worker` agents that dial in to it, both ends.
 //
 // An agent connects out to the coordinator over SSH (so it works behind
-// NAT), authenticates with the join token as its password and its name as
-// its user, and opens a control channel on which it registers its
+// NAT), authenticates with its own credential (package credentials) as its
+// password and its name as its user, and opens a control channel on which it registers its
 // capabilities and sends heartbeats. For each build the coordinator opens
 // a channel back to the agent, on which the agent runs
 // `nix-store --serve --write` against its own Nix store; the coordinator
 // drives it with the same serve-protocol executor it uses for every other
 // worker, so inputs go over only if the worker lacks them, logs stream
 // live, and outputs come back verified. The coordinator can run nothing
-// else on the agent.
+// else on the agent. A name is held by one worker at a time: an agent
+// logging in under the name of a connected agent, the built-in worker or
+// a static machine is refused, never put in its place.
 package agent
 
 import (
@@ -18,11 +20,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
-	"regexp"
 	"strings"
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/nixfarm/nixfarm/internal/credentials"
 	"github.com/nixfarm/nixfarm/internal/scheduler"
 	"github.com/nixfarm/nixfarm/internal/worker"
 )
@@ -62,15 +64,9 @@ type buildOptions struct {
 	Cores int `json:"cores,omitempty"`
 }
 
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
-
-// ValidName checks a worker name: 1 to 64 letters, digits, '.', '_' or '-'.
-func ValidName(name string) error {
-	if !nameRE.MatchString(name) {
-		return fmt.Errorf("worker name %q: use 1 to 64 letters, digits, '.', '_' and '-'", name)
-	}
-	return nil
-}
+// ValidName checks a worker name: 1 to 64 letters, digits, '.', '_' or
+// '-', and not the built-in worker's.
+func ValidName(name string) error { return credentials.ValidName(name) }
 
 // HostKeyCallback checks the coordinator's host key against want, which
 // may be an OpenSSH public key line, its base64 (as in machines files) or

@@ -18,12 +18,11 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/nixfarm/nixfarm/internal/agent"
+	"github.com/nixfarm/nixfarm/internal/credentials"
 	"github.com/nixfarm/nixfarm/internal/scheduler"
 	"github.com/nixfarm/nixfarm/internal/testutil"
 	"github.com/nixfarm/nixfarm/internal/worker"
 )
-
-const token = "a-join-token-for-tests-0123456789"
 
 // registry records what the agent server tells the scheduler.
 type registry struct {
@@ -31,13 +30,21 @@ type registry struct {
 	added   []scheduler.Worker
 	removed []string
 	beats   int
+	held    map[string]bool // names registered, as the scheduler holds them
 	changed chan struct{}
 }
 
-func newRegistry() *registry { return &registry{changed: make(chan struct{}, 100)} }
+func newRegistry() *registry {
+	return &registry{changed: make(chan struct{}, 100), held: map[string]bool{"local": true}}
+}
 
 func (r *registry) AddWorker(w scheduler.Worker) error {
 	r.mu.Lock()
+	if r.held[w.Name] {
+		r.mu.Unlock()
+		return scheduler.ErrNameTaken
+	}
+	r.held[w.Name] = true
 	r.added = append(r.added, w)
 	r.mu.Unlock()
 	r.changed <- struct{}{}
@@ -46,9 +53,16 @@ func (r *registry) AddWorker(w scheduler.Worker) error {
 
 func (r *registry) RemoveWorker(name string, reason error) {
 	r.mu.Lock()
+	delete(r.held, name)
 	r.removed = append(r.removed, name+": "+reason.Error())
 	r.mu.Unlock()
 	r.changed <- struct{}{}
+}
+
+func (r *registry) HasWorker(name string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.held[name]
 }
 
 func (r *registry) Heartbeat(name string, load scheduler.Load) {
@@ -76,13 +90,31 @@ func (r *registry) wait(t *testing.T, cond func() bool) {
 	}
 }
 
-func startServer(t *testing.T, reg *registry, interval time.Duration) (string, ssh.PublicKey) {
+// server is a test's agent server and the credentials it accepts.
+type server struct {
+	addr    string
+	hostKey ssh.PublicKey
+	creds   *credentials.Store
+}
+
+// issue issues a credential for name.
+func (s *server) issue(t *testing.T, name string) string {
+	t.Helper()
+	secret, err := s.creds.Issue(context.Background(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return secret
+}
+
+func startServer(t *testing.T, reg *registry, interval time.Duration) *server {
 	t.Helper()
 	_, priv, _ := ed25519.GenerateKey(rand.Reader)
 	signer, _ := ssh.NewSignerFromKey(priv)
-	st, _, _ := testutil.Store(t)
-	srv, err := agent.NewServer(agent.ServerConfig{HostKey: signer, Token: token, Farm: st, Registry: reg,
-		HeartbeatInterval: interval, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	st, database, _ := testutil.Store(t)
+	creds := credentials.New(database, nil)
+	srv, err := agent.NewServer(agent.ServerConfig{HostKey: signer, Credentials: creds, Farm: st, Registry: reg,
+		HeartbeatInterval: interval, RevocationCheck: 20 * time.Millisecond, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,7 +126,7 @@ func startServer(t *testing.T, reg *registry, interval time.Duration) (string, s
 	done := make(chan struct{})
 	go func() { srv.Serve(ctx, ln); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-	return ln.Addr().String(), signer.PublicKey()
+	return &server{addr: ln.Addr().String(), hostKey: signer.PublicKey(), creds: creds}
 }
 
 var caps = worker.Capabilities{Systems: []string{"x86_64-linux"}, SupportedFeatures: []string{"kvm"}, MaxJobs: 2, SpeedFactor: 1}
@@ -103,7 +135,7 @@ func runAgent(t *testing.T, addr, name, tok string, hostKey ssh.PublicKey) (func
 	t.Helper()
 	var logs strings.Builder
 	var mu sync.Mutex
-	a, err := agent.New(agent.Config{Coordinator: addr, Token: tok, CoordinatorHostKey: string(ssh.MarshalAuthorizedKey(hostKey)),
+	a, err := agent.New(agent.Config{Coordinator: addr, Credential: tok, CoordinatorHostKey: string(ssh.MarshalAuthorizedKey(hostKey)),
 		Name: name, Caps: caps, Local: &worker.Local{NixStore: "/nonexistent/nix-store"},
 		Log: slog.New(slog.NewTextHandler(lockedWriter{&mu, &logs}, nil))})
 	if err != nil {
@@ -134,8 +166,8 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 
 func TestRegisterHeartbeatLeave(t *testing.T) {
 	reg := newRegistry()
-	addr, hostKey := startServer(t, reg, 100*time.Millisecond)
-	_, stop := runAgent(t, addr, "builder-1", token, hostKey)
+	srv := startServer(t, reg, 100*time.Millisecond)
+	_, stop := runAgent(t, srv.addr, "builder-1", srv.issue(t, "builder-1"), srv.hostKey)
 	reg.wait(t, func() bool { return len(reg.added) == 1 })
 	w := reg.added[0]
 	if w.Name != "builder-1" || w.Kind != "agent" || w.Caps.MaxJobs != 2 || w.Caps.SupportedFeatures[0] != "kvm" {
@@ -146,23 +178,41 @@ func TestRegisterHeartbeatLeave(t *testing.T) {
 	reg.wait(t, func() bool { return len(reg.removed) == 1 })
 }
 
+// waitLog waits until an agent's log contains want.
+func waitLog(t *testing.T, logs func() string, want string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(logs(), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("agent log lacks %q: %s", want, logs())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 func TestRefusals(t *testing.T) {
 	reg := newRegistry()
-	addr, hostKey := startServer(t, reg, time.Second)
+	srv := startServer(t, reg, time.Second)
+	secret := srv.issue(t, "builder")
+	otherSecret := srv.issue(t, "other")
 	dial := func(user, password string) (*ssh.Client, error, string) {
 		var banner strings.Builder
-		c, err := ssh.Dial("tcp", addr, &ssh.ClientConfig{User: user, Auth: []ssh.AuthMethod{ssh.Password(password)},
-			HostKeyCallback: ssh.FixedHostKey(hostKey), BannerCallback: func(m string) error { banner.WriteString(m); return nil }})
+		c, err := ssh.Dial("tcp", srv.addr, &ssh.ClientConfig{User: user, Auth: []ssh.AuthMethod{ssh.Password(password)},
+			HostKeyCallback: ssh.FixedHostKey(srv.hostKey), BannerCallback: func(m string) error { banner.WriteString(m); return nil }})
 		return c, err, banner.String()
 	}
-	if _, err, banner := dial("builder", "not the token"); err == nil || !strings.Contains(banner, "join token is wrong") {
-		t.Errorf("wrong token: %v, banner %q", err, banner)
-	}
-	if _, err, banner := dial("bad name!", token); err == nil || !strings.Contains(banner, "worker name") {
-		t.Errorf("bad name: %v, banner %q", err, banner)
+	for _, tc := range []struct{ user, password, want string }{
+		{"builder", "not the credential", "credential is not valid for worker builder"},
+		{"builder", otherSecret, "issued for another worker name: other, not builder"},
+		{"bad name!", secret, "worker name"},
+		{"local", secret, "reserved for the built-in worker"},
+	} {
+		if _, err, banner := dial(tc.user, tc.password); err == nil || !strings.Contains(banner, tc.want) {
+			t.Errorf("%s: %v, banner %q", tc.user, err, banner)
+		}
 	}
 	// Capabilities that make no sense are refused with a reason.
-	c, err, _ := dial("builder", token)
+	c, err, _ := dial("builder", secret)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,7 +228,7 @@ func TestRefusals(t *testing.T) {
 	}
 	c.Close()
 	// Only the control channel may be opened.
-	c, _, _ = dial("builder", token)
+	c, _, _ = dial("builder", secret)
 	if _, _, err := c.OpenChannel("session", nil); err == nil {
 		t.Error("the coordinator accepted a session channel from an agent")
 	}
@@ -187,21 +237,15 @@ func TestRefusals(t *testing.T) {
 		t.Errorf("registered %v", reg.added)
 	}
 	// The agent itself reports the refusal.
-	logs, _ := runAgent(t, addr, "builder", "wrong-token-0123456789", hostKey)
-	deadline := time.Now().Add(5 * time.Second)
-	for !strings.Contains(logs(), "join token is wrong") {
-		if time.Now().After(deadline) {
-			t.Fatalf("agent log: %s", logs())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	logs, _ := runAgent(t, srv.addr, "builder", "wrong-credential-0123456789", srv.hostKey)
+	waitLog(t, logs, "credential is not valid for worker builder")
 }
 
 // A silent agent is lost after three heartbeat intervals.
 func TestHeartbeatTimeout(t *testing.T) {
 	reg := newRegistry()
-	addr, hostKey := startServer(t, reg, 50*time.Millisecond)
-	c, err := ssh.Dial("tcp", addr, &ssh.ClientConfig{User: "quiet", Auth: []ssh.AuthMethod{ssh.Password(token)}, HostKeyCallback: ssh.FixedHostKey(hostKey)})
+	srv := startServer(t, reg, 50*time.Millisecond)
+	c, err := ssh.Dial("tcp", srv.addr, &ssh.ClientConfig{User: "quiet", Auth: []ssh.AuthMethod{ssh.Password(srv.issue(t, "quiet"))}, HostKeyCallback: ssh.FixedHostKey(srv.hostKey)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,14 +260,48 @@ func TestHeartbeatTimeout(t *testing.T) {
 	}
 }
 
-// A worker that reconnects under its name replaces its old connection.
-func TestReplaceSameName(t *testing.T) {
+// A name a connected agent holds is refused, even with its credential,
+// and the holder stays; so is a name another worker holds.
+func TestNameTaken(t *testing.T) {
 	reg := newRegistry()
-	addr, hostKey := startServer(t, reg, time.Second)
-	runAgent(t, addr, "twin", token, hostKey)
+	srv := startServer(t, reg, 50*time.Millisecond)
+	secret := srv.issue(t, "twin")
+	runAgent(t, srv.addr, "twin", secret, srv.hostKey)
 	reg.wait(t, func() bool { return len(reg.added) == 1 })
-	runAgent(t, addr, "twin", token, hostKey)
-	reg.wait(t, func() bool { return len(reg.added) >= 2 && len(reg.removed) >= 1 })
+	logs, _ := runAgent(t, srv.addr, "twin", secret, srv.hostKey)
+	waitLog(t, logs, "worker name twin is taken by a connected worker")
+	reg.mu.Lock()
+	added, removed, beats := len(reg.added), len(reg.removed), reg.beats
+	reg.mu.Unlock()
+	if added != 1 || removed != 0 {
+		t.Errorf("added %d, removed %d: the holder was replaced", added, removed)
+	}
+	reg.wait(t, func() bool { return reg.beats > beats+2 }) // the holder still beats
+
+	// A static machine's name, known to the registry only.
+	reg.mu.Lock()
+	reg.held["static-1"] = true
+	reg.mu.Unlock()
+	logs, _ = runAgent(t, srv.addr, "static-1", srv.issue(t, "static-1"), srv.hostKey)
+	waitLog(t, logs, "worker name static-1 is taken")
+}
+
+// Revoking a connected agent's credential disconnects it; its builds
+// are the registry's to requeue (RemoveWorker), and it cannot come back.
+func TestRevoke(t *testing.T) {
+	reg := newRegistry()
+	srv := startServer(t, reg, time.Second)
+	logs, _ := runAgent(t, srv.addr, "doomed", srv.issue(t, "doomed"), srv.hostKey)
+	reg.wait(t, func() bool { return len(reg.added) == 1 })
+	if err := srv.creds.Revoke(context.Background(), "doomed"); err != nil {
+		t.Fatal(err)
+	}
+	reg.wait(t, func() bool { return len(reg.removed) == 1 })
+	if !strings.Contains(reg.removed[0], "credential was revoked") {
+		t.Errorf("removed: %v", reg.removed)
+	}
+	waitLog(t, logs, "credential was revoked")
+	waitLog(t, logs, "credential is not valid for worker doomed")
 }
 
 func TestHostKeyCallback(t *testing.T) {

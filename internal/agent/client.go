@@ -18,6 +18,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/nixfarm/nixfarm/internal/build"
+	"github.com/nixfarm/nixfarm/internal/credentials"
 	"github.com/nixfarm/nixfarm/internal/scheduler"
 	"github.com/nixfarm/nixfarm/internal/worker"
 )
@@ -26,7 +27,9 @@ import (
 type Config struct {
 	// Coordinator is the host:port of the coordinator's worker listener.
 	Coordinator string
-	Token       string
+	// Credential is the secret `nixfarm workers add NAME` issued for
+	// Name.
+	Credential string
 	// CoordinatorHostKey pins the coordinator's SSH host key (see
 	// HostKeyCallback); empty accepts any, with a warning.
 	CoordinatorHostKey string
@@ -47,7 +50,9 @@ type Agent struct {
 
 // New returns an agent.
 func New(cfg Config) (*Agent, error) {
-	if err := ValidName(cfg.Name); err != nil {
+	// The coordinator decides which names are taken or reserved, and
+	// says why it refuses one.
+	if err := credentials.ValidFormat(cfg.Name); err != nil {
 		return nil, err
 	}
 	if err := cfg.Caps.Validate(); err != nil {
@@ -94,7 +99,7 @@ func (a *Agent) session(ctx context.Context, hostKey ssh.HostKeyCallback) error 
 	var banner strings.Builder
 	conn, err := ssh.Dial("tcp", a.cfg.Coordinator, &ssh.ClientConfig{
 		User:            a.cfg.Name,
-		Auth:            []ssh.AuthMethod{ssh.Password(a.cfg.Token)},
+		Auth:            []ssh.AuthMethod{ssh.Password(a.cfg.Credential)},
 		HostKeyCallback: hostKey,
 		BannerCallback:  func(msg string) error { banner.WriteString(msg); return nil },
 		ClientVersion:   "SSH-2.0-nixfarm-worker",

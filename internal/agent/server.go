@@ -3,18 +3,19 @@ package agent
 import (
 	"bufio"
 	"context"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"strconv"
 	"sync"
 	"time"
 
 	"golang.org/x/crypto/ssh"
 
 	"github.com/nixfarm/nixfarm/internal/build"
+	"github.com/nixfarm/nixfarm/internal/credentials"
 	"github.com/nixfarm/nixfarm/internal/scheduler"
 	"github.com/nixfarm/nixfarm/internal/sshd"
 	"github.com/nixfarm/nixfarm/internal/store"
@@ -23,21 +24,36 @@ import (
 
 // Registry is where agents join and leave: the scheduler.
 type Registry interface {
+	// AddWorker refuses a name a registered worker holds.
 	AddWorker(w scheduler.Worker) error
 	RemoveWorker(name string, reason error)
 	Heartbeat(name string, load scheduler.Load)
+	HasWorker(name string) bool
+}
+
+// Credentials are what the server needs from the credential store
+// (credentials.Store).
+type Credentials interface {
+	// Verify checks that secret is a live credential of name and
+	// returns its id.
+	Verify(ctx context.Context, name, secret string) (int64, error)
+	// Live reports which of ids are still live.
+	Live(ctx context.Context, ids []int64) (map[int64]bool, error)
 }
 
 // ServerConfig configures the coordinator's side.
 type ServerConfig struct {
 	HostKey ssh.Signer
-	// Token is the join token agents must present.
-	Token    string
-	Farm     store.Views
-	Registry Registry
+	// Credentials admit each agent under its own name only.
+	Credentials Credentials
+	Farm        store.Views
+	Registry    Registry
 	// HeartbeatInterval is what agents are told to use (5s); an agent
 	// silent for three intervals is lost.
 	HeartbeatInterval time.Duration
+	// RevocationCheck is how often the credentials of connected agents
+	// are checked, so a revoked one is disconnected (2s).
+	RevocationCheck time.Duration
 	// Limits bound the connections the agent listener holds; only the
 	// total, the unauthenticated ones per source and the handshake
 	// timeout apply (agents keep one connection, never idle).
@@ -56,44 +72,126 @@ type Server struct {
 }
 
 type agentConn struct {
-	conn ssh.Conn
-	done chan struct{}
+	conn   ssh.Conn
+	credID int64
+	done   chan struct{}
+	// revoked is closed when the agent's credential is withdrawn.
+	revoked     chan struct{}
+	revokedOnce sync.Once
 }
+
+// errRevoked ends the session of an agent whose credential is withdrawn.
+var errRevoked = errors.New("its credential was revoked")
+
+// credentialExt carries the id of the credential an agent logged in with
+// from the password callback to the connection.
+const credentialExt = "nixfarm-credential"
 
 // NewServer returns an agent server.
 func NewServer(cfg ServerConfig) (*Server, error) {
-	if len(cfg.Token) < 16 {
-		return nil, errors.New("the worker join token must be at least 16 characters")
+	if cfg.Credentials == nil {
+		return nil, errors.New("the agent server needs a credential store")
 	}
 	if cfg.HeartbeatInterval == 0 {
 		cfg.HeartbeatInterval = 5 * time.Second
+	}
+	if cfg.RevocationCheck == 0 {
+		cfg.RevocationCheck = 2 * time.Second
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
 	s := &Server{cfg: cfg, agents: map[string]*agentConn{}, gate: sshd.NewGate(cfg.Limits, cfg.Log)}
 	s.ssh = &ssh.ServerConfig{
-		ServerVersion: "SSH-2.0-nixfarm-coordinator",
-		MaxAuthTries:  3,
-		PasswordCallback: func(meta ssh.ConnMetadata, password []byte) (*ssh.Permissions, error) {
-			if err := ValidName(meta.User()); err != nil {
-				return nil, &ssh.BannerError{Err: err, Message: "nixfarm: " + err.Error() + "\n"}
-			}
-			if subtle.ConstantTimeCompare(password, []byte(cfg.Token)) != 1 {
-				cfg.Log.Warn("worker refused: wrong join token", "worker", meta.User(), "remote", meta.RemoteAddr())
-				return nil, &ssh.BannerError{Err: errors.New("wrong join token"),
-					Message: "nixfarm: the join token is wrong; use the coordinator's --worker-token-file\n"}
-			}
-			return nil, nil
-		},
+		ServerVersion:    "SSH-2.0-nixfarm-coordinator",
+		MaxAuthTries:     3,
+		PasswordCallback: s.authenticate,
 	}
 	s.ssh.AddHostKey(cfg.HostKey)
 	return s, nil
 }
 
+// authenticate admits an agent whose password is a live credential of
+// the name it logs in as, unless a worker holds that name already.
+func (s *Server) authenticate(meta ssh.ConnMetadata, password []byte) (*ssh.Permissions, error) {
+	name := meta.User()
+	log := s.cfg.Log.With("worker", name, "remote", meta.RemoteAddr())
+	refuse := func(err error, msg string) (*ssh.Permissions, error) {
+		log.Warn("worker refused", "reason", err)
+		return nil, &ssh.BannerError{Err: err, Message: "nixfarm: " + msg + "\n"}
+	}
+	if err := ValidName(name); err != nil {
+		return refuse(err, err.Error())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	id, err := s.cfg.Credentials.Verify(ctx, name, string(password))
+	switch {
+	case errors.Is(err, credentials.ErrUnknown):
+		return refuse(err, fmt.Sprintf("the credential is not valid for worker %s (never issued, or revoked); on the coordinator, `nixfarm workers add %s` issues one", name, name))
+	case errors.Is(err, credentials.ErrWrongName):
+		return refuse(err, err.Error())
+	case err != nil:
+		log.Error("checking a worker's credential", "err", err)
+		return nil, &ssh.BannerError{Err: err, Message: "nixfarm: the coordinator could not check the credential; try again later\n"}
+	}
+	if err := s.nameFree(name); err != nil {
+		return refuse(err, err.Error())
+	}
+	return &ssh.Permissions{Extensions: map[string]string{credentialExt: strconv.FormatInt(id, 10)}}, nil
+}
+
+// nameFree refuses a name a connected agent or another worker holds.
+func (s *Server) nameFree(name string) error {
+	s.mu.Lock()
+	_, connected := s.agents[name]
+	s.mu.Unlock()
+	if connected || s.cfg.Registry.HasWorker(name) {
+		return fmt.Errorf("worker name %s is taken by a connected worker; it is not replaced", name)
+	}
+	return nil
+}
+
 // Serve accepts agents until ctx ends, then drops them all.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	go s.watchRevocations(watchCtx)
 	return sshd.Accept(ctx, ln, s.cfg.Log, func(nc net.Conn) { s.handle(ctx, nc) })
+}
+
+// watchRevocations disconnects agents whose credential has been revoked.
+func (s *Server) watchRevocations(ctx context.Context) {
+	t := time.NewTicker(s.cfg.RevocationCheck)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.mu.Lock()
+		conns := make([]*agentConn, 0, len(s.agents))
+		ids := make([]int64, 0, len(s.agents))
+		for _, a := range s.agents {
+			conns = append(conns, a)
+			ids = append(ids, a.credID)
+		}
+		s.mu.Unlock()
+		if len(ids) == 0 {
+			continue
+		}
+		live, err := s.cfg.Credentials.Live(ctx, ids)
+		if err != nil {
+			s.cfg.Log.Error("checking connected workers' credentials", "err", err)
+			continue
+		}
+		for _, a := range conns {
+			if !live[a.credID] {
+				a.revokedOnce.Do(func() { close(a.revoked) })
+			}
+		}
+	}
 }
 
 func (s *Server) handle(ctx context.Context, nc net.Conn) {
@@ -113,6 +211,10 @@ func (s *Server) handle(ctx context.Context, nc net.Conn) {
 	nc.SetDeadline(time.Time{})
 	adm.Authenticated("")
 	name := sc.User()
+	var credID int64
+	if sc.Permissions != nil {
+		credID, _ = strconv.ParseInt(sc.Permissions.Extensions[credentialExt], 10, 64)
+	}
 	log := s.cfg.Log.With("worker", name, "remote", nc.RemoteAddr())
 	go ssh.DiscardRequests(reqs)
 	stop := context.AfterFunc(ctx, func() { sc.Close() })
@@ -141,12 +243,13 @@ func (s *Server) handle(ctx context.Context, nc net.Conn) {
 		return
 	}
 	go ssh.DiscardRequests(chReqs)
-	err = s.session(ctx, sc, ch, name, log)
+	err = s.session(ctx, sc, ch, name, credID, log)
 	log.Info("worker disconnected", "reason", err)
 }
 
 // session registers the agent, then follows its heartbeats until it goes.
-func (s *Server) session(ctx context.Context, sc *ssh.ServerConn, ch ssh.Channel, name string, log *slog.Logger) error {
+func (s *Server) session(ctx context.Context, sc *ssh.ServerConn, ch ssh.Channel, name string, credID int64, log *slog.Logger) error {
+	me := &agentConn{conn: sc, credID: credID, done: make(chan struct{}), revoked: make(chan struct{})}
 	msgs := make(chan message)
 	readErr := make(chan error, 1)
 	quit := make(chan struct{})
@@ -178,6 +281,8 @@ func (s *Server) session(ctx context.Context, sc *ssh.ServerConn, ch ssh.Channel
 		case <-t.C:
 			sc.Close()
 			return message{}, fmt.Errorf("nothing heard from the agent for %s", timeout)
+		case <-me.revoked:
+			return message{}, errRevoked
 		case <-ctx.Done():
 			return message{}, ctx.Err()
 		}
@@ -202,17 +307,19 @@ func (s *Server) session(ctx context.Context, sc *ssh.ServerConn, ch ssh.Channel
 		return fail(err)
 	}
 
-	// A worker that comes back under the same name replaces its old
-	// connection, whose builds go elsewhere.
-	me := &agentConn{conn: sc, done: make(chan struct{})}
+	// A name is held by one connection at a time: one that comes while
+	// it is held is refused, never put in its place.
 	defer close(me.done)
 	s.mu.Lock()
-	old := s.agents[name]
-	s.agents[name] = me
+	_, taken := s.agents[name]
+	if !taken {
+		s.agents[name] = me
+	}
 	s.mu.Unlock()
-	if old != nil {
-		old.conn.Close()
-		<-old.done
+	if taken {
+		err := fmt.Errorf("worker name %s is taken by a connected worker; it is not replaced", name)
+		log.Warn("worker refused", "reason", err)
+		return fail(err)
 	}
 	defer func() {
 		s.mu.Lock()
@@ -223,11 +330,21 @@ func (s *Server) session(ctx context.Context, sc *ssh.ServerConn, ch ssh.Channel
 	}()
 
 	executor := worker.NewExecutor(name, s.cfg.Farm, &channelTransport{conn: sc}, s.cfg.Log)
+	// An agent is anyone holding a credential: its outputs are announced
+	// to clients only once verified, so a wrong one is retried elsewhere
+	// without a client having been answered from it.
+	executor.AnnounceAfterVerify = true
 	if err := s.cfg.Registry.AddWorker(scheduler.Worker{Name: name, Kind: "agent", Caps: caps, Builder: executor}); err != nil {
+		log.Warn("worker refused", "reason", err)
 		return fail(err)
 	}
 	var lost error
 	defer func() { s.cfg.Registry.RemoveWorker(name, lost) }()
+	defer func() {
+		if errors.Is(lost, errRevoked) {
+			fail(fmt.Errorf("worker %s: %w; the coordinator disconnected it", name, errRevoked))
+		}
+	}()
 	log.Info("worker registered", "version", reg.Version, "capabilities", caps.String(), "max_jobs", caps.MaxJobs)
 	if _, err := ch.Write(encode(message{Type: "welcome", HeartbeatMillis: s.cfg.HeartbeatInterval.Milliseconds()})); err != nil {
 		lost = err

@@ -121,6 +121,17 @@ var migrations = []string{
 	DROP TABLE unsynced;
 	DROP TABLE refs;
 	DROP TABLE paths;`,
+	// Worker credentials: one secret per agent name, stored as its
+	// SHA-256; revoked ones are kept (revoked_at set) for the listing.
+	`CREATE TABLE worker_credentials (
+		id INTEGER PRIMARY KEY,
+		name TEXT NOT NULL,
+		secret_hash TEXT NOT NULL UNIQUE,
+		created_at INTEGER NOT NULL,
+		revoked_at INTEGER NOT NULL DEFAULT 0,
+		last_seen_at INTEGER NOT NULL DEFAULT 0
+	);
+	CREATE UNIQUE INDEX worker_credentials_active ON worker_credentials(name) WHERE revoked_at = 0;`,
 }
 
 const maxConns = 8

@@ -177,8 +177,12 @@ func (s *Scheduler) tick() {
 	}
 }
 
-// AddWorker makes a worker available. A worker of the same name that is
-// still registered is removed first, and its builds go elsewhere.
+// ErrNameTaken is wrapped when a worker joins under a name that a
+// registered worker holds.
+var ErrNameTaken = errors.New("a registered worker has that name")
+
+// AddWorker makes a worker available. A name that a registered worker
+// holds is refused: a worker is never replaced by another of its name.
 func (s *Scheduler) AddWorker(w Worker) error {
 	if err := w.Caps.Validate(); err != nil {
 		return fmt.Errorf("worker %s: %w", w.Name, err)
@@ -189,7 +193,7 @@ func (s *Scheduler) AddWorker(w Worker) error {
 		return errors.New("the scheduler is closed")
 	}
 	if old, ok := s.workers[w.Name]; ok {
-		s.removeLocked(old, fmt.Errorf("worker %s registered again", w.Name))
+		return fmt.Errorf("worker %s: %w (a %s worker)", w.Name, ErrNameTaken, old.Kind)
 	}
 	now := time.Now()
 	s.workers[w.Name] = &workerState{Worker: w, running: map[*job]context.CancelCauseFunc{}, lastHeartbeat: now, joined: now}
@@ -224,6 +228,14 @@ func (s *Scheduler) resortLocked() {
 		s.sorted = append(s.sorted, w)
 	}
 	sort.Slice(s.sorted, func(a, b int) bool { return s.sorted[a].Name < s.sorted[b].Name })
+}
+
+// HasWorker reports whether a worker named name is registered.
+func (s *Scheduler) HasWorker(name string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.workers[name]
+	return ok
 }
 
 // Heartbeat records a worker's report of its load.

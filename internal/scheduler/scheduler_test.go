@@ -510,3 +510,24 @@ func TestStalledLogDoesNotStallDispatch(t *testing.T) {
 		t.Fatal("alice's build did not end once its log was read")
 	}
 }
+
+// A name a registered worker holds is refused, and the holder keeps
+// serving.
+func TestNameTaken(t *testing.T) {
+	s := newScheduler(t, scheduler.Config{})
+	first := &fake{name: "first"}
+	if err := s.AddWorker(scheduler.Worker{Name: "local", Kind: "local", Caps: caps("x86_64-linux", "", "", 1, 1), Builder: first}); err != nil {
+		t.Fatal(err)
+	}
+	err := s.AddWorker(scheduler.Worker{Name: "local", Kind: "agent", Caps: caps("x86_64-linux", "", "", 1, 1), Builder: &fake{name: "impostor"}})
+	if !errors.Is(err, scheduler.ErrNameTaken) {
+		t.Fatalf("a second worker named local: %v", err)
+	}
+	if !s.HasWorker("local") || s.HasWorker("other") {
+		t.Error("HasWorker")
+	}
+	res, err := schedule(s, context.Background(), request("x", "x86_64-linux", "", "alice"))
+	if err != nil || res.Worker != "first" {
+		t.Errorf("built by %+v, %v", res, err)
+	}
+}

@@ -6,10 +6,8 @@ package server
 
 import (
 	"context"
-	"crypto/rand"
 	"database/sql"
 	"encoding/base64"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -30,6 +28,7 @@ import (
 	"github.com/nixfarm/nixfarm/internal/blob"
 	"github.com/nixfarm/nixfarm/internal/buildusers"
 	"github.com/nixfarm/nixfarm/internal/coordinator"
+	"github.com/nixfarm/nixfarm/internal/credentials"
 	"github.com/nixfarm/nixfarm/internal/daemonproto"
 	"github.com/nixfarm/nixfarm/internal/db"
 	"github.com/nixfarm/nixfarm/internal/scheduler"
@@ -81,10 +80,8 @@ type Config struct {
 	// Machines is a Nix machines file of static workers, driven over SSH.
 	Machines string
 	// WorkerListen is the address `nixfarm worker` agents dial ("" = no
-	// agents), and WorkerTokenFile the join token they must present
-	// (created if missing).
-	WorkerListen    string
-	WorkerTokenFile string
+	// agents); each presents its own credential (`nixfarm workers add`).
+	WorkerListen string
 	// HTTPListen serves the API (`nixfarm workers` reads it); "" = none.
 	HTTPListen string
 	// Scheduler tunes placement, retries and grace periods.
@@ -346,19 +343,13 @@ func (f *Farm) addStaticWorkers(tmp string) error {
 
 // initAgents starts listening for `nixfarm worker` agents.
 func (f *Farm) initAgents(hostKey ssh.Signer) error {
-	path := f.cfg.WorkerTokenFile
-	if path == "" {
-		path = filepath.Join(f.cfg.StateDir, "worker-token")
+	old := filepath.Join(f.cfg.StateDir, "worker-token")
+	if _, err := os.Stat(old); err == nil {
+		f.log.Warn("the shared join token is no longer accepted: each worker needs its own credential (nixfarm workers add NAME); the file can be deleted", "path", old)
 	}
-	token, created, err := loadOrCreateToken(path)
-	if err != nil {
-		return err
-	}
-	if created {
-		f.log.Info("created a worker join token", "path", path)
-	}
-	f.cfg.WorkerTokenFile = path
-	f.agents, err = agent.NewServer(agent.ServerConfig{HostKey: hostKey, Token: token, Farm: f.store, Registry: f.sched, Limits: f.cfg.SSHLimits, Log: f.log})
+	var err error
+	f.agents, err = agent.NewServer(agent.ServerConfig{HostKey: hostKey, Credentials: credentials.New(f.db, nil),
+		Farm: f.store, Registry: f.sched, Limits: f.cfg.SSHLimits, Log: f.log})
 	if err != nil {
 		return err
 	}
@@ -367,31 +358,6 @@ func (f *Farm) initAgents(hostKey ssh.Signer) error {
 		return fmt.Errorf("listening for workers: %w", err)
 	}
 	return nil
-}
-
-// loadOrCreateToken reads a join token, creating a random one if the file
-// does not exist.
-func loadOrCreateToken(path string) (string, bool, error) {
-	data, err := os.ReadFile(path)
-	if err == nil {
-		token := strings.TrimSpace(string(data))
-		if len(token) < 16 {
-			return "", false, fmt.Errorf("worker token file %s holds %d characters; a join token needs at least 16", path, len(token))
-		}
-		return token, false, nil
-	}
-	if !errors.Is(err, os.ErrNotExist) {
-		return "", false, fmt.Errorf("worker token: %w", err)
-	}
-	var b [24]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return "", false, err
-	}
-	token := hex.EncodeToString(b[:])
-	if err := os.WriteFile(path, []byte(token+"\n"), 0o600); err != nil {
-		return "", false, fmt.Errorf("writing worker token: %w", err)
-	}
-	return token, true, nil
 }
 
 const authorizedKeysHeader = `# nixfarm authorized keys: one OpenSSH public key per line.
@@ -451,7 +417,7 @@ func (f *Farm) Serve(ctx context.Context) error {
 				f.log.Error("worker listener failed", "err", err)
 			}
 		}()
-		f.log.Info("listening for workers", "addr", f.agentLn.Addr().String(), "token_file", f.cfg.WorkerTokenFile)
+		f.log.Info("listening for workers", "addr", f.agentLn.Addr().String())
 	}
 	if f.httpSrv != nil {
 		wg.Add(1)
@@ -538,10 +504,17 @@ to the client's nix.conf:
 	if f.agentLn != nil {
 		_, port, _ := net.SplitHostPort(f.agentLn.Addr().String())
 		fmt.Fprintf(w, `
-Build machines join the farm with (copy the token file to them):
+Build machines join the farm each with a credential of its own. Here, issue
+one per machine (it is printed once; copy it to the machine, mode 0600):
 
-   nixfarm worker --coordinator %s:%s --token-file %s --coordinator-host-key '%s'
-`, host, port, f.cfg.WorkerTokenFile, ssh.FingerprintSHA256(f.hostKey))
+   nixfarm workers add builder-1 --state-dir %s > builder-1.credential
+
+and on the machine:
+
+   nixfarm worker --coordinator %s:%s --name builder-1 --credential-file /etc/nixfarm/worker.credential --coordinator-host-key '%s'
+
+"nixfarm workers revoke builder-1 --state-dir %s" withdraws it and disconnects the machine.
+`, f.cfg.StateDir, host, port, ssh.FingerprintSHA256(f.hostKey), f.cfg.StateDir)
 	}
 }
 

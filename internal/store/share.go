@@ -106,7 +106,13 @@ func (v *View) AdoptBuild(ctx context.Context, key string, outputs map[string]st
 // longer offered to other accounts. The accounts they were built for keep
 // their outputs. It returns how many outputs were withdrawn.
 func (s *Local) ForgetWorker(ctx context.Context, worker string) (int64, error) {
-	res, err := s.db.ExecContext(ctx, `DELETE FROM shares WHERE worker = ?`, worker)
+	return ForgetWorker(ctx, s.db, worker)
+}
+
+// ForgetWorker is Local.ForgetWorker on the farm's database, for tools
+// that open it beside a running farm (nixfarm workers revoke).
+func ForgetWorker(ctx context.Context, db *sql.DB, worker string) (int64, error) {
+	res, err := db.ExecContext(ctx, `DELETE FROM shares WHERE worker = ?`, worker)
 	if err != nil {
 		return 0, fmt.Errorf("withdrawing the builds of worker %s: %w", worker, err)
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/nixfarm/nixfarm/internal/build"
+	"github.com/nixfarm/nixfarm/internal/nixhash"
 	"github.com/nixfarm/nixfarm/internal/refscan"
 	"github.com/nixfarm/nixfarm/internal/serveproto"
 	"github.com/nixfarm/nixfarm/internal/store"
@@ -41,10 +42,22 @@ type Stream struct {
 // machine's Nix, and copies the outputs back with their exact narHash,
 // narSize and references. It implements build.Builder; how many builds
 // run at once is the scheduler's business.
+//
+// What the machine says about an output is a claim, checked before the
+// output is registered: the NAR's hash and size are recomputed by the
+// farm store, and its references are found by scanning the NAR for the
+// build's candidates (the input closure and the outputs, as Nix does).
+// Any difference fails the attempt (ErrWrongOutput), which the scheduler
+// counts against the worker and retries elsewhere.
 type Executor struct {
 	// Warm is how many sessions to keep started ahead of need (see
 	// conn.go); set it before use.
 	Warm int
+	// AnnounceAfterVerify withholds req.OnOutputs until the outputs are
+	// verified and registered, for workers anyone with a credential can
+	// run: a wrong output then fails only the attempt, not the clients
+	// that would have been answered from it. Set it before use.
+	AnnounceAfterVerify bool
 
 	name      string
 	farm      store.Views
@@ -128,6 +141,11 @@ func (e *Executor) buildOn(ctx context.Context, c *conn, req *build.Request, sta
 	s := &session{e: e, farm: e.farm.For(req.Account), client: c.client, start: start, handshake: handshake}
 	res, err := s.run(ctx, req)
 	stop()
+	if err != nil {
+		// The process may be in the middle of a reply nobody will read
+		// (the rest of a NAR refused early): stop it rather than wait.
+		c.kill()
+	}
 	if werr := c.close(); werr != nil && err == nil {
 		// The outputs are in the farm store already; only note it.
 		e.log.Debug("nix-store --serve ended uncleanly after the build", "drv", req.DrvPath, "err", werr)
@@ -235,10 +253,15 @@ func (s *session) sendOne(ctx context.Context, info *store.PathInfo) error {
 	return s.client.AddToStoreNar(info, rc)
 }
 
+// ErrWrongOutput is wrapped when what a worker says of an output does not
+// match the output: the attempt fails and the worker is to blame.
+var ErrWrongOutput = errors.New("the worker returned a wrong output")
+
 // fetchOutputs copies the outputs the farm store lacks from the machine,
-// checking the references Nix reports against the farm's own scan. If the
-// farm store can serve outputs while they are copied in, req.OnOutputs
-// hears of the build's success before the copy starts.
+// checking what the machine declares of each against its NAR. If the
+// farm store can serve outputs while they are copied in, and the worker
+// is not AnnounceAfterVerify, req.OnOutputs hears of the build's success
+// before the copy starts.
 func (s *session) fetchOutputs(ctx context.Context, req *build.Request, res *build.Result, outputs map[string]storepath.Path) error {
 	farm := s.farm
 	var want []storepath.Path
@@ -260,6 +283,9 @@ func (s *session) fetchOutputs(ctx context.Context, req *build.Request, res *bui
 	if len(infos) != len(missing) {
 		return fmt.Errorf("the build reported success but %d of its %d outputs are missing on the worker", len(missing)-len(infos), len(missing))
 	}
+	if err := checkClaims(infos, missing); err != nil {
+		return err
+	}
 	sorted, err := store.TopoSort(infos)
 	if err != nil {
 		return err
@@ -274,8 +300,10 @@ func (s *session) fetchOutputs(ctx context.Context, req *build.Request, res *bui
 		info.Ultimate = true
 		info.Account = req.Account
 		info.RegistrationTime = now
+		info.Deriver = req.DrvPath
+		info.Sigs = nil // the worker's signatures are its own claims
 	}
-	if ex, ok := farm.(store.Expecter); ok && req.OnOutputs != nil {
+	if ex, ok := farm.(store.Expecter); ok && req.OnOutputs != nil && !s.e.AnnounceAfterVerify {
 		done := ex.Expect(sorted)
 		defer done()
 		early := *res
@@ -285,9 +313,30 @@ func (s *session) fetchOutputs(ctx context.Context, req *build.Request, res *bui
 		req.OnOutputs(&early)
 	}
 	for _, info := range sorted {
-		if err := s.fetchOne(ctx, req, info, hashes); err != nil {
+		if err := s.fetchOne(ctx, info, hashes); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// checkClaims checks that a worker described exactly the outputs asked
+// for, each once, with a SHA-256 NAR hash and a size the farm store will
+// hold the NAR to.
+func checkClaims(infos []*store.PathInfo, asked []storepath.Path) error {
+	seen := map[storepath.Path]bool{}
+	for _, info := range infos {
+		switch {
+		case !slices.Contains(asked, info.Path):
+			return fmt.Errorf("%w: it described %s, which is not an output asked for", ErrWrongOutput, info.Path)
+		case seen[info.Path]:
+			return fmt.Errorf("%w: it described %s twice", ErrWrongOutput, info.Path)
+		case info.NarHash.IsZero() || info.NarHash.Algo != nixhash.SHA256:
+			return fmt.Errorf("%w: %s has no SHA-256 NAR hash (%q)", ErrWrongOutput, info.Path, info.NarHash)
+		case info.NarSize == 0:
+			return fmt.Errorf("%w: %s has a NAR size of 0", ErrWrongOutput, info.Path)
+		}
+		seen[info.Path] = true
 	}
 	return nil
 }
@@ -317,24 +366,70 @@ func (s *session) candidates(ctx context.Context, req *build.Request, outputs ma
 	return hashes, nil
 }
 
-func (s *session) fetchOne(ctx context.Context, req *build.Request, info *store.PathInfo, hashes []string) error {
+// fetchOne copies one output into the farm store, which checks its NAR
+// hash and size against the declared ones; the references found in the
+// NAR are checked against the declared ones before its last byte reaches
+// the store, so a mismatch leaves nothing registered.
+func (s *session) fetchOne(ctx context.Context, info *store.PathInfo, hashes []string) error {
 	narSrc, err := s.client.NarFromPath(info.Path)
 	if err != nil {
 		return err
 	}
-	scan := refscan.New(hashes)
-	if err := s.farm.AddToStore(ctx, info, io.TeeReader(narSrc, scan)); err != nil {
+	var declared []string
+	for _, r := range info.References {
+		declared = append(declared, r.HashPart())
+	}
+	slices.Sort(declared)
+	declared = slices.Compact(declared)
+	v := &verifiedNar{r: narSrc, left: int64(info.NarSize), scan: refscan.New(hashes)}
+	v.check = func() error {
+		if found := v.scan.Found(); !slices.Equal(found, declared) {
+			s.e.log.Warn("the worker declared references its output does not have", "path", info.Path,
+				"declared", declared, "found", found)
+			return fmt.Errorf("%w: %s declares references to %v, but its NAR refers to %v", ErrWrongOutput, info.Path, declared, found)
+		}
+		return nil
+	}
+	if err := s.farm.AddToStore(ctx, info, v); err != nil {
+		if errors.Is(err, store.ErrHashMismatch) || errors.Is(err, store.ErrSizeMismatch) {
+			err = fmt.Errorf("%w: %w", ErrWrongOutput, err)
+		}
 		return fmt.Errorf("importing output %s: %w", info.Path, err)
 	}
-	var reported []string
-	for _, r := range info.References {
-		reported = append(reported, r.HashPart())
-	}
-	slices.Sort(reported)
-	if found := scan.Found(); !slices.Equal(found, reported) {
-		s.e.log.Warn("reference scan disagrees with Nix", "path", info.Path, "nix", reported, "nixfarm", found)
-	}
 	return nil
+}
+
+// verifiedNar passes on exactly a NAR's declared size and holds back the
+// last read until check accepts what the scan found: the farm store
+// cannot finish the NAR, let alone register it, before then.
+type verifiedNar struct {
+	r     io.Reader
+	left  int64
+	scan  *refscan.Scanner
+	check func() error
+	err   error
+}
+
+func (v *verifiedNar) Read(p []byte) (int, error) {
+	if v.err != nil {
+		return 0, v.err
+	}
+	if v.left == 0 {
+		return 0, io.EOF // longer than declared: the store says so
+	}
+	if int64(len(p)) > v.left {
+		p = p[:v.left]
+	}
+	n, err := v.r.Read(p)
+	v.scan.Write(p[:n])
+	v.left -= int64(n)
+	if v.left == 0 {
+		if cerr := v.check(); cerr != nil {
+			v.err = cerr
+			return 0, cerr
+		}
+	}
+	return n, err
 }
 
 // lineForwarder copies a process's stderr to a log writer line by line and
