@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nixfarm/nixfarm/internal/nixhash"
+	"github.com/nixfarm/nixfarm/internal/signature"
 	"github.com/nixfarm/nixfarm/internal/storepath"
 )
 
@@ -29,6 +30,9 @@ type View struct {
 	s       *Local
 	account string
 	limit   int64 // largest NAR the account may add; 0: no limit
+	// trusted are the keys whose signatures make a path visible
+	// (signed.go).
+	trusted []signature.PublicKey
 }
 
 var (
@@ -97,6 +101,9 @@ func (v *View) QueryPathInfo(ctx context.Context, p storepath.Path) (*PathInfo, 
 
 // registeredInfo returns the info of a registered path, or ErrNotFound.
 func (v *View) registeredInfo(ctx context.Context, p storepath.Path) (*PathInfo, error) {
+	if err := v.adoptSigned(ctx, []storepath.Path{p}); err != nil {
+		return nil, err
+	}
 	_, info, err := scanInfo(v.s.db.QueryRowContext(ctx, `SELECT `+infoColumns+`
 		FROM views v JOIN objects o ON o.id = v.object WHERE v.account = ? AND v.path = ?`, v.account, string(p)))
 	if errors.Is(err, sql.ErrNoRows) {
@@ -130,6 +137,14 @@ func (v *View) QueryPathFromHashPart(ctx context.Context, hashPart string) (stor
 
 // ValidPaths implements Store.
 func (v *View) ValidPaths(ctx context.Context, ps []storepath.Path) ([]storepath.Path, error) {
+	if err := v.adoptSigned(ctx, ps); err != nil {
+		return nil, err
+	}
+	return v.validPaths(ctx, ps)
+}
+
+// validPaths is ValidPaths without adopting signed paths.
+func (v *View) validPaths(ctx context.Context, ps []storepath.Path) ([]storepath.Path, error) {
 	if len(ps) == 0 {
 		return nil, nil
 	}

@@ -263,3 +263,48 @@ func TestBuiltPathsAreSigned(t *testing.T) {
 		t.Errorf("an upload carries %v", got.Sigs)
 	}
 }
+
+// An account that trusts a key sees what the farm holds signed by it,
+// whoever uploaded it, with its references; nothing else.
+func TestSignedPathsAreVisibleToWhoTrustsTheKey(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	sk, pk, _ := signature.Generate("cache-1")
+	other, _, _ := signature.Generate("other-1")
+	bob := s.For("bob")
+	dep := path("dep", 'd')
+	top := path("top", 't')
+	unsigned := path("unsigned", 'u')
+	sign := func(k signature.SecretKey, info *store.PathInfo) {
+		if err := bob.AddSignatures(ctx, info.Path, []string{k.Sign(signature.Fingerprint(info.Path, info.NarHash, info.NarSize, info.References))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sign(sk, add(t, bob, dep, "dep"))
+	sign(sk, add(t, bob, top, "top refers to "+string(dep), dep))
+	sign(other, add(t, bob, unsigned, "signed by a key alice does not trust"))
+	bob.AddSignatures(ctx, dep, []string{"cache-1:" + strings.Repeat("A", 88)}) // a forgery beside it changes nothing
+
+	alice := s.Local.For("alice").(*store.View).WithTrustedKeys([]signature.PublicKey{pk})
+	if _, err := s.Local.For("carol").QueryPathInfo(ctx, top); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("carol, who trusts nobody, sees bob's signed path: %v", err)
+	}
+	info, err := alice.QueryPathInfo(ctx, top)
+	if err != nil || len(info.References) != 1 {
+		t.Fatalf("alice does not see the signed path: %v", err)
+	}
+	if closure, err := alice.Closure(ctx, []storepath.Path{top}); err != nil || len(closure) != 2 {
+		t.Errorf("its closure: %v %v", closure, err)
+	}
+	if valid, _ := alice.ValidPaths(ctx, []storepath.Path{unsigned}); len(valid) != 0 {
+		t.Errorf("alice sees a path signed by a key she does not trust")
+	}
+	// A signature that does not verify makes nothing visible: a forged
+	// one under the trusted key's name.
+	forged := path("forged", 'f')
+	fi := add(t, bob, forged, "forged")
+	bob.AddSignatures(ctx, fi.Path, []string{"cache-1:" + strings.Repeat("B", 88)})
+	if valid, _ := alice.ValidPaths(ctx, []storepath.Path{forged}); len(valid) != 0 {
+		t.Errorf("a forged signature made a path visible")
+	}
+}
