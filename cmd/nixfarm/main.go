@@ -27,6 +27,8 @@ Usage:
   nixfarm serve [flags]     run the farm: SSH endpoint, farm store, scheduler, built-in worker
   nixfarm worker [flags]    run a build machine that joins a farm
   nixfarm workers [flags]   list a farm's workers
+  nixfarm accounts ...      add, list, show, remove accounts; set their limits
+  nixfarm keys ...          add, list, remove the SSH keys of accounts
   nixfarm bench [flags]     compare nixfarm with stock Nix remote builds on this machine
   nixfarm version           print the version
   nixfarm help [command]    show a command's flags
@@ -52,6 +54,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return workersCmd(args[1:], stdout, stderr)
 	case "bench":
 		return benchCmd(args[1:], stdout, stderr)
+	case "accounts":
+		return accountsCmd(args[1:], stdout, stderr)
+	case "keys":
+		return keysCmd(args[1:], os.Stdin, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "nixfarm", version)
 		return 0
@@ -72,7 +78,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	var cfg server.Config
 	fs.StringVar(&cfg.StateDir, "state-dir", defaultStateDir(), "directory for the database, NARs, logs and host key")
 	fs.StringVar(&cfg.SSHListen, "ssh-listen", ":2222", "address the SSH endpoint listens on")
-	fs.StringVar(&cfg.AuthorizedKeys, "authorized-keys", "", "OpenSSH authorized_keys file; each key's comment names its account (default STATE-DIR/authorized_keys)")
+	fs.StringVar(&cfg.AuthorizedKeys, "authorized-keys", "", "OpenSSH authorized_keys file; each key's comment names its account; keys added with `nixfarm keys add` work too (default STATE-DIR/authorized_keys)")
 	fs.BoolVar(&cfg.LocalWorker, "local-worker", true, "run the built-in worker, which builds with this machine's Nix")
 	fs.StringVar(&cfg.LocalStore, "local-store", "", "Nix store URI the built-in worker builds in (default STATE-DIR/worker-store, a chroot store; \"daemon\" or \"auto\" for the machine's store)")
 	fs.IntVar(&cfg.LocalJobs, "local-jobs", 4, "builds the built-in worker runs at once; more wait their turn")
@@ -88,6 +94,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&cfg.Scheduler.QuarantineFor, "quarantine", time.Minute, "how long a worker that failed 3 builds in a row gets no builds")
 	fs.BoolVar(&cfg.CancelOnDisconnect, "cancel-on-disconnect", false, "stop a build when every client waiting for it has gone (default: finish it and keep the result)")
 	fs.DurationVar(&cfg.SyncDelay, "sync-delay", store.DefaultSyncDelay, "how long after upload a NAR is synced to disk (0: at once); NARs not synced yet are checked against their hashes after a crash")
+	cfg.Limits = serveLimitFlags(fs)
 	ciphers := fs.String("ssh-ciphers", strings.Join(sshd.DefaultCiphers, ","), "SSH ciphers offered to clients, comma-separated; clients pick the first of their own list that is offered (add chacha20-poly1305@openssh.com for clients without AES-GCM, at a CPU cost)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	cpuProfile := fs.String("cpu-profile", "", "write a CPU profile (go tool pprof) to this file until nixfarm stops")

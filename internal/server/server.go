@@ -26,6 +26,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/nixfarm/nixfarm/internal/account"
 	"github.com/nixfarm/nixfarm/internal/agent"
 	"github.com/nixfarm/nixfarm/internal/blob"
 	"github.com/nixfarm/nixfarm/internal/buildusers"
@@ -82,6 +83,10 @@ type Config struct {
 	HTTPListen string
 	// Scheduler tunes placement, retries and grace periods.
 	Scheduler scheduler.Config
+	// Limits are the default limits of accounts (nil:
+	// account.DefaultValues); `nixfarm accounts set-limits` sets an
+	// account's own.
+	Limits *account.Values
 	// CancelOnDisconnect stops a build when its last client goes away.
 	CancelOnDisconnect bool
 	// Version is nixfarm's version, shown to ssh-ng:// clients.
@@ -93,19 +98,24 @@ type Config struct {
 
 // Farm is a started farm.
 type Farm struct {
-	cfg     Config
-	db      *sql.DB
-	store   *store.Local
-	sched   *scheduler.Scheduler
-	coord   *coordinator.Coordinator
-	ssh     *sshd.Server
-	ln      net.Listener
-	agents  *agent.Server
-	agentLn net.Listener
-	httpSrv *http.Server
-	httpLn  net.Listener
-	log     *slog.Logger
-	hostKey ssh.PublicKey
+	cfg   Config
+	db    *sql.DB
+	store *store.Local
+	// accounts holds accounts, keys and limits; uploads and outputs are
+	// the store's views with the limits on uploads and on build outputs.
+	accounts *account.Service
+	uploads  *account.Views
+	outputs  *account.Views
+	sched    *scheduler.Scheduler
+	coord    *coordinator.Coordinator
+	ssh      *sshd.Server
+	ln       net.Listener
+	agents   *agent.Server
+	agentLn  net.Listener
+	httpSrv  *http.Server
+	httpLn   net.Listener
+	log      *slog.Logger
+	hostKey  ssh.PublicKey
 	// executors are the built-in and static workers' executors, whose
 	// warm sessions end with the farm.
 	executors []*worker.Executor
@@ -180,8 +190,19 @@ func (f *Farm) init(ctx context.Context) error {
 	} else if rec.Checked > 0 {
 		f.log.Info("NARs written just before the last stop are intact", "checked", rec.Checked)
 	}
+	limits := account.DefaultValues()
+	if cfg.Limits != nil {
+		limits = *cfg.Limits
+	}
+	f.accounts = account.New(f.db, limits, f.log)
+	f.uploads = &account.Views{Store: f.store, Accounts: f.accounts, Size: account.UploadSize}
+	f.outputs = &account.Views{Store: f.store, Accounts: f.accounts, Size: account.OutputSize}
 	schedCfg := cfg.Scheduler
 	schedCfg.Log = f.log
+	schedCfg.Limits = func(acct string) scheduler.AccountLimits {
+		l := f.accounts.Limits(context.Background(), acct)
+		return scheduler.AccountLimits{MaxRunning: int(l.Get(account.ConcurrentBuilds)), MaxQueued: int(l.Get(account.QueuedBuilds))}
+	}
 	f.sched = scheduler.New(schedCfg)
 	if err := f.addLocalWorker(ctx); err != nil {
 		return err
@@ -190,13 +211,13 @@ func (f *Farm) init(ctx context.Context) error {
 		return err
 	}
 	coord, err := coordinator.New(f.store, f.sched, f.db, filepath.Join(cfg.StateDir, "logs"),
-		coordinator.Options{CancelOnDisconnect: cfg.CancelOnDisconnect, Log: f.log})
+		coordinator.Options{CancelOnDisconnect: cfg.CancelOnDisconnect, LimitLog: f.accounts.LimitLog, Log: f.log})
 	if err != nil {
 		return err
 	}
 	f.coord = coord
-	serve := &serveproto.Server{Store: f.store, Builds: coord, Log: f.log, TempDir: tmp}
-	daemon := &daemonproto.Server{Store: f.store, Builds: coord, Log: f.log, TempDir: tmp, NixVersion: "nixfarm-" + cfg.Version}
+	serve := &serveproto.Server{Store: f.uploads, Builds: coord, Log: f.log, TempDir: tmp}
+	daemon := &daemonproto.Server{Store: f.uploads, Builds: coord, Log: f.log, TempDir: tmp, NixVersion: "nixfarm-" + cfg.Version}
 
 	hostKey, created, err := sshd.LoadOrCreateHostKey(filepath.Join(cfg.StateDir, "ssh_host_ed25519_key"))
 	if err != nil {
@@ -209,8 +230,9 @@ func (f *Farm) init(ctx context.Context) error {
 	f.ssh, err = sshd.New(sshd.Config{
 		HostKey:            hostKey,
 		AuthorizedKeysFile: cfg.AuthorizedKeys,
+		Keys:               f.accounts,
 		Ciphers:            cfg.SSHCiphers,
-		Handler:            &execHandler{serve: serve, daemon: daemon, log: f.log},
+		Handler:            &execHandler{serve: serve, daemon: daemon, accounts: f.accounts, sched: f.sched, log: f.log},
 		Log:                f.log,
 	})
 	if err != nil {
@@ -284,7 +306,7 @@ func (f *Farm) planBuildUsers(ctx context.Context, nc worker.NixConfig, transpor
 // newExecutor returns an executor for a worker of the farm's own, which
 // keeps its warm sessions until the farm stops.
 func (f *Farm) newExecutor(name string, transport worker.Transport) *worker.Executor {
-	e := worker.NewExecutor(name, f.store, transport, f.log)
+	e := worker.NewExecutor(name, f.outputs, transport, f.log)
 	e.Warm = f.cfg.WarmSessions
 	f.executors = append(f.executors, e)
 	return e
@@ -334,7 +356,7 @@ func (f *Farm) initAgents(hostKey ssh.Signer) error {
 		f.log.Info("created a worker join token", "path", path)
 	}
 	f.cfg.WorkerTokenFile = path
-	f.agents, err = agent.NewServer(agent.ServerConfig{HostKey: hostKey, Token: token, Farm: f.store, Registry: f.sched, Log: f.log})
+	f.agents, err = agent.NewServer(agent.ServerConfig{HostKey: hostKey, Token: token, Farm: f.outputs, Registry: f.sched, Log: f.log})
 	if err != nil {
 		return err
 	}

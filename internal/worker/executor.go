@@ -275,6 +275,17 @@ func (s *session) fetchOutputs(ctx context.Context, req *build.Request, res *bui
 		info.Account = req.Account
 		info.RegistrationTime = now
 	}
+	// A view that checks additions against the account's limits refuses
+	// an oversize output here, before the client hears of it.
+	if c, ok := farm.(interface {
+		CheckAdd(context.Context, *store.PathInfo) error
+	}); ok {
+		for _, info := range sorted {
+			if err := c.CheckAdd(ctx, info); err != nil {
+				return err
+			}
+		}
+	}
 	if ex, ok := farm.(store.Expecter); ok && req.OnOutputs != nil {
 		done := ex.Expect(sorted)
 		defer done()
