@@ -92,7 +92,7 @@ func (l *limitedView) admit(ctx context.Context, info *store.PathInfo) (int64, L
 	}
 	size := int64(info.NarSize)
 	if maxSize > 0 && size > maxSize {
-		return 0, 0, l.refuse(info.Path, fmt.Sprintf("%s is over the account's %s limit", FormatSize(size), l.kind()), l.views.Size, maxSize)
+		return 0, 0, l.refuse(info.Path, fmt.Sprintf("%s is over the account's %s limit", sizeOver(size, maxSize), l.kind()), l.views.Size, maxSize)
 	}
 	limit, which := maxSize, l.views.Size
 	if maxStored > 0 {
@@ -139,4 +139,13 @@ func (s *Service) StoredBytes(ctx context.Context, account string) (int64, error
 		return 0, fmt.Errorf("summing the stored bytes of %s: %w", account, err)
 	}
 	return n, nil
+}
+
+// sizeOver renders size, in bytes if its rounded form would read as the
+// limit's.
+func sizeOver(size, limit int64) string {
+	if FormatSize(size) == FormatSize(limit) {
+		return fmt.Sprintf("%d bytes", size)
+	}
+	return FormatSize(size)
 }
