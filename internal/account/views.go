@@ -102,7 +102,7 @@ func (l *limitedView) admit(ctx context.Context, info *store.PathInfo) (int64, L
 		}
 		if size > 0 && used+size > maxStored {
 			return 0, 0, l.refuse(info.Path, fmt.Sprintf("its %s would take the account's stored bytes from %s to %s, over its limit",
-				FormatSize(size), FormatSize(used), FormatSize(used+size)), StoredBytes, maxStored)
+				FormatSize(size), sizeOver(used, maxStored), sizeOver(used+size, maxStored)), StoredBytes, maxStored)
 		}
 		left := maxStored - used
 		if left <= 0 {
@@ -144,7 +144,7 @@ func (s *Service) StoredBytes(ctx context.Context, account string) (int64, error
 // sizeOver renders size, in bytes if its rounded form would read as the
 // limit's.
 func sizeOver(size, limit int64) string {
-	if FormatSize(size) == FormatSize(limit) {
+	if size != limit && FormatSize(size) == FormatSize(limit) {
 		return fmt.Sprintf("%d bytes", size)
 	}
 	return FormatSize(size)
