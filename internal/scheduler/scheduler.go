@@ -306,7 +306,8 @@ func (s *Scheduler) Submit(ctx context.Context, req *build.Request, done func(*b
 		msg := fmt.Sprintf("build of '%s' refused: the account has %d builds queued already, its limit (max-queued-builds = %d)",
 			req.DrvPath, caps.MaxQueued, caps.MaxQueued)
 		s.cfg.Log.Info("build refused", "drv", req.DrvPath, "account", req.Account, "reason", msg)
-		go done(&build.Result{Status: build.MiscFailure, ErrorMsg: msg}, nil)
+		now := time.Now()
+		go done(&build.Result{Status: build.MiscFailure, ErrorMsg: msg, StartTime: now, StopTime: now}, nil)
 		return
 	}
 	key := classKey(req.Drv.Platform, required)

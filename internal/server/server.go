@@ -492,7 +492,9 @@ Host key: %s
    nix-daemon), create a key and authorize it here, naming its account:
 
      ssh-keygen -t ed25519 -N '' -f /root/.ssh/nixfarm_ed25519
-     # then append /root/.ssh/nixfarm_ed25519.pub to %s,
+     # then, on the farm: nixfarm accounts add alice --state-dir %s
+     #   nixfarm keys add --account alice --state-dir %s nixfarm_ed25519.pub
+     # or append /root/.ssh/nixfarm_ed25519.pub to %s,
      # with the account name as the comment: ssh-ed25519 AAAA... alice
 
 2. Add to that user's ssh config (/root/.ssh/config):
@@ -520,7 +522,7 @@ ssh://nixfarm %s - %d 1 - - %s
    nix build --store 'ssh-ng://nixfarm?base64-ssh-public-host-key=%s' --eval-store auto ...
 `,
 		ssh.FingerprintSHA256(f.hostKey), line[:len(line)-1],
-		f.cfg.AuthorizedKeys,
+		f.cfg.StateDir, f.cfg.StateDir, f.cfg.AuthorizedKeys,
 		host, port,
 		nixSystem(), jobs, hostKeyB64,
 		nixSystem(), jobs, hostKeyB64,
