@@ -9,7 +9,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -41,9 +40,12 @@ func credentialsCmd(sub string, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "Usage: nixfarm workers %s\n\nFlags:\n", usage)
 		fs.PrintDefaults()
 	}
-	positional, code, ok := parseInterleaved(fs, args)
-	if !ok {
-		return code
+	positional, err := parseInterleaved(fs, args)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		return 2
 	}
 	want := 1
 	if sub == "list" {
@@ -137,24 +139,3 @@ func stamp(t time.Time) string {
 	return t.Local().Format(time.DateTime)
 }
 
-// parseInterleaved parses flags given before, between or after the
-// positional arguments, which it returns.
-func parseInterleaved(fs *flag.FlagSet, args []string) (positional []string, code int, ok bool) {
-	for {
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return nil, 0, false
-			}
-			return nil, 2, false
-		}
-		args = fs.Args()
-		if len(args) == 0 {
-			return positional, 0, true
-		}
-		if strings.HasPrefix(args[0], "-") && args[0] != "-" {
-			continue
-		}
-		positional = append(positional, args[0])
-		args = args[1:]
-	}
-}

@@ -29,6 +29,8 @@ Usage:
   nixfarm workers [flags]   list a farm's connected workers
   nixfarm workers add|revoke|list
                             issue, revoke and list the agents' credentials
+  nixfarm accounts ...      add, list, show, remove accounts; set their limits
+  nixfarm keys ...          add, list, remove the SSH keys of accounts
   nixfarm bench [flags]     compare nixfarm with stock Nix remote builds on this machine
   nixfarm version           print the version
   nixfarm help [command]    show a command's flags
@@ -54,6 +56,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return workersCmd(args[1:], stdout, stderr)
 	case "bench":
 		return benchCmd(args[1:], stdout, stderr)
+	case "accounts":
+		return accountsCmd(args[1:], stdout, stderr)
+	case "keys":
+		return keysCmd(args[1:], os.Stdin, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "nixfarm", version)
 		return 0
@@ -74,7 +80,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	var cfg server.Config
 	fs.StringVar(&cfg.StateDir, "state-dir", defaultStateDir(), "directory for the database, NARs, logs and host key")
 	fs.StringVar(&cfg.SSHListen, "ssh-listen", ":2222", "address the SSH endpoint listens on")
-	fs.StringVar(&cfg.AuthorizedKeys, "authorized-keys", "", "OpenSSH authorized_keys file; each key's comment names its account (default STATE-DIR/authorized_keys)")
+	fs.StringVar(&cfg.AuthorizedKeys, "authorized-keys", "", "OpenSSH authorized_keys file; each key's comment names its account; keys added with `nixfarm keys add` work too (default STATE-DIR/authorized_keys)")
 	fs.BoolVar(&cfg.LocalWorker, "local-worker", true, "run the built-in worker, which builds with this machine's Nix")
 	fs.StringVar(&cfg.LocalStore, "local-store", "", "Nix store URI the built-in worker builds in (default STATE-DIR/worker-store, a chroot store; \"daemon\" or \"auto\" for the machine's store)")
 	fs.IntVar(&cfg.LocalJobs, "local-jobs", 4, "builds the built-in worker runs at once; more wait their turn")
@@ -90,6 +96,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&cfg.Scheduler.QuarantineFor, "quarantine", time.Minute, "how long a worker that failed 3 builds in a row gets no builds")
 	fs.BoolVar(&cfg.CancelOnDisconnect, "cancel-on-disconnect", false, "stop a build when every client waiting for it has gone (default: finish it and keep the result)")
 	fs.DurationVar(&cfg.SyncDelay, "sync-delay", store.DefaultSyncDelay, "how long after upload a NAR is synced to disk (0: at once); NARs not synced yet are checked against their hashes after a crash")
+	cfg.Limits = serveLimitFlags(fs)
 	ciphers := fs.String("ssh-ciphers", strings.Join(sshd.DefaultCiphers, ","), "SSH ciphers offered to clients, comma-separated; clients pick the first of their own list that is offered (add chacha20-poly1305@openssh.com for clients without AES-GCM, at a CPU cost)")
 	fs.IntVar(&cfg.SSHLimits.MaxConnections, "max-connections", sshd.DefaultMaxConnections, "SSH connections open at once, authenticated or not; more are closed at once (the agent listener has its own count)")
 	fs.IntVar(&cfg.SSHLimits.MaxUnauthenticatedPerSource, "max-unauthenticated-per-source", sshd.DefaultMaxUnauthenticatedPerSource, "SSH connections from one IP address that have not authenticated yet; more are closed at once")

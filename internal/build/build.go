@@ -180,3 +180,12 @@ var ErrWorkerBusy = errors.New("the worker is busy with other contents of the sa
 // contents under one of the build's paths and cannot remove them: the
 // build is tried on another worker, and this worker is not at fault.
 var ErrWorkerConflict = errors.New("the worker holds other contents under a path of the build")
+
+// LimitError is a request refused, or a build failed, because it would
+// take an account over one of its limits. The message names the limit and
+// its value. It is the account's to deal with, not the farm's: a build
+// failing with it ends with its message, and is not tried on another
+// worker.
+type LimitError struct{ Msg string }
+
+func (e *LimitError) Error() string { return e.Msg }

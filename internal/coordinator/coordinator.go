@@ -11,6 +11,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -39,7 +40,10 @@ type Options struct {
 	// has gone. By default builds run to the end and their results are
 	// kept.
 	CancelOnDisconnect bool
-	Log                *slog.Logger
+	// LimitLog, if set, wraps the log of each build it starts for an
+	// account, to cut it off at the account's limit.
+	LimitLog func(account string, w io.Writer) io.Writer
+	Log      *slog.Logger
 }
 
 // Coordinator implements the protocol servers' Builds interfaces.
@@ -305,6 +309,9 @@ func (c *Coordinator) start(ctx context.Context, req *build.Request, f *inflight
 	log = log.With("build", id)
 	breq := *req
 	breq.Log = f.log
+	if c.opts.LimitLog != nil {
+		breq.Log = c.opts.LimitLog(req.Account, f.log)
+	}
 	breq.OnOutputs = func(res *build.Result) {
 		c.mu.Lock()
 		f.earlyRes = res

@@ -132,6 +132,33 @@ var migrations = []string{
 		last_seen_at INTEGER NOT NULL DEFAULT 0
 	);
 	CREATE UNIQUE INDEX worker_credentials_active ON worker_credentials(name) WHERE revoked_at = 0;`,
+	// accounts, keys and limits: the accounts an operator manages with
+	// `nixfarm accounts`, their SSH keys (`nixfarm keys`) and the Nix
+	// signing keys they trust. A NULL limit is the farm's default.
+	`CREATE TABLE accounts (
+		name TEXT PRIMARY KEY,
+		created INTEGER NOT NULL,
+		max_concurrent_builds INTEGER,
+		max_queued_builds INTEGER,
+		max_upload_size INTEGER,
+		max_output_size INTEGER,
+		max_log_size INTEGER,
+		max_stored_bytes INTEGER
+	) WITHOUT ROWID;
+	CREATE TABLE keys (
+		fingerprint TEXT PRIMARY KEY,
+		account TEXT NOT NULL REFERENCES accounts(name) ON DELETE CASCADE,
+		key TEXT NOT NULL,
+		comment TEXT NOT NULL DEFAULT '',
+		added INTEGER NOT NULL
+	) WITHOUT ROWID;
+	CREATE INDEX keys_account ON keys(account);
+	CREATE TABLE trusted_keys (
+		account TEXT NOT NULL REFERENCES accounts(name) ON DELETE CASCADE,
+		key TEXT NOT NULL,
+		added INTEGER NOT NULL,
+		PRIMARY KEY (account, key)
+	) WITHOUT ROWID;`,
 }
 
 const maxConns = 8

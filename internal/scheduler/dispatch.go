@@ -36,6 +36,9 @@ func (s *Scheduler) pickLocked(now time.Time) (*job, *workerState) {
 	n := len(s.order)
 	for i := 0; i < n; i++ {
 		k := (s.next + i) % n
+		if max := s.caps[s.order[k]].MaxRunning; max > 0 && s.running[s.order[k]] >= max {
+			continue // its other builds wait for one of its own to end
+		}
 		a := s.accounts[s.order[k]]
 		var best *job
 		var bestWorker *workerState
@@ -153,6 +156,7 @@ func (s *Scheduler) unbuildableMessageLocked(j *job) string {
 func (s *Scheduler) startLocked(j *job, w *workerState) {
 	ctx, cancel := context.WithCancelCause(j.ctx)
 	w.running[j] = cancel
+	s.running[j.req.Account]++
 	j.attempts++
 	s.cfg.Log.Debug("build placed", "drv", j.req.DrvPath, "account", j.req.Account, "worker", w.Name,
 		"attempt", j.attempts, "queued", time.Since(j.enqueued).Round(time.Millisecond))
@@ -192,7 +196,11 @@ func (s *Scheduler) run(ctx context.Context, cancel context.CancelCauseFunc, j *
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(w.running, j)
+	if s.running[j.req.Account]--; s.running[j.req.Account] <= 0 {
+		delete(s.running, j.req.Account)
+	}
 	defer s.dispatchLocked()
+	var limit *build.LimitError
 	switch {
 	case err == nil:
 		w.failures = 0
@@ -204,6 +212,11 @@ func (s *Scheduler) run(ctx context.Context, cancel context.CancelCauseFunc, j *
 		j.finish(&build.Result{Status: build.TimedOut, ErrorMsg: fmt.Sprintf("building '%s' timed out after %d seconds of silence", j.req.DrvPath, int(req.Options.MaxSilentTime.Seconds()))}, nil)
 	case j.ctx.Err() != nil:
 		j.finish(nil, j.ctx.Err())
+	case errors.As(err, &limit):
+		// Over one of the account's limits: another worker would not
+		// change that.
+		s.cfg.Log.Info("build failed over an account's limit", "drv", j.req.DrvPath, "account", j.req.Account, "err", err)
+		j.finish(&build.Result{Status: build.MiscFailure, ErrorMsg: limit.Msg, Worker: w.Name}, nil)
 	case s.closed:
 		j.finish(nil, err)
 	default:

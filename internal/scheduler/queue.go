@@ -113,6 +113,7 @@ func (q *classQueue) waitedSince(t time.Time, dst []*job) []*job {
 type accountQueue struct {
 	classes map[string]*classQueue
 	order   []string // class keys in the order they first appeared
+	queued  int      // builds in its queues
 }
 
 // each calls f for every queued build, in no particular order.

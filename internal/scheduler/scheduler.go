@@ -43,7 +43,18 @@ type Config struct {
 	// WatchdogGrace is added to a build's timeout and max-silent-time
 	// before the scheduler stops a build the worker failed to stop (30s).
 	WatchdogGrace time.Duration
-	Log           *slog.Logger
+	// Limits, if set, returns an account's caps on builds running at once
+	// (more wait in the queue) and builds waiting (a build submitted
+	// beyond is refused); 0 is no cap. It is called outside the
+	// scheduler's lock, once per Submit.
+	Limits func(account string) AccountLimits
+	Log    *slog.Logger
+}
+
+// AccountLimits are an account's caps on its builds; 0 is no cap.
+type AccountLimits struct {
+	MaxRunning int
+	MaxQueued  int
 }
 
 func (c *Config) defaults() {
@@ -98,8 +109,12 @@ type Scheduler struct {
 	order    []string
 	next     int
 	queued   int
-	seq      uint64
-	closed   bool
+	// running counts each account's running builds, and caps holds the
+	// limits each account had at its latest Submit.
+	running map[string]int
+	caps    map[string]AccountLimits
+	seq     uint64
+	closed  bool
 
 	stop chan struct{}
 	done chan struct{}
@@ -124,6 +139,8 @@ func New(cfg Config) *Scheduler {
 		workers:  map[string]*workerState{},
 		classes:  map[string]*class{},
 		accounts: map[string]*accountQueue{},
+		running:  map[string]int{},
+		caps:     map[string]AccountLimits{},
 		stop:     make(chan struct{}),
 		done:     make(chan struct{}),
 	}
@@ -285,10 +302,24 @@ var ErrUnbuildable = errors.New("no worker can build it")
 // withdrawn, or cancelled if it runs).
 func (s *Scheduler) Submit(ctx context.Context, req *build.Request, done func(*build.Result, error)) {
 	required := worker.RequiredFeatures(req.Drv)
+	var caps AccountLimits
+	if s.cfg.Limits != nil {
+		caps = s.cfg.Limits(req.Account)
+	}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		go done(nil, errors.New("the farm is shutting down"))
+		return
+	}
+	s.setCapsLocked(req.Account, caps)
+	if a := s.accounts[req.Account]; caps.MaxQueued > 0 && a != nil && a.queued >= caps.MaxQueued {
+		s.mu.Unlock()
+		msg := fmt.Sprintf("build of '%s' refused: the account has %d builds queued already, its limit (max-queued-builds = %d)",
+			req.DrvPath, caps.MaxQueued, caps.MaxQueued)
+		s.cfg.Log.Info("build refused", "drv", req.DrvPath, "account", req.Account, "reason", msg)
+		now := time.Now()
+		go done(&build.Result{Status: build.MiscFailure, ErrorMsg: msg, StartTime: now, StopTime: now}, nil)
 		return
 	}
 	key := classKey(req.Drv.Platform, required)
@@ -337,6 +368,7 @@ func (s *Scheduler) enqueueLocked(j *job, retry bool) {
 	}
 	j.queued = true
 	s.queued++
+	a.queued++
 }
 
 // dequeueLocked takes a queued j out of its queue (a no-op if it is not
@@ -356,6 +388,7 @@ func (s *Scheduler) dequeueLocked(j *job) {
 	}
 	q.remove(j)
 	s.queued--
+	a.queued--
 	s.pruneLocked(j.req.Account, a, q)
 }
 
@@ -387,6 +420,26 @@ func (s *Scheduler) pruneLocked(acct string, a *accountQueue, q *classQueue) {
 	if s.next >= len(s.order) {
 		s.next = 0
 	}
+}
+
+// setCapsLocked records an account's caps; an account without caps
+// (all zero) is not kept.
+func (s *Scheduler) setCapsLocked(account string, caps AccountLimits) {
+	if caps == (AccountLimits{}) {
+		delete(s.caps, account)
+		return
+	}
+	s.caps[account] = caps
+}
+
+// AccountBuilds returns how many of account's builds run and wait.
+func (s *Scheduler) AccountBuilds(account string) (running, queued int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if a := s.accounts[account]; a != nil {
+		queued = a.queued
+	}
+	return s.running[account], queued
 }
 
 // Queued returns how many builds wait for a worker.

@@ -2,13 +2,16 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"path"
 	"strings"
 
+	"github.com/nixfarm/nixfarm/internal/account"
 	"github.com/nixfarm/nixfarm/internal/daemonproto"
+	"github.com/nixfarm/nixfarm/internal/scheduler"
 	"github.com/nixfarm/nixfarm/internal/serveproto"
 	"github.com/nixfarm/nixfarm/internal/sshd"
 )
@@ -18,6 +21,7 @@ type command struct {
 	kind  commandKind
 	write bool
 	store string // --store argument, accepted and ignored
+	json  bool   // nixfarm whoami --json
 }
 
 type commandKind int
@@ -25,12 +29,14 @@ type commandKind int
 const (
 	cmdServe commandKind = iota + 1
 	cmdDaemon
+	cmdWhoami
 )
 
 // parseCommand matches an exec request exactly against the commands stock
 // Nix sends: `nix-store --serve [--write] [--store URI]` for ssh:// and
 // `nix-daemon --stdio [--store URI]` for ssh-ng://. The program may be given
-// as a path (remote-program=/run/current-system/sw/bin/nix-store).
+// as a path (remote-program=/run/current-system/sw/bin/nix-store). Also
+// `nixfarm whoami [--json]`, for people.
 func parseCommand(line string) (command, error) {
 	words, err := splitWords(line)
 	if err != nil {
@@ -38,6 +44,15 @@ func parseCommand(line string) (command, error) {
 	}
 	if len(words) == 0 {
 		return command{}, errors.New("empty command")
+	}
+	if words[0] == "nixfarm" {
+		switch {
+		case len(words) == 2 && words[1] == "whoami":
+			return command{kind: cmdWhoami}, nil
+		case len(words) == 3 && words[1] == "whoami" && words[2] == "--json":
+			return command{kind: cmdWhoami, json: true}, nil
+		}
+		return command{}, fmt.Errorf("unknown nixfarm command %q", strings.Join(words[1:], " "))
 	}
 	var c command
 	switch path.Base(words[0]) {
@@ -130,16 +145,19 @@ func splitWords(s string) ([]string, error) {
 
 // execHandler routes SSH exec requests to the protocol servers.
 type execHandler struct {
-	serve  *serveproto.Server
-	daemon *daemonproto.Server
-	log    *slog.Logger
+	serve    *serveproto.Server
+	daemon   *daemonproto.Server
+	accounts *account.Service
+	sched    *scheduler.Scheduler
+	log      *slog.Logger
 }
 
 var _ sshd.Handler = (*execHandler)(nil)
 
 const supportedCommands = "nixfarm: this endpoint runs only what Nix sends for remote builds:\n" +
 	"nixfarm:   nix-store --serve [--write]    (ssh:// builders and stores)\n" +
-	"nixfarm:   nix-daemon --stdio             (ssh-ng:// builders and stores)\n"
+	"nixfarm:   nix-daemon --stdio             (ssh-ng:// builders and stores)\n" +
+	"nixfarm:   nixfarm whoami [--json]        (your account, key, limits and usage)\n"
 
 // Exec implements sshd.Handler.
 func (h *execHandler) Exec(ctx context.Context, s *sshd.Session) uint32 {
@@ -154,6 +172,8 @@ func (h *execHandler) Exec(ctx context.Context, s *sshd.Session) uint32 {
 		err = h.daemon.Serve(ctx, s.Stdin, s.Stdout, &daemonproto.Session{Account: s.Account})
 	case cmdServe:
 		err = h.serve.Serve(ctx, s.Stdin, s.Stdout, &serveproto.Session{Account: s.Account, Write: c.write, Stderr: s.Stderr})
+	case cmdWhoami:
+		err = h.whoami(ctx, s, c.json)
 	}
 	if err != nil {
 		if !errors.Is(err, context.Canceled) {
@@ -163,4 +183,25 @@ func (h *execHandler) Exec(ctx context.Context, s *sshd.Session) uint32 {
 		return 1
 	}
 	return 0
+}
+
+// whoami writes the session's account, key, limits and usage.
+func (h *execHandler) whoami(ctx context.Context, s *sshd.Session, asJSON bool) error {
+	if h.accounts == nil {
+		return errors.New("this farm keeps no accounts")
+	}
+	st, err := h.accounts.Status(ctx, s.Account, s.Fingerprint)
+	if err != nil {
+		h.log.Error("whoami", "account", s.Account, "err", err)
+		return errors.New("the farm cannot read its accounts right now; tell the farm's operator")
+	}
+	if h.sched != nil {
+		st.Usage.Running, st.Usage.Queued = h.sched.AccountBuilds(s.Account)
+	}
+	if asJSON {
+		enc := json.NewEncoder(s.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(st)
+	}
+	return st.WriteText(s.Stdout)
 }

@@ -24,6 +24,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/nixfarm/nixfarm/internal/account"
 	"github.com/nixfarm/nixfarm/internal/agent"
 	"github.com/nixfarm/nixfarm/internal/blob"
 	"github.com/nixfarm/nixfarm/internal/buildusers"
@@ -86,6 +87,10 @@ type Config struct {
 	HTTPListen string
 	// Scheduler tunes placement, retries and grace periods.
 	Scheduler scheduler.Config
+	// Limits are the default limits of accounts (nil:
+	// account.DefaultValues); `nixfarm accounts set-limits` sets an
+	// account's own.
+	Limits *account.Values
 	// CancelOnDisconnect stops a build when its last client goes away.
 	CancelOnDisconnect bool
 	// Version is nixfarm's version, shown to ssh-ng:// clients.
@@ -104,6 +109,11 @@ type Farm struct {
 	signingKey signature.PublicKey
 	// apiToken admits API requests to account data (api.go).
 	apiToken string
+	// accounts holds accounts, keys and limits; uploads and outputs are
+	// the store's views with the limits on uploads and on build outputs.
+	accounts *account.Service
+	uploads  *account.Views
+	outputs  *account.Views
 	sched    *scheduler.Scheduler
 	coord    *coordinator.Coordinator
 	ssh      *sshd.Server
@@ -200,8 +210,19 @@ func (f *Farm) init(ctx context.Context) error {
 	} else if rec.Checked > 0 {
 		f.log.Info("NARs written just before the last stop are intact", "checked", rec.Checked)
 	}
+	limits := account.DefaultValues()
+	if cfg.Limits != nil {
+		limits = *cfg.Limits
+	}
+	f.accounts = account.New(f.db, limits, f.log)
+	f.uploads = &account.Views{Store: f.store, Accounts: f.accounts, Size: account.UploadSize}
+	f.outputs = &account.Views{Store: f.store, Accounts: f.accounts, Size: account.OutputSize}
 	schedCfg := cfg.Scheduler
 	schedCfg.Log = f.log
+	schedCfg.Limits = func(acct string) scheduler.AccountLimits {
+		l := f.accounts.Limits(context.Background(), acct)
+		return scheduler.AccountLimits{MaxRunning: int(l.Get(account.ConcurrentBuilds)), MaxQueued: int(l.Get(account.QueuedBuilds))}
+	}
 	f.sched = scheduler.New(schedCfg)
 	if err := f.addLocalWorker(ctx); err != nil {
 		return err
@@ -210,13 +231,13 @@ func (f *Farm) init(ctx context.Context) error {
 		return err
 	}
 	coord, err := coordinator.New(f.store, f.sched, f.db, filepath.Join(cfg.StateDir, "logs"),
-		coordinator.Options{CancelOnDisconnect: cfg.CancelOnDisconnect, Log: f.log})
+		coordinator.Options{CancelOnDisconnect: cfg.CancelOnDisconnect, LimitLog: f.accounts.LimitLog, Log: f.log})
 	if err != nil {
 		return err
 	}
 	f.coord = coord
-	serve := &serveproto.Server{Store: f.store, Builds: coord, Log: f.log, TempDir: tmp}
-	daemon := &daemonproto.Server{Store: f.store, Builds: coord, Log: f.log, TempDir: tmp, NixVersion: "nixfarm-" + cfg.Version}
+	serve := &serveproto.Server{Store: f.uploads, Builds: coord, Log: f.log, TempDir: tmp}
+	daemon := &daemonproto.Server{Store: f.uploads, Builds: coord, Log: f.log, TempDir: tmp, NixVersion: "nixfarm-" + cfg.Version}
 
 	hostKey, created, err := sshd.LoadOrCreateHostKey(filepath.Join(cfg.StateDir, "ssh_host_ed25519_key"))
 	if err != nil {
@@ -229,9 +250,10 @@ func (f *Farm) init(ctx context.Context) error {
 	f.ssh, err = sshd.New(sshd.Config{
 		HostKey:            hostKey,
 		AuthorizedKeysFile: cfg.AuthorizedKeys,
+		Keys:               f.accounts,
 		Ciphers:            cfg.SSHCiphers,
 		Limits:             cfg.SSHLimits,
-		Handler:            &execHandler{serve: serve, daemon: daemon, log: f.log},
+		Handler:            &execHandler{serve: serve, daemon: daemon, accounts: f.accounts, sched: f.sched, log: f.log},
 		Log:                f.log,
 	})
 	if err != nil {
@@ -305,7 +327,7 @@ func (f *Farm) planBuildUsers(ctx context.Context, nc worker.NixConfig, transpor
 // newExecutor returns an executor for a worker of the farm's own, which
 // keeps its warm sessions until the farm stops.
 func (f *Farm) newExecutor(name string, transport worker.Transport) *worker.Executor {
-	e := worker.NewExecutor(name, f.store, transport, f.log)
+	e := worker.NewExecutor(name, f.outputs, transport, f.log)
 	e.Warm = f.cfg.WarmSessions
 	f.executors = append(f.executors, e)
 	return e
@@ -349,7 +371,7 @@ func (f *Farm) initAgents(hostKey ssh.Signer) error {
 	}
 	var err error
 	f.agents, err = agent.NewServer(agent.ServerConfig{HostKey: hostKey, Credentials: credentials.New(f.db, nil),
-		Farm: f.store, Registry: f.sched, Limits: f.cfg.SSHLimits, Log: f.log})
+		Farm: f.outputs, Registry: f.sched, Limits: f.cfg.SSHLimits, Log: f.log})
 	if err != nil {
 		return err
 	}
@@ -460,7 +482,9 @@ Host key: %s
    nix-daemon), create a key and authorize it here, naming its account:
 
      ssh-keygen -t ed25519 -N '' -f /root/.ssh/nixfarm_ed25519
-     # then append /root/.ssh/nixfarm_ed25519.pub to %s,
+     # then, on the farm: nixfarm accounts add alice --state-dir %s
+     #   nixfarm keys add --account alice --state-dir %s nixfarm_ed25519.pub
+     # or append /root/.ssh/nixfarm_ed25519.pub to %s,
      # with the account name as the comment: ssh-ed25519 AAAA... alice
 
 2. Add to that user's ssh config (/root/.ssh/config):
@@ -488,7 +512,7 @@ ssh://nixfarm %s - %d 1 - - %s
    nix build --store 'ssh-ng://nixfarm?base64-ssh-public-host-key=%s' --eval-store auto ...
 `,
 		ssh.FingerprintSHA256(f.hostKey), line[:len(line)-1],
-		f.cfg.AuthorizedKeys,
+		f.cfg.StateDir, f.cfg.StateDir, f.cfg.AuthorizedKeys,
 		host, port,
 		nixSystem(), jobs, hostKeyB64,
 		nixSystem(), jobs, hostKeyB64,

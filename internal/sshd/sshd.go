@@ -1,6 +1,7 @@
 // Package sshd is nixfarm's SSH front end, built on golang.org/x/crypto/ssh.
 // It authenticates clients by public key against an OpenSSH
-// authorized_keys file (the key's comment names the account), accepts
+// authorized_keys file (the key's comment names the account) and then a
+// KeyLookup (the state database's keys), accepts
 // exec requests only, and hands each command to a Handler. It knows nothing
 // of Nix; the Handler decides which commands exist.
 package sshd
@@ -43,8 +44,11 @@ type Handler interface {
 type Config struct {
 	HostKey            ssh.Signer
 	AuthorizedKeysFile string
-	Handler            Handler
-	Log                *slog.Logger
+	// Keys, if set, is consulted for keys the authorized_keys file does
+	// not hold, at every authentication.
+	Keys    KeyLookup
+	Handler Handler
+	Log     *slog.Logger
 	// Banner, if set, is shown to clients before authentication.
 	Banner string
 	// Ciphers are the ciphers offered, DefaultCiphers if empty.
@@ -52,6 +56,11 @@ type Config struct {
 	// Limits bound connections, per source, per account and in all, and
 	// how long they may take to authenticate and stay idle.
 	Limits Limits
+}
+
+// KeyLookup finds the account a public key authenticates as.
+type KeyLookup interface {
+	LookupKey(ctx context.Context, key ssh.PublicKey) (account string, ok bool, err error)
 }
 
 // DefaultCiphers are AES-GCM only. An OpenSSH client takes the first
@@ -112,7 +121,15 @@ const (
 func (s *Server) checkKey(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
 	fp := ssh.FingerprintSHA256(key)
 	ak, ok, err := s.keys.lookup(key)
-	if err != nil {
+	account := ak.Account
+	if !ok && s.cfg.Keys != nil {
+		// The database answers for keys the file does not hold, even if
+		// the file cannot be read right now.
+		var dbErr error
+		account, ok, dbErr = s.cfg.Keys.LookupKey(context.Background(), key)
+		err = errors.Join(err, dbErr)
+	}
+	if !ok && err != nil {
 		s.log.Error("cannot check key", "err", err)
 		return nil, &ssh.BannerError{Err: err, Message: "nixfarm: the farm cannot read its authorized keys right now; tell the farm's operator.\n"}
 	}
@@ -121,16 +138,16 @@ func (s *Server) checkKey(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permis
 		return nil, &ssh.BannerError{
 			Err: fmt.Errorf("key %s is not authorized", fp),
 			Message: fmt.Sprintf("nixfarm: your key %s (%s) is not authorized on this farm.\n"+
-				"nixfarm: ask the farm's operator to add your public key to its authorized_keys file,\n"+
-				"nixfarm: with your account name as the key's comment.\n", fp, key.Type()),
+				"nixfarm: ask the farm's operator to add your public key to your account\n"+
+				"nixfarm: (nixfarm keys add --account NAME KEYFILE, or its authorized_keys file).\n", fp, key.Type()),
 		}
 	}
-	if err := s.gate.AccountFull(ak.Account); err != nil {
-		s.gate.logRefusal("connection refused", "account", ak.Account, "remote", meta.RemoteAddr().String(), "reason", err.Error())
+	if err := s.gate.AccountFull(account); err != nil {
+		s.gate.logRefusal("connection refused", "account", account, "remote", meta.RemoteAddr().String(), "reason", err.Error())
 		return nil, &ssh.BannerError{Err: err,
 			Message: "nixfarm: " + err.Error() + "; close some, or ask the farm's operator to raise --max-connections-per-account.\n"}
 	}
-	return &ssh.Permissions{Extensions: map[string]string{extAccount: ak.Account, extFingerprint: fp}}, nil
+	return &ssh.Permissions{Extensions: map[string]string{extAccount: account, extFingerprint: fp}}, nil
 }
 
 // HostKey returns the server's public host key.

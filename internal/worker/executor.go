@@ -303,6 +303,17 @@ func (s *session) fetchOutputs(ctx context.Context, req *build.Request, res *bui
 		info.Deriver = req.DrvPath
 		info.Sigs = nil // the worker's signatures are its own claims
 	}
+	// A view that checks additions against the account's limits refuses
+	// an oversize output here, before the client hears of it.
+	if c, ok := farm.(interface {
+		CheckAdd(context.Context, *store.PathInfo) error
+	}); ok {
+		for _, info := range sorted {
+			if err := c.CheckAdd(ctx, info); err != nil {
+				return err
+			}
+		}
+	}
 	if ex, ok := farm.(store.Expecter); ok && req.OnOutputs != nil && !s.e.AnnounceAfterVerify {
 		done := ex.Expect(sorted)
 		defer done()
