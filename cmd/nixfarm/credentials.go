@@ -138,4 +138,3 @@ func stamp(t time.Time) string {
 	}
 	return t.Local().Format(time.DateTime)
 }
-
