@@ -230,7 +230,7 @@ func (f *Farm) init(ctx context.Context) error {
 	if err := f.addStaticWorkers(tmp); err != nil {
 		return err
 	}
-	coord, err := coordinator.New(f.store, f.sched, f.db, filepath.Join(cfg.StateDir, "logs"),
+	coord, err := coordinator.New(f.outputs, f.sched, f.db, filepath.Join(cfg.StateDir, "logs"),
 		coordinator.Options{CancelOnDisconnect: cfg.CancelOnDisconnect, LimitLog: f.accounts.LimitLog, Log: f.log})
 	if err != nil {
 		return err
