@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -330,4 +331,48 @@ func TestTenantsShareIdenticalBuilds(t *testing.T) {
 	if got := a.read(outA[0]); got != "genuine" {
 		t.Errorf("A's build read %q", got)
 	}
+}
+
+// A path another account uploaded is visible to an account that trusts
+// a key it is signed with, and to nobody else.
+func TestTenantsSeeWhatTheirTrustedKeysSigned(t *testing.T) {
+	f := startFarm(t)
+	bob := f.addTenant("bob")
+	carol := f.addTenant("carol")
+	a := newClientOf(t, nixVersions[len(nixVersions)-1])
+	b := newClientOf(t, nixVersions[0]).as(bob)
+	// bob signs a path of his and uploads it with its signature.
+	sk, pk := filepath.Join(b.dir, "sk"), filepath.Join(b.dir, "pk")
+	b.mustRun(nil, "nix-store", "--generate-binary-cache-key", "bobs-cache-1", sk, pk)
+	p := strings.TrimSpace(b.mustRun(nil, "nix-store", "--store", b.store, "--add", b.expr("signed-by-bob", "1")))
+	b.mustRun(nil, "nix", "store", "sign", "--store", b.store, "--key-file", sk, p)
+	b.nix(f, "copy", "--store", b.store, "--to", f.storeURI(), p)
+
+	key, err := os.ReadFile(pk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"accounts", "add", "alice"}, {"accounts", "trust", "alice", strings.TrimSpace(string(key))}} {
+		if out, err := execNixfarm(f, args...); err != nil {
+			t.Fatalf("nixfarm %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	if info := a.pathInfo(f, f.storeURI(), p); len(info) != 1 {
+		t.Errorf("alice, who trusts bob's key, does not see his signed path: %+v", info)
+	}
+	if r := a.as(carol).exec(f, "nix", "path-info", "--store", f.storeURI(), p); r.err == nil {
+		t.Errorf("carol, who trusts no key, sees bob's signed path: %s", r.out)
+	}
+	// What bob uploaded unsigned stays his.
+	q := strings.TrimSpace(b.mustRun(nil, "nix-store", "--store", b.store, "--add", b.expr("unsigned-by-bob", "2")))
+	b.nix(f, "copy", "--store", b.store, "--to", f.storeURI(), q)
+	if r := a.exec(f, "nix", "path-info", "--store", f.storeURI(), q); r.err == nil {
+		t.Errorf("alice sees bob's unsigned path: %s", r.out)
+	}
+}
+
+// execNixfarm runs the nixfarm binary on the farm's state directory.
+func execNixfarm(f *farm, args ...string) (string, error) {
+	out, err := exec.Command(nixfarmBin, append(args, "--state-dir", f.stateDir)...).CombinedOutput()
+	return string(out), err
 }

@@ -83,9 +83,19 @@ func (s *session) checkMachine(ctx context.Context, req *build.Request, closure 
 			query = append(query, p)
 		}
 	}
-	present, err := s.client.QueryPathInfos(query)
+	// Which paths the machine holds first, then the infos of those: a
+	// Nix asked for the info of a path it lacks remembers that it lacks
+	// it (its in-memory path info cache), and would then take the path
+	// for missing even once it is added, by this build or another.
+	valid, err := s.client.QueryValidPaths(query, false, false)
 	if err != nil {
 		return nil, err
+	}
+	var present []*store.PathInfo
+	if len(valid) > 0 {
+		if present, err = s.client.QueryPathInfos(valid); err != nil {
+			return nil, err
+		}
 	}
 	have := make(map[storepath.Path]bool, len(present))
 	var conflicts []storepath.Path
@@ -114,7 +124,7 @@ func (s *session) checkMachine(ctx context.Context, req *build.Request, closure 
 		return nil, fmt.Errorf("%w: %s: %w", build.ErrWorkerConflict, conflicts[0], err)
 	}
 	// Paths referring to the removed ones went with them.
-	valid, err := s.client.QueryValidPaths(query, false, false)
+	valid, err = s.client.QueryValidPaths(query, false, false)
 	if err != nil {
 		return nil, err
 	}
