@@ -143,11 +143,14 @@ func TestWorkerNameTakeover(t *testing.T) {
 	}
 }
 
-// An agent whose output does not match what it declares of it (its store
-// holds other bytes under the output's path, imported as valid, which
-// mention busybox, while it declares no references) fails the attempt: nothing of it is
+// An agent whose store holds forged bytes under the output's path,
+// imported as valid (they mention busybox, and it declares no
+// references), fails the attempt: it holds the output before building it,
+// which nothing explains, and cannot remove it. Nothing of it is
 // registered, and the build completes on the built-in worker, whose
-// output the client gets.
+// output the client gets. (An agent that returns a wrong output after
+// building is the worker package's TestWrongOutputs: a machine that
+// builds nothing and lies about what it returns.)
 func TestLyingWorker(t *testing.T) {
 	f := startFarm(t, "--worker-listen", "127.0.0.1:0")
 	c := newClient(t)
@@ -184,7 +187,7 @@ func TestLyingWorker(t *testing.T) {
 		t.Errorf("built by %s", got)
 	}
 	logs := f.logs()
-	for _, want := range []string{"the worker returned a wrong output", "declares references to [], but its NAR refers to", "build will be retried"} {
+	for _, want := range []string{"the worker holds other contents under a path of the build: " + string(out), "build will be retried"} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("the farm's log lacks %q", want)
 		}

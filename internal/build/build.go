@@ -177,8 +177,8 @@ func (nopCloser) Close() error { return nil }
 var ErrWorkerBusy = errors.New("the worker is busy with other contents of the same path")
 
 // ErrWorkerConflict is returned by a Builder whose worker holds other
-// contents under one of the build's paths and cannot remove them: the
-// build is tried on another worker, and this worker is not at fault.
+// contents under one of the build's paths, or an output before building
+// it, and cannot remove them: the build is tried on another worker.
 var ErrWorkerConflict = errors.New("the worker holds other contents under a path of the build")
 
 // LimitError is a request refused, or a build failed, because it would

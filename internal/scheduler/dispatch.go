@@ -241,8 +241,11 @@ func (s *Scheduler) retryLocked(j *job, w *workerState, err error) string {
 	}
 	j.failedOn[w.Name] = true
 	// A worker holding other contents under a path of the build, which it
-	// cannot remove, is not failing: the build goes elsewhere.
-	if cur, ok := s.workers[w.Name]; ok && cur == w && !errors.Is(err, build.ErrWorkerConflict) {
+	// cannot remove, fails the attempt like any other fault of the
+	// worker's: an honest one rarely does (only when two accounts build
+	// one derivation on different inputs), and a lying one must not be
+	// asked first for ever.
+	if cur, ok := s.workers[w.Name]; ok && cur == w {
 		w.failures++
 		if w.failures >= s.cfg.QuarantineAfter {
 			w.quarantinedUntil = time.Now().Add(s.cfg.QuarantineFor)
