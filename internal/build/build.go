@@ -105,6 +105,18 @@ type Result struct {
 	HashModulo nixhash.Hash
 	// Worker names the worker that built it ("" if none did).
 	Worker string
+	// Produced is, for a build a worker ran, the contents of each output
+	// as the farm received and verified them, whatever the requesting
+	// account holds under the same paths: what the build is shared as.
+	Produced map[string]Contents
+}
+
+// Contents identifies the contents of a store path: its NAR and the
+// references it declares.
+type Contents struct {
+	NarHash    nixhash.Hash
+	NarSize    uint64
+	References []storepath.Path
 }
 
 // Builder realises a BasicDerivation. The request's inputs (the closure of

@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -73,7 +74,7 @@ func (b *fakeBuilder) Build(ctx context.Context, req *build.Request) (*build.Res
 	n := fileNar("built from " + strings.Join(req.Drv.InputSrcs, " "))
 	var infos []*store.PathInfo
 	for _, p := range outs {
-		infos = append(infos, &store.PathInfo{Path: p, NarHash: nixhash.SHA256Of(n), NarSize: uint64(len(n)), References: inputs})
+		infos = append(infos, &store.PathInfo{Path: p, NarHash: nixhash.SHA256Of(n), NarSize: uint64(len(n)), References: inputs, Ultimate: true})
 	}
 	if b.copying != nil {
 		// As a worker does, announce the outputs once the farm store
@@ -92,7 +93,11 @@ func (b *fakeBuilder) Build(ctx context.Context, req *build.Request) (*build.Res
 			return nil, err
 		}
 	}
-	return &build.Result{Status: build.Built, TimesBuilt: 1, StartTime: now, StopTime: now, Outputs: outs, Worker: "fake"}, nil
+	produced := map[string]build.Contents{}
+	for name := range outs {
+		produced[name] = build.Contents{NarHash: nixhash.SHA256Of(n), NarSize: uint64(len(n)), References: inputs}
+	}
+	return &build.Result{Status: build.Built, TimesBuilt: 1, StartTime: now, StopTime: now, Outputs: outs, Worker: "fake", Produced: produced}, nil
 }
 
 type farm struct {
@@ -485,4 +490,56 @@ func TestNoEarlyAnswerFromFailedCopy(t *testing.T) {
 		t.Errorf("the farm store does not serve the output it answered with: %v", err)
 	}
 	f.coord.Wait()
+}
+
+// An account that uploads its own bytes under an output's path while the
+// build runs keeps them for itself, but the build is shared as what it
+// produced: another account's identical request never gets those bytes.
+func TestShareIsWhatTheBuildProduced(t *testing.T) {
+	st, database, dir := testutil.Store(t)
+	bb := &blockingBuilder{fakeBuilder: fakeBuilder{st: st, fail: map[string]bool{}},
+		started: make(chan struct{}, 4), release: make(chan struct{}), cancelled: make(chan struct{})}
+	c, _ := coordinator.New(st, testutil.Scheduler(t, bb), database, filepath.Join(dir, "logs"), coordinator.Options{})
+	src := storepath.Path("/nix/store/" + strings.Repeat("s", 32) + "-source")
+	addFile(t, st, src, "source", nil)
+	f := &farm{st: st, db: database, coord: c, src: src}
+	drvPath := f.addDrv(t, "popular", []string{"out"}, nil)
+	for _, a := range []string{"carol", "mallory"} {
+		addFile(t, st.For(a), src, "source", nil)
+	}
+	d, _ := store.ReadDerivation(context.Background(), st, drvPath)
+	out := d.Basic("popular", nil).OutputPaths()["out"]
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.BuildDerivation(context.Background(), &build.Request{DrvPath: drvPath, Drv: d.Basic("popular", nil), Account: "mallory", Log: io.Discard})
+	}()
+	<-bb.started
+	addFile(t, st.For("mallory"), out, "EVIL", []storepath.Path{src})
+	close(bb.release)
+	<-done
+	c.Wait()
+	res, err := c.BuildDerivation(context.Background(), &build.Request{DrvPath: drvPath, Drv: d.Basic("popular", nil), Account: "carol", Log: io.Discard})
+	if err != nil || !res.Status.Success() {
+		t.Fatalf("carol's build: %+v %v", res, err)
+	}
+	rc, _, err := st.For("carol").NarFromPath(context.Background(), out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(rc)
+	rc.Close()
+	if bytes.Contains(got, []byte("EVIL")) || !bytes.Contains(got, []byte("built from")) {
+		t.Errorf("carol's %s holds %q", out, got)
+	}
+	if len(bb.built) != 1 {
+		t.Errorf("built %d times; the identical request should have been shared", len(bb.built))
+	}
+	// mallory keeps what it uploaded.
+	rc, _, _ = st.For("mallory").NarFromPath(context.Background(), out)
+	got, _ = io.ReadAll(rc)
+	rc.Close()
+	if !bytes.Contains(got, []byte("EVIL")) {
+		t.Errorf("mallory's own upload was replaced: %q", got)
+	}
 }

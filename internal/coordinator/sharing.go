@@ -53,7 +53,19 @@ func (c *Coordinator) share(ctx context.Context, f *inflight, res *build.Result,
 	if !ok {
 		return
 	}
-	if err := sh.RecordBuild(ctx, f.key, res.Outputs, res.Worker); err != nil {
+	// Only what a worker produced, as the farm received it, is shared.
+	if len(res.Produced) != len(res.Outputs) {
+		return
+	}
+	outputs := make(map[string]*store.PathInfo, len(res.Outputs))
+	for name, p := range res.Outputs {
+		c, ok := res.Produced[name]
+		if !ok {
+			return
+		}
+		outputs[name] = &store.PathInfo{Path: p, NarHash: c.NarHash, NarSize: c.NarSize, References: c.References}
+	}
+	if err := sh.RecordBuild(ctx, f.key, outputs, res.Worker); err != nil {
 		log.Warn("recording the build's outputs for sharing", "err", err)
 	}
 }

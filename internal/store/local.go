@@ -94,9 +94,12 @@ func (s *Local) addToStore(ctx context.Context, v *View, info *PathInfo, narSrc 
 		return errors.New("adding path: no store path given")
 	}
 	info.References = normalizeRefs(info.References)
+	// A path the account holds already is not added again, as in Nix;
+	// but a build's output always is (as an object, the account keeping
+	// its own version), since the build is shared as what it produced.
 	if valid, err := v.ValidPaths(ctx, []storepath.Path{info.Path}); err != nil {
 		return err
-	} else if len(valid) == 1 {
+	} else if len(valid) == 1 && !info.Ultimate {
 		n, err := nar.Copy(io.Discard, narSrc)
 		if err != nil {
 			return fmt.Errorf("reading NAR of %s: %w", info.Path, err)

@@ -5,6 +5,9 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
+	"strings"
 
 	"github.com/nixfarm/nixfarm/internal/storepath"
 )
@@ -21,9 +24,10 @@ import (
 // Sharer is a Store that can share build outputs between accounts.
 type Sharer interface {
 	// RecordBuild records that the build with this key produced outputs
-	// (output name to path, each in the view) on worker. A key recorded
-	// already keeps its first outputs.
-	RecordBuild(ctx context.Context, key string, outputs map[string]storepath.Path, worker string) error
+	// (output name to the path and contents the farm received from the
+	// worker, registered already) on worker. A key recorded already
+	// keeps its first outputs.
+	RecordBuild(ctx context.Context, key string, outputs map[string]*PathInfo, worker string) error
 	// AdoptBuild makes the outputs recorded under key part of the view,
 	// if every output named is recorded there with the same path, and
 	// reports whether it did.
@@ -32,18 +36,22 @@ type Sharer interface {
 
 var _ Sharer = (*View)(nil)
 
-// RecordBuild implements Sharer.
-func (v *View) RecordBuild(ctx context.Context, key string, outputs map[string]storepath.Path, worker string) error {
+// RecordBuild implements Sharer. The outputs are found by their contents,
+// not in the view: an account that uploaded its own bytes under an
+// output's path keeps them, and they are not what the build produced.
+func (v *View) RecordBuild(ctx context.Context, key string, outputs map[string]*PathInfo, worker string) error {
 	tx, err := v.s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("recording build %s: %w", key, err)
 	}
 	defer tx.Rollback()
-	for name, p := range outputs {
+	for name, info := range outputs {
+		refs := strings.Join(storepath.Strings(normalizeRefs(info.References)), " ")
 		var id int64
-		err := tx.QueryRowContext(ctx, `SELECT object FROM views WHERE account = ? AND path = ?`, v.account, string(p)).Scan(&id)
+		err := tx.QueryRowContext(ctx, `SELECT id FROM objects WHERE path = ? AND nar_hash = ? AND nar_size = ? AND refs = ?`,
+			string(info.Path), info.NarHash.String(), int64(info.NarSize), refs).Scan(&id)
 		if errors.Is(err, sql.ErrNoRows) {
-			return fmt.Errorf("recording build %s: %w: output %s", key, ErrNotFound, p)
+			return fmt.Errorf("recording build %s: %w: output %s with the contents built", key, ErrNotFound, info.Path)
 		}
 		if err != nil {
 			return fmt.Errorf("recording build %s: %w", key, err)
@@ -83,12 +91,35 @@ func (v *View) AdoptBuild(ctx context.Context, key string, outputs map[string]st
 		}
 		ids[name] = id
 	}
+	// The outputs' references are inputs the account sees with the same
+	// contents (they are in the key), or the outputs themselves; a
+	// reference that is neither means the record is not this request's.
+	refs := map[storepath.Path]bool{}
+	for _, id := range ids {
+		var text string
+		if err := tx.QueryRowContext(ctx, `SELECT refs FROM objects WHERE id = ?`, id).Scan(&text); err != nil {
+			return false, fmt.Errorf("sharing build %s: %w", key, err)
+		}
+		for _, r := range strings.Fields(text) {
+			refs[storepath.Path(r)] = true
+		}
+	}
+	for _, p := range outputs {
+		delete(refs, p)
+	}
+	if len(refs) > 0 {
+		var n int
+		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM views WHERE account = ? AND path IN (SELECT value FROM json_each(?))`,
+			v.account, jsonList(slices.Collect(maps.Keys(refs)))).Scan(&n); err != nil {
+			return false, fmt.Errorf("sharing build %s: %w", key, err)
+		}
+		if n != len(refs) {
+			return false, nil
+		}
+	}
 	now := v.s.now().Unix()
 	for name, p := range outputs {
-		// The outputs' references are inputs the account sees with the
-		// same contents (they are in the key), or the outputs
-		// themselves, so the view stays closed.
-		res, err := tx.ExecContext(ctx, `INSERT INTO views (account, path, object, sigs, how, added)
+			res, err := tx.ExecContext(ctx, `INSERT INTO views (account, path, object, sigs, how, added)
 			VALUES (?, ?, ?, '', 'shared', ?) ON CONFLICT(account, path) DO NOTHING`, v.account, string(p), ids[name], now)
 		if err != nil {
 			return false, fmt.Errorf("sharing build %s: %w", key, err)

@@ -123,7 +123,7 @@ func TestShareBuilds(t *testing.T) {
 	out := path("out", 'o')
 	info := add(t, alice, out, "built")
 	outputs := map[string]storepath.Path{"out": out}
-	if err := alice.(store.Sharer).RecordBuild(ctx, "key1", outputs, "local"); err != nil {
+	if err := alice.(store.Sharer).RecordBuild(ctx, "key1", map[string]*store.PathInfo{"out": info}, "local"); err != nil {
 		t.Fatal(err)
 	}
 	if ok, err := bob.(store.Sharer).AdoptBuild(ctx, "other-key", outputs); ok || err != nil {

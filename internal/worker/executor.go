@@ -264,17 +264,13 @@ var ErrWrongOutput = errors.New("the worker returned a wrong output")
 // before the copy starts.
 func (s *session) fetchOutputs(ctx context.Context, req *build.Request, res *build.Result, outputs map[string]storepath.Path) error {
 	farm := s.farm
-	var want []storepath.Path
+	// Every output is copied in, even one the account holds already (it
+	// uploaded its own bytes under the path meanwhile): what the build
+	// produced is recorded for sharing, and only bytes the farm has
+	// received and verified may be.
+	var missing []storepath.Path
 	for _, p := range outputs {
-		want = append(want, p)
-	}
-	valid, err := farm.ValidPaths(ctx, want)
-	if err != nil {
-		return err
-	}
-	missing := slices.DeleteFunc(want, func(p storepath.Path) bool { return slices.Contains(valid, p) })
-	if len(missing) == 0 {
-		return nil
+		missing = append(missing, p)
 	}
 	infos, err := s.client.QueryPathInfos(missing)
 	if err != nil {
@@ -326,6 +322,14 @@ func (s *session) fetchOutputs(ctx context.Context, req *build.Request, res *bui
 	for _, info := range sorted {
 		if err := s.fetchOne(ctx, info, hashes); err != nil {
 			return err
+		}
+	}
+	res.Produced = make(map[string]build.Contents, len(outputs))
+	for name, p := range outputs {
+		for _, info := range sorted {
+			if info.Path == p {
+				res.Produced[name] = build.Contents{NarHash: info.NarHash, NarSize: info.NarSize, References: info.References}
+			}
 		}
 	}
 	return nil
