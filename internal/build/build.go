@@ -88,6 +88,11 @@ type Request struct {
 	// being copied in (see store.Expecter), before the builder returns.
 	// It may be called more than once if the build is retried.
 	OnOutputs func(*Result)
+	// OutputsVerified says the farm derived the output paths itself (a
+	// .drv from the farm store, checked against hashDerivationModulo),
+	// so it may sign the outputs: a BasicDerivation a client sends could
+	// name any path.
+	OutputsVerified bool
 }
 
 // Result is the outcome of a build. A build that ran and failed is a

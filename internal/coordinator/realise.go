@@ -393,6 +393,8 @@ func (r *realiser) realiseOnce(ctx context.Context, drvPath storepath.Path) (*bu
 		Drv:     drv.Basic(name, storepath.Strings(closure)),
 		Options: r.opts,
 		Account: r.account,
+		// Verified when read (hasher.Verify).
+		OutputsVerified: true,
 	}
 	if log := r.logs.BuildLog(drvPath); log != nil {
 		req.Log = log

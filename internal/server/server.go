@@ -198,7 +198,7 @@ func (f *Farm) init(ctx context.Context) error {
 	}
 	f.signingKey = key.Public()
 	if created {
-		f.log.Info("created the farm's signing key; it signs every output the farm builds", "public_key", f.signingKey.String())
+		f.log.Info("created the farm's signing key; it signs the outputs whose paths the farm checked", "public_key", f.signingKey.String())
 	}
 	rec, err := f.store.Recover(ctx)
 	if err != nil {
@@ -519,7 +519,8 @@ ssh://nixfarm %s - %d 1 - - %s
 		nixSystem(), jobs, hostKeyB64,
 		hostKeyB64)
 	fmt.Fprintf(w, `
-The farm signs every output it builds with this key. To trust its outputs
+The farm signs with this key the outputs whose paths it checked itself (remote-
+store builds of .drv files it verified, and content-addressed outputs). To trust them
 (for example when copying them into a store that requires signatures), add
 to the client's nix.conf:
 

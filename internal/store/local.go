@@ -44,8 +44,8 @@ type Local struct {
 	// SyncDelay is how long after registration a path's blob is synced to
 	// disk (DefaultSyncDelay; set it before use).
 	SyncDelay time.Duration
-	// Key, if set, signs every path the farm built (PathInfo.Ultimate)
-	// when it is registered. Set it before use.
+	// Key, if set, signs the paths the farm built and vouches for
+	// (PathInfo.Sign) when they are registered. Set it before use.
 	Key *signature.SecretKey
 
 	inMu     sync.Mutex
@@ -225,7 +225,7 @@ func (s *Local) register(ctx context.Context, v *View, info *PathInfo, how strin
 	}
 	refs := strings.Join(storepath.Strings(info.References), " ")
 	var sigs string
-	if info.Ultimate && s.Key != nil {
+	if info.Sign && s.Key != nil {
 		sigs = s.Key.Sign(signature.Fingerprint(info.Path, info.NarHash, info.NarSize, info.References))
 	}
 	tx, err := s.db.BeginTx(ctx, nil)

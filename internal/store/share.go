@@ -119,7 +119,7 @@ func (v *View) AdoptBuild(ctx context.Context, key string, outputs map[string]st
 	}
 	now := v.s.now().Unix()
 	for name, p := range outputs {
-			res, err := tx.ExecContext(ctx, `INSERT INTO views (account, path, object, sigs, how, added)
+		res, err := tx.ExecContext(ctx, `INSERT INTO views (account, path, object, sigs, how, added)
 			VALUES (?, ?, ?, '', 'shared', ?) ON CONFLICT(account, path) DO NOTHING`, v.account, string(p), ids[name], now)
 		if err != nil {
 			return false, fmt.Errorf("sharing build %s: %w", key, err)

@@ -49,6 +49,9 @@ type PathInfo struct {
 	Account string
 	// Worker names the worker that built them ("" if uploaded).
 	Worker string
+	// Sign asks AddToStore to sign the path with the farm's key (Local.Key):
+	// the farm built it and knows its path is the right one. Not stored.
+	Sign bool
 }
 
 // Store is the farm store's interface. Implementations are safe for

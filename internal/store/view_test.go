@@ -247,7 +247,7 @@ func TestBuiltPathsAreSigned(t *testing.T) {
 	s.Key = &sk
 	p := path("built", 'u')
 	n := fileNar(t, "output")
-	info := &store.PathInfo{Path: p, NarHash: nixhash.SHA256Of(n), NarSize: uint64(len(n)), Ultimate: true, Worker: "local"}
+	info := &store.PathInfo{Path: p, NarHash: nixhash.SHA256Of(n), NarSize: uint64(len(n)), Ultimate: true, Sign: true, Worker: "local"}
 	if err := s.AddToStore(ctx, info, bytes.NewReader(n)); err != nil {
 		t.Fatal(err)
 	}
@@ -255,6 +255,15 @@ func TestBuiltPathsAreSigned(t *testing.T) {
 	fp := signature.Fingerprint(p, got.NarHash, got.NarSize, got.References)
 	if !signature.VerifyAny([]signature.PublicKey{pk}, fp, got.Sigs) || got.Worker != "local" {
 		t.Errorf("built path: sigs %v, worker %q", got.Sigs, got.Worker)
+	}
+	// A path built but not vouched for is not signed.
+	r := path("unverified", 'w')
+	n = fileNar(t, "output of a BasicDerivation")
+	if err := s.AddToStore(ctx, &store.PathInfo{Path: r, NarHash: nixhash.SHA256Of(n), NarSize: uint64(len(n)), Ultimate: true}, bytes.NewReader(n)); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.QueryPathInfo(ctx, r); len(got.Sigs) != 0 {
+		t.Errorf("an unverified output carries %v", got.Sigs)
 	}
 	// An upload is not signed.
 	q := path("uploaded", 'v')

@@ -294,6 +294,10 @@ func (s *session) fetchOutputs(ctx context.Context, req *build.Request, res *bui
 	for _, info := range sorted {
 		info.Worker = s.e.name
 		info.Ultimate = true
+		// The farm vouches for outputs whose paths it derived, and for
+		// content-addressed ones (the store checks their contents give
+		// their path); a client's BasicDerivation could name any path.
+		info.Sign = req.OutputsVerified || info.CA != ""
 		info.Account = req.Account
 		info.RegistrationTime = now
 		info.Deriver = req.DrvPath
