@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 
@@ -20,6 +21,10 @@ import (
 // (Deleter), or the build goes to another worker. While a build runs, its
 // paths are claimed with the contents it uses, and a build that needs
 // other contents under a claimed path waits (build.ErrWorkerBusy).
+
+// errRemoved ends a session that removed paths from the machine's store:
+// the build starts again in a fresh one.
+var errRemoved = errors.New("paths were removed from the worker's store; checking again in a fresh session")
 
 // claim is one path in use by builds running on the executor's machine.
 type claim struct {
@@ -123,20 +128,7 @@ func (s *session) checkMachine(ctx context.Context, req *build.Request, closure 
 	if err := d.Delete(ctx, conflicts); err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", build.ErrWorkerConflict, conflicts[0], err)
 	}
-	// Paths referring to the removed ones went with them.
-	valid, err = s.client.QueryValidPaths(query, false, false)
-	if err != nil {
-		return nil, err
-	}
-	for p := range have {
-		if !slices.Contains(valid, p) {
-			delete(have, p)
-		}
-	}
-	for _, p := range valid {
-		if _, ok := byPath[p]; !ok || !have[p] {
-			return nil, fmt.Errorf("%w: %s is still on the worker after its removal", build.ErrWorkerConflict, p)
-		}
-	}
-	return have, nil
+	// This session's Nix remembers the removed paths as valid (its path
+	// info cache): the build goes on in a fresh one, which checks again.
+	return nil, errRemoved
 }

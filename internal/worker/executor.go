@@ -104,13 +104,23 @@ func (e *Executor) Build(ctx context.Context, req *build.Request) (*build.Result
 		}
 		e.log.Debug("a warm session failed before the build; starting another", "drv", req.DrvPath, "err", err)
 	}
-	t0 := time.Now()
-	c, err := e.dial(ctx, cores)
-	if err != nil {
-		return e.result(ctx, nil, err)
+	for fresh := 0; ; fresh++ {
+		t0 := time.Now()
+		c, err := e.dial(ctx, cores)
+		if err != nil {
+			return e.result(ctx, nil, err)
+		}
+		res, err := e.buildOn(ctx, c, req, start, time.Since(t0))
+		if errors.Is(err, errRemoved) {
+			if fresh == 0 && ctx.Err() == nil {
+				continue
+			}
+			// Removed twice: the machine keeps them, or keeps getting
+			// them back.
+			err = fmt.Errorf("%w: its store still holds other contents after they were removed", build.ErrWorkerConflict)
+		}
+		return e.result(ctx, res, err)
 	}
-	res, err := e.buildOn(ctx, c, req, start, time.Since(t0))
-	return e.result(ctx, res, err)
 }
 
 // result wraps a build's error with the worker's name.
