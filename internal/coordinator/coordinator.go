@@ -65,7 +65,8 @@ type Coordinator struct {
 // inflight is a build under way, shared by every request for it: every
 // request with the same build key, whichever its account.
 type inflight struct {
-	key     string
+	key     string // the build key (sharing.go)
+	ik      string // the in-flight key (inflightKey)
 	drvPath storepath.Path
 	account string // the account it is built for
 
@@ -153,10 +154,28 @@ func (c *Coordinator) buildDerivation(ctx context.Context, req *build.Request, e
 		return c.answered(ctx, req, outputs)
 	}
 
+	return c.run(ctx, req, st, key, inflightKey(key, req.Options, ""), early, log)
+}
+
+// inflightKey names a build under way: requests with the same one join
+// it. Another account's build is joined only with the same limits on
+// the build's time, which could fail it; alone, if set, makes the key
+// the account's own (after another account's build failed it).
+func inflightKey(key string, opts build.Options, alone string) string {
+	k := fmt.Sprintf("%s timeout=%d silent=%d", key, opts.Timeout, opts.MaxSilentTime)
+	if alone != "" {
+		k += " account=" + alone
+	}
+	return k
+}
+
+// run builds req under the in-flight key ik, or joins the build under way
+// with that key.
+func (c *Coordinator) run(ctx context.Context, req *build.Request, st store.Store, key, ik string, early bool, log *slog.Logger) (*build.Result, error) {
 	c.mu.Lock()
-	f, joined := c.inflight[key]
+	f, joined := c.inflight[ik]
 	if !joined {
-		f = c.registerLocked(ctx, key, req)
+		f = c.registerLocked(ctx, key, ik, req)
 	}
 	f.waiters++
 	c.mu.Unlock()
@@ -176,6 +195,13 @@ func (c *Coordinator) buildDerivation(ctx context.Context, req *build.Request, e
 	res, err := c.wait(ctx, f, early && mine, log)
 	if err != nil {
 		return nil, err
+	}
+	if !mine && !res.Status.Success() {
+		// Another account's build failed; it ran under that account's
+		// limits and options, so this account's request is built on its
+		// own rather than failed with it.
+		log.Info("the build joined for another account failed; building for this account", "status", res.Status)
+		return c.run(ctx, req, st, key, inflightKey(key, req.Options, req.Account), early, log)
 	}
 	if !mine && res.Status.Success() {
 		if shared, err := adopt(ctx, st, key, res.Outputs); err != nil {
@@ -274,13 +300,13 @@ func (c *Coordinator) servesAll(ctx context.Context, account string, paths map[s
 
 // registerLocked makes req the build under way for its derivation, so
 // that the same request from other clients joins it.
-func (c *Coordinator) registerLocked(ctx context.Context, key string, req *build.Request) *inflight {
+func (c *Coordinator) registerLocked(ctx context.Context, key, ik string, req *build.Request) *inflight {
 	// The build belongs to the farm, not to the client that asked first:
 	// unless told otherwise, it outlives that client's connection.
-	f := &inflight{key: key, drvPath: req.DrvPath, account: req.Account,
+	f := &inflight{key: key, ik: ik, drvPath: req.DrvPath, account: req.Account,
 		log: newFanout(), done: make(chan struct{}), announced: make(chan struct{})}
 	f.ctx, f.cancel = context.WithCancel(context.WithoutCancel(ctx))
-	c.inflight[key] = f
+	c.inflight[ik] = f
 	return f
 }
 
@@ -289,7 +315,7 @@ func (c *Coordinator) registerLocked(ctx context.Context, key string, req *build
 func (c *Coordinator) end(f *inflight, res *build.Result, err error) {
 	f.cancel()
 	c.mu.Lock()
-	delete(c.inflight, f.key)
+	delete(c.inflight, f.ik)
 	c.mu.Unlock()
 	f.res, f.err = res, err
 	close(f.done)

@@ -40,6 +40,8 @@ type fakeBuilder struct {
 	mu    sync.Mutex
 	built []string
 	fail  map[string]bool // drv names that fail
+	// failFor lists accounts whose builds fail.
+	failFor map[string]bool
 	// hold, if set, is called first and may block the build.
 	hold func(ctx context.Context, name string) error
 	// copying, if set, is called once the outputs are announced through
@@ -66,7 +68,7 @@ func (b *fakeBuilder) Build(ctx context.Context, req *build.Request) (*build.Res
 		return nil, fmt.Errorf("input missing: %w", err)
 	}
 	fmt.Fprintf(req.Log, "building %s\n", req.Drv.Name)
-	if b.fail[req.Drv.Name] {
+	if b.fail[req.Drv.Name] || b.failFor[req.Account] {
 		return &build.Result{Status: build.PermanentFailure, ErrorMsg: "builder for '" + string(req.DrvPath) + "' failed with exit code 1"}, nil
 	}
 	outs := req.Drv.OutputPaths()
@@ -541,5 +543,50 @@ func TestShareIsWhatTheBuildProduced(t *testing.T) {
 	rc.Close()
 	if !bytes.Contains(got, []byte("EVIL")) {
 		t.Errorf("mallory's own upload was replaced: %q", got)
+	}
+}
+
+// Another account's build under way is joined, but its failure is not
+// the joiner's: it ran under that account's limits and options, so the
+// joiner's request is built again for it alone.
+func TestJoinedBuildOfAnotherAccountFails(t *testing.T) {
+	st, database, dir := testutil.Store(t)
+	bb := &blockingBuilder{fakeBuilder: fakeBuilder{st: st, fail: map[string]bool{}, failFor: map[string]bool{"mallory": true}},
+		started: make(chan struct{}, 4), release: make(chan struct{}), cancelled: make(chan struct{})}
+	c, _ := coordinator.New(st, testutil.Scheduler(t, bb), database, filepath.Join(dir, "logs"), coordinator.Options{})
+	src := storepath.Path("/nix/store/" + strings.Repeat("s", 32) + "-source")
+	addFile(t, st, src, "source", nil)
+	f := &farm{st: st, db: database, coord: c, src: src}
+	drvPath := f.addDrv(t, "joined", []string{"out"}, nil)
+	for _, a := range []string{"carol", "mallory"} {
+		addFile(t, st.For(a), src, "source", nil)
+	}
+	d, _ := store.ReadDerivation(context.Background(), st, drvPath)
+	malloryDone := make(chan *build.Result, 1)
+	go func() {
+		res, _ := c.BuildDerivation(context.Background(), &build.Request{DrvPath: drvPath, Drv: d.Basic("joined", nil), Account: "mallory", Log: io.Discard})
+		malloryDone <- res
+	}()
+	<-bb.started
+	carolDone := make(chan *build.Result, 1)
+	go func() {
+		res, err := c.BuildDerivation(context.Background(), &build.Request{DrvPath: drvPath, Drv: d.Basic("joined", nil), Account: "carol", Log: io.Discard})
+		if err != nil {
+			t.Error(err)
+		}
+		carolDone <- res
+	}()
+	for c.Waiting(drvPath) < 2 {
+		time.Sleep(time.Millisecond)
+	}
+	close(bb.release)
+	if res := <-malloryDone; res == nil || res.Status.Success() {
+		t.Errorf("mallory's build: %+v", res)
+	}
+	if res := <-carolDone; res == nil || !res.Status.Success() {
+		t.Errorf("carol's request failed with mallory's build: %+v", res)
+	}
+	if len(bb.built) != 2 {
+		t.Errorf("built %d times, want mallory's and carol's", len(bb.built))
 	}
 }
