@@ -63,7 +63,7 @@ func (c *Coordinator) share(ctx context.Context, f *inflight, res *build.Result,
 		if !ok {
 			return
 		}
-		outputs[name] = &store.PathInfo{Path: p, NarHash: c.NarHash, NarSize: c.NarSize, References: c.References}
+		outputs[name] = &store.PathInfo{Path: p, NarHash: c.NarHash, NarSize: c.NarSize, References: c.References, Deriver: f.drvPath}
 	}
 	if err := sh.RecordBuild(ctx, f.key, outputs, res.Worker); err != nil {
 		log.Warn("recording the build's outputs for sharing", "err", err)

@@ -95,19 +95,24 @@ var migrations = []string{
 		path TEXT NOT NULL,
 		object INTEGER NOT NULL REFERENCES objects(id) ON DELETE CASCADE,
 		sigs TEXT NOT NULL DEFAULT '',
+		deriver TEXT NOT NULL DEFAULT '',
 		how TEXT NOT NULL,
 		added INTEGER NOT NULL,
 		PRIMARY KEY (account, path)
 	) WITHOUT ROWID;
 	CREATE INDEX views_object ON views(object);
-	INSERT INTO views (account, path, object, sigs, how, added)
-		SELECT account, path, id, sigs, 'upload', registration_time FROM paths;
+	-- Before views, every account saw every path: each keeps seeing them
+	-- all, so that no closure loses a path another account uploaded.
+	INSERT INTO views (account, path, object, sigs, deriver, how, added)
+		SELECT a.account, p.path, p.id, p.sigs, p.deriver, 'upload', p.registration_time
+		FROM paths p CROSS JOIN (SELECT account FROM paths UNION SELECT account FROM builds) a;
 	CREATE TABLE shares (
 		build_key TEXT NOT NULL,
 		output TEXT NOT NULL,
 		object INTEGER NOT NULL REFERENCES objects(id) ON DELETE CASCADE,
 		worker TEXT NOT NULL DEFAULT '',
 		account TEXT NOT NULL,
+		deriver TEXT NOT NULL DEFAULT '',
 		created INTEGER NOT NULL,
 		PRIMARY KEY (build_key, output)
 	) WITHOUT ROWID;

@@ -293,9 +293,9 @@ func (s *Local) register(ctx context.Context, v *View, info *PathInfo, how strin
 	if !info.Ultimate {
 		viewSigs = strings.Join(validSigs(info.Sigs), " ")
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO views (account, path, object, sigs, how, added)
-		VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(account, path) DO NOTHING`,
-		v.account, string(info.Path), id, viewSigs, how, s.now().Unix()); err != nil {
+	if _, err := tx.ExecContext(ctx, `INSERT INTO views (account, path, object, sigs, deriver, how, added)
+		VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(account, path) DO NOTHING`,
+		v.account, string(info.Path), id, viewSigs, string(info.Deriver), how, info.RegistrationTime.Unix()); err != nil {
 		return fmt.Errorf("registering %s: %w", info.Path, err)
 	}
 	if err := tx.Commit(); err != nil {

@@ -56,8 +56,8 @@ func (v *View) RecordBuild(ctx context.Context, key string, outputs map[string]*
 		if err != nil {
 			return fmt.Errorf("recording build %s: %w", key, err)
 		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO shares (build_key, output, object, worker, account, created)
-			VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`, key, name, id, worker, v.account, v.s.now().Unix()); err != nil {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO shares (build_key, output, object, worker, account, deriver, created)
+			VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`, key, name, id, worker, v.account, string(info.Deriver), v.s.now().Unix()); err != nil {
 			return fmt.Errorf("recording build %s: %w", key, err)
 		}
 	}
@@ -119,8 +119,9 @@ func (v *View) AdoptBuild(ctx context.Context, key string, outputs map[string]st
 	}
 	now := v.s.now().Unix()
 	for name, p := range outputs {
-		res, err := tx.ExecContext(ctx, `INSERT INTO views (account, path, object, sigs, how, added)
-			VALUES (?, ?, ?, '', 'shared', ?) ON CONFLICT(account, path) DO NOTHING`, v.account, string(p), ids[name], now)
+		res, err := tx.ExecContext(ctx, `INSERT INTO views (account, path, object, sigs, deriver, how, added)
+			SELECT ?, ?, object, '', deriver, 'shared', ? FROM shares WHERE build_key = ? AND output = ?
+			ON CONFLICT(account, path) DO NOTHING`, v.account, string(p), now, key, name)
 		if err != nil {
 			return false, fmt.Errorf("sharing build %s: %w", key, err)
 		}

@@ -28,6 +28,11 @@ func (v *View) WithTrustedKeys(keys []signature.PublicKey) *View {
 	return &c
 }
 
+// maxSignedVersions bounds the contents of one path a lookup checks for a
+// trusted signature: an account can upload any number of versions of a
+// path, and must not make every other account's lookups slow.
+const maxSignedVersions = 16
+
 // maxSignedClosure bounds the paths one lookup adopts by signature.
 const maxSignedClosure = 100_000
 
@@ -125,7 +130,7 @@ func (v *View) adoptSigned(ctx context.Context, ps []storepath.Path) error {
 func (v *View) signedObject(ctx context.Context, p storepath.Path) (int64, []storepath.Path, bool, error) {
 	rows, err := v.s.db.QueryContext(ctx, `SELECT o.id, o.nar_hash, o.nar_size, o.refs,
 			o.sigs || ' ' || COALESCE((SELECT group_concat(w.sigs, ' ') FROM views w WHERE w.object = o.id), '')
-		FROM objects o WHERE o.path = ?`, string(p))
+		FROM objects o WHERE o.path = ? ORDER BY o.id LIMIT ?`, string(p), maxSignedVersions)
 	if err != nil {
 		return 0, nil, false, fmt.Errorf("looking for signed contents of %s: %w", p, err)
 	}

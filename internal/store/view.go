@@ -51,7 +51,15 @@ func (v *View) WithMaxNarSize(n int64) *View {
 	return &c
 }
 
-const infoColumns = `o.id, v.path, o.nar_hash, o.nar_size, o.refs, o.deriver, o.ca, o.sigs, v.sigs, o.ultimate, o.registration_time, o.account, o.worker`
+// infoColumns are a path's info as one view sees it. What the view row
+// holds is the account's own: when it got the path, its deriver, its
+// signatures. The farm's signature and "built here" show only where the
+// account got the path from the farm (built, shared, signed), not where
+// it uploaded the same bytes: they would tell it that another account
+// holds them.
+const infoColumns = `o.id, v.path, o.nar_hash, o.nar_size, o.refs, v.deriver, o.ca,
+	CASE WHEN v.how = 'upload' THEN '' ELSE o.sigs END, v.sigs,
+	o.ultimate AND v.how != 'upload', v.added, o.account, o.worker`
 
 type scanner interface{ Scan(dest ...any) error }
 
@@ -225,6 +233,18 @@ func (v *View) ClosureInfos(ctx context.Context, ps []storepath.Path) ([]*PathIn
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("computing closure: %w", err)
+	}
+	// A view is closed under references; a hole is reported, not skipped.
+	have := make(map[storepath.Path]bool, len(out))
+	for _, info := range out {
+		have[info.Path] = true
+	}
+	for _, info := range out {
+		for _, r := range info.References {
+			if !have[r] {
+				return nil, fmt.Errorf("%w: %s, a reference of %s", ErrNotFound, r, info.Path)
+			}
+		}
 	}
 	return out, nil
 }

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/nixfarm/nixfarm/internal/nixhash"
 	"github.com/nixfarm/nixfarm/internal/signature"
@@ -315,5 +316,36 @@ func TestSignedPathsAreVisibleToWhoTrustsTheKey(t *testing.T) {
 	bob.AddSignatures(ctx, fi.Path, []string{"cache-1:" + strings.Repeat("B", 88)})
 	if valid, _ := alice.ValidPaths(ctx, []storepath.Path{forged}); len(valid) != 0 {
 		t.Errorf("a forged signature made a path visible")
+	}
+}
+
+// An account that uploads bytes another account has cannot tell: the
+// info it gets back is its own (time, deriver, signatures), with no
+// "built here" and no farm signature from the other's build.
+func TestIdenticalUploadRevealsNothing(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	sk, _, _ := signature.Generate("farm-1")
+	s.Key = &sk
+	p := path("secret", 's')
+	n := fileNar(t, "a secret output")
+	built := &store.PathInfo{Path: p, NarHash: nixhash.SHA256Of(n), NarSize: uint64(len(n)), Ultimate: true, Sign: true,
+		Deriver: path("secret.drv", 'd'), RegistrationTime: time.Unix(1000, 0)}
+	if err := s.For("alice").AddToStore(ctx, built, bytes.NewReader(n)); err != nil {
+		t.Fatal(err)
+	}
+	guess := &store.PathInfo{Path: p, NarHash: nixhash.SHA256Of(n), NarSize: uint64(len(n)), RegistrationTime: time.Unix(2000, 0)}
+	if err := s.For("bob").AddToStore(ctx, guess, bytes.NewReader(n)); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.For("bob").QueryPathInfo(ctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Ultimate || len(got.Sigs) != 0 || got.Deriver != "" || got.RegistrationTime.Unix() != 2000 {
+		t.Errorf("bob's info tells of alice's build: %+v", got)
+	}
+	if got, _ := s.For("alice").QueryPathInfo(ctx, p); !got.Ultimate || len(got.Sigs) != 1 || got.Deriver != built.Deriver {
+		t.Errorf("alice's own info: %+v", got)
 	}
 }
