@@ -69,6 +69,15 @@ func (v *View) AdoptBuild(ctx context.Context, key string, outputs map[string]st
 	if len(outputs) == 0 {
 		return false, nil
 	}
+	// Most builds were never done before: a read answers them without
+	// taking the database's write lock.
+	var n int
+	if err := v.s.db.QueryRowContext(ctx, `SELECT count(*) FROM shares WHERE build_key = ?`, key).Scan(&n); err != nil {
+		return false, fmt.Errorf("sharing build %s: %w", key, err)
+	}
+	if n < len(outputs) {
+		return false, nil
+	}
 	tx, err := v.s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return false, fmt.Errorf("sharing build %s: %w", key, err)
