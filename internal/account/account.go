@@ -50,8 +50,14 @@ type Service struct {
 	// ttl is how long a looked-up account's limits are reused.
 	ttl time.Duration
 
-	mu    sync.Mutex
-	cache map[string]cachedLimits
+	mu      sync.Mutex
+	cache   map[string]cachedLimits
+	trusted map[string]cachedKeys
+}
+
+type cachedKeys struct {
+	keys []signature.PublicKey
+	at   time.Time
 }
 
 type cachedLimits struct {
@@ -65,7 +71,8 @@ func New(db *sql.DB, defaults Values, log *slog.Logger) *Service {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Service{db: db, defaults: defaults, log: log, now: time.Now, ttl: 2 * time.Second, cache: map[string]cachedLimits{}}
+	return &Service{db: db, defaults: defaults, log: log, now: time.Now, ttl: 2 * time.Second,
+		cache: map[string]cachedLimits{}, trusted: map[string]cachedKeys{}}
 }
 
 // Defaults returns the farm's default limits.
@@ -241,6 +248,25 @@ type querier interface {
 // holds signed by one of them are visible to it. A failure to read them
 // is logged, and no key is trusted.
 func (s *Service) TrustedKeys(ctx context.Context, name string) []signature.PublicKey {
+	// Reused as long as the limits are (every session and build asks).
+	now := s.now()
+	s.mu.Lock()
+	c, ok := s.trusted[name]
+	s.mu.Unlock()
+	if ok && now.Sub(c.at) < s.ttl {
+		return c.keys
+	}
+	keys := s.readTrustedKeys(ctx, name)
+	s.mu.Lock()
+	if len(s.trusted) > 10000 {
+		clear(s.trusted)
+	}
+	s.trusted[name] = cachedKeys{keys, now}
+	s.mu.Unlock()
+	return keys
+}
+
+func (s *Service) readTrustedKeys(ctx context.Context, name string) []signature.PublicKey {
 	rows, err := s.db.QueryContext(ctx, `SELECT key FROM trusted_keys WHERE account = ? ORDER BY key`, name)
 	if err != nil {
 		s.log.Error("reading an account's trusted keys; none applies", "account", name, "err", err)

@@ -284,5 +284,6 @@ func (s *Service) Limits(ctx context.Context, name string) Limits {
 func (s *Service) forget(name string) {
 	s.mu.Lock()
 	delete(s.cache, name)
+	delete(s.trusted, name)
 	s.mu.Unlock()
 }
