@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"net/url"
 	"os"
 	"slices"
@@ -139,8 +140,8 @@ func parseMachine(line, thisSystem string) (Machine, error) {
 	}
 	if set(4) {
 		n, err := strconv.ParseFloat(f[4], 64)
-		if err != nil || n < 0 {
-			return m, fmt.Errorf("machine %q: speed factor %q is not a number", line, f[4])
+		if err != nil || n < 0 || math.IsNaN(n) || math.IsInf(n, 0) {
+			return m, fmt.Errorf("machine %q: speed factor %q is not a finite number of at least 0", line, f[4])
 		}
 		m.SpeedFactor = max(n, 1) // as Nix: 0 means 1
 	}
