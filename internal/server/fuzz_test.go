@@ -7,7 +7,7 @@ import (
 )
 
 // shellQuote quotes a word as a POSIX shell reads it back: single quotes,
-// with each ' written as '\''.
+// with each ' written as '\”.
 func shellQuote(w string) string {
 	return "'" + strings.ReplaceAll(w, "'", `'\''`) + "'"
 }
