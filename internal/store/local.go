@@ -16,6 +16,7 @@ import (
 	"github.com/nixfarm/nixfarm/internal/blob"
 	"github.com/nixfarm/nixfarm/internal/nar"
 	"github.com/nixfarm/nixfarm/internal/nixhash"
+	"github.com/nixfarm/nixfarm/internal/publicerr"
 	"github.com/nixfarm/nixfarm/internal/storepath"
 )
 
@@ -260,10 +261,10 @@ func (s *Local) AddToStore(ctx context.Context, info *PathInfo, narSrc io.Reader
 // claimed by this add, which follows the NAR as it is written.
 func (s *Local) addToStore(ctx context.Context, info *PathInfo, narSrc io.Reader, in *incoming) error {
 	if !info.NarHash.IsZero() && info.NarHash.Algo != nixhash.SHA256 {
-		return fmt.Errorf("adding %s: NAR hash must be sha256, not %s", info.Path, info.NarHash.Algo)
+		return publicerr.New("adding %s: NAR hash must be sha256, not %s", info.Path, info.NarHash.Algo)
 	}
 	if info.Path == "" {
-		return errors.New("adding path: no store path given")
+		return publicerr.New("adding path: no store path given")
 	}
 	if valid, err := s.ValidPaths(ctx, []storepath.Path{info.Path}); err != nil {
 		return err
@@ -416,7 +417,7 @@ func (s *Local) AddSignatures(ctx context.Context, p storepath.Path, sigs []stri
 	merged := info.Sigs
 	for _, sig := range sigs {
 		if strings.ContainsAny(sig, " \n") || sig == "" {
-			return fmt.Errorf("invalid signature %q", sig)
+			return publicerr.New("invalid signature %q", sig)
 		}
 		if !have[sig] {
 			have[sig] = true
