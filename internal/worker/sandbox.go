@@ -89,7 +89,7 @@ func (c *SandboxCheck) Run(ctx context.Context) error {
 func (c *SandboxCheck) config(ctx context.Context, args ...string) (map[string]any, error) {
 	out, err := c.ShowConfig(ctx, args...)
 	if err != nil {
-		return nil, fmt.Errorf("asking the local Nix whether it can sandbox builds (nix show-config): %w", err)
+		return nil, fmt.Errorf("asking the local Nix whether it can sandbox builds (nix show-config): %w; the built-in worker needs Nix's nix command (or --local-worker=false)", err)
 	}
 	var cfg map[string]struct {
 		Value any `json:"value"`
