@@ -110,8 +110,9 @@ func parseMachine(line, thisSystem string) (Machine, error) {
 	if err != nil {
 		return m, fmt.Errorf("machine %q: %w", line, err)
 	}
-	if u.Scheme != "ssh" && u.Scheme != "ssh-ng" {
-		return m, fmt.Errorf("machine %q: nixfarm drives static workers over ssh:// and ssh-ng://, not %s://", line, u.Scheme)
+	// The scheme as written: url.Parse lowers its case, Nix does not.
+	if scheme, _, _ := strings.Cut(m.URI, "://"); scheme != "ssh" && scheme != "ssh-ng" {
+		return m, fmt.Errorf("machine %q: nixfarm drives static workers over ssh:// and ssh-ng://, not %s://", line, scheme)
 	}
 	m.Host = u.Host
 	if u.User != nil {
