@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/nixfarm/nixfarm/internal/publicerr"
 	"github.com/nixfarm/nixfarm/internal/storepath"
 )
 
@@ -42,14 +43,14 @@ func parseDerivedPath(s string, legacy bool) (DerivedPath, error) {
 		return d, nil
 	}
 	if !p.IsDerivation() {
-		return DerivedPath{}, fmt.Errorf("derived path %q names outputs of a path that is not a derivation", s)
+		return DerivedPath{}, publicerr.New("derived path %q names outputs of a path that is not a derivation", s)
 	}
 	if outs == "*" || (legacy && outs == "") {
 		return d, nil
 	}
 	for _, o := range strings.Split(outs, ",") {
 		if o == "" || o == "*" {
-			return DerivedPath{}, fmt.Errorf("derived path %q has an invalid output name %q", s, o)
+			return DerivedPath{}, publicerr.New("derived path %q has an invalid output name %q", s, o)
 		}
 		d.Outputs = append(d.Outputs, o)
 	}
@@ -73,7 +74,7 @@ func (d DerivedPath) String() string {
 func (d DerivedPath) LegacyString() (string, error) {
 	switch {
 	case !d.Built && d.Path.IsDerivation():
-		return "", fmt.Errorf("%s: the legacy form cannot name a derivation file without building it", d.Path)
+		return "", publicerr.New("%s: the legacy form cannot name a derivation file without building it", d.Path)
 	case !d.Built || len(d.Outputs) == 0:
 		return string(d.Path), nil
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/nixfarm/nixfarm/internal/build"
 	dbpkg "github.com/nixfarm/nixfarm/internal/db"
 	"github.com/nixfarm/nixfarm/internal/derivation"
+	"github.com/nixfarm/nixfarm/internal/publicerr"
 	"github.com/nixfarm/nixfarm/internal/store"
 	"github.com/nixfarm/nixfarm/internal/storepath"
 )
@@ -110,7 +111,7 @@ func New(st store.Views, sched Scheduler, db *sql.DB, logDir string, opts Option
 }
 
 // ErrMissingInput is returned when a build's inputs are not in the farm store.
-var ErrMissingInput = errors.New("input is missing from the farm store")
+var ErrMissingInput = publicerr.Sentinel("input is missing from the farm store")
 
 // BuildDerivation builds a BasicDerivation whose inputs are in the farm
 // store, or answers from the store, or joins the same build under way. It
@@ -350,8 +351,11 @@ func (c *Coordinator) start(ctx context.Context, req *build.Request, f *inflight
 	c.sched.Submit(f.ctx, &breq, func(res *build.Result, err error) {
 		defer c.running.Done()
 		if err != nil {
-			res = &build.Result{Status: build.MiscFailure, ErrorMsg: err.Error(), StartTime: queued, StopTime: c.now()}
-			log.Warn("build could not run", "err", err)
+			res = &build.Result{Status: build.MiscFailure, StartTime: queued, StopTime: c.now(),
+				ErrorMsg: publicerr.Message(ctx, log, err, "build could not run")}
+			if publicerr.Is(err) {
+				log.Warn("build could not run", "err", err)
+			}
 		} else {
 			log.Info("build finished", "status", res.Status, "worker", res.Worker, "duration", res.StopTime.Sub(res.StartTime))
 		}
@@ -392,7 +396,7 @@ func checkKind(drvPath storepath.Path, kind derivation.Kind) error {
 	if kind.HasKnownOutputPaths() {
 		return nil
 	}
-	return fmt.Errorf("derivation %s is %s; nixfarm builds input-addressed and fixed-output derivations only", drvPath, kind)
+	return publicerr.New("derivation %s is %s; nixfarm builds input-addressed and fixed-output derivations only", drvPath, kind)
 }
 
 func allValid(ctx context.Context, st store.Store, outputs map[string]storepath.Path) (bool, error) {

@@ -14,6 +14,7 @@ import (
 	"github.com/nixfarm/nixfarm/internal/build"
 	"github.com/nixfarm/nixfarm/internal/derivation"
 	"github.com/nixfarm/nixfarm/internal/nixhash"
+	"github.com/nixfarm/nixfarm/internal/publicerr"
 	"github.com/nixfarm/nixfarm/internal/store"
 	"github.com/nixfarm/nixfarm/internal/storepath"
 )
@@ -105,7 +106,7 @@ func wantedOutputs(p build.DerivedPath, res *build.Result) (*build.Result, error
 	}
 	for _, name := range p.Outputs {
 		if _, ok := res.Outputs[name]; !ok {
-			return nil, fmt.Errorf("derivation %s has no output %q", p.Path, name)
+			return nil, publicerr.New("derivation %s has no output %q", p.Path, name)
 		}
 	}
 	return &wanted, nil
@@ -371,7 +372,7 @@ func (r *realiser) realiseOnce(ctx context.Context, drvPath storepath.Path) (*bu
 		for _, name := range drv.InputDrvs[in] {
 			out, ok := inputResults[i].Outputs[name]
 			if !ok {
-				return nil, fmt.Errorf("%s: input derivation %s has no output %q", drvPath, in, name)
+				return nil, publicerr.New("%s: input derivation %s has no output %q", drvPath, in, name)
 			}
 			inputs = append(inputs, out)
 		}

@@ -10,8 +10,9 @@
 package daemonproto
 
 import (
-	"errors"
 	"fmt"
+
+	"github.com/nixfarm/nixfarm/internal/publicerr"
 )
 
 // Handshake magic numbers and versions.
@@ -139,7 +140,7 @@ func versionString(v uint64) string { return fmt.Sprintf("%d.%d", major(v)>>8, m
 
 // ErrProtocol is wrapped by errors caused by what the peer sent. On the
 // server they end the connection after the error is reported.
-var ErrProtocol = errors.New("daemon protocol error")
+var ErrProtocol = publicerr.Sentinel("daemon protocol error")
 
 // RemoteError is an error the other side reported with STDERR_ERROR.
 type RemoteError struct {

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/nixfarm/nixfarm/internal/publicerr"
 	"github.com/nixfarm/nixfarm/internal/store"
 	"github.com/nixfarm/nixfarm/internal/storepath"
 	"github.com/nixfarm/nixfarm/internal/wire"
@@ -84,7 +85,7 @@ func (c *conn) dispatch(ctx context.Context, op Op) error {
 }
 
 func unsupported(c *conn, ctx context.Context) error {
-	return errors.New("this operation is not supported by nixfarm")
+	return publicerr.New("this operation is not supported by nixfarm")
 }
 
 // done ends the operation with STDERR_LAST and writes the reply.
@@ -148,14 +149,14 @@ func (c *conn) collectGarbage(ctx context.Context) error {
 			return err
 		}
 	}
-	return errors.New("the farm store is not garbage-collected by clients")
+	return publicerr.New("the farm store is not garbage-collected by clients")
 }
 
 func (c *conn) clearFailedPaths(ctx context.Context) error {
 	if _, err := c.readPaths("paths"); err != nil {
 		return err
 	}
-	return errors.New("this operation is not supported by nixfarm")
+	return publicerr.New("this operation is not supported by nixfarm")
 }
 
 func (c *conn) verifyStore(ctx context.Context) error {
@@ -165,7 +166,7 @@ func (c *conn) verifyStore(ctx context.Context) error {
 	if _, err := c.readUint("repair"); err != nil {
 		return err
 	}
-	return errors.New("verifying the farm store is for its operator, not for clients")
+	return publicerr.New("verifying the farm store is for its operator, not for clients")
 }
 
 func (c *conn) exportPath(ctx context.Context) error {
@@ -175,7 +176,7 @@ func (c *conn) exportPath(ctx context.Context) error {
 	if _, err := c.readUint("sign"); err != nil {
 		return err
 	}
-	return errors.New("ExportPath is obsolete; use NarFromPath (Nix 2.0 and later do)")
+	return publicerr.New("ExportPath is obsolete; use NarFromPath (Nix 2.0 and later do)")
 }
 
 func (c *conn) setOptions(ctx context.Context) error {
@@ -296,7 +297,7 @@ func (c *conn) queryInfo(ctx context.Context) (*store.PathInfo, error) {
 	}
 	info, err := c.st.QueryPathInfo(ctx, p)
 	if errors.Is(err, store.ErrNotFound) {
-		return nil, fmt.Errorf("path '%s' is not valid", p)
+		return nil, publicerr.New("path '%s' is not valid", p)
 	}
 	return info, err
 }
@@ -309,7 +310,7 @@ func (c *conn) queryPathInfo(ctx context.Context) error {
 	info, err := c.st.QueryPathInfo(ctx, p)
 	if errors.Is(err, store.ErrNotFound) {
 		if minor(c.ver) < 17 {
-			return fmt.Errorf("path '%s' is not valid", p)
+			return publicerr.New("path '%s' is not valid", p)
 		}
 		return c.done(func(w *wire.Writer) { w.Uint64(0) })
 	}
@@ -418,7 +419,7 @@ func (c *conn) narFromPath(ctx context.Context) error {
 	}
 	rc, _, err := c.st.NarFromPath(ctx, p)
 	if errors.Is(err, store.ErrNotFound) {
-		return fmt.Errorf("path '%s' is not valid", p)
+		return publicerr.New("path '%s' is not valid", p)
 	}
 	if err != nil {
 		return err
@@ -442,7 +443,7 @@ func (c *conn) derivationOutputs(ctx context.Context) (map[string]storepath.Path
 	}
 	outputs, err := c.s.Builds.OutputMap(ctx, c.sess.Account, p)
 	if errors.Is(err, store.ErrNotFound) {
-		return nil, fmt.Errorf("derivation '%s' is not in the farm store", p)
+		return nil, publicerr.New("derivation '%s' is not in the farm store", p)
 	}
 	return outputs, err
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/nixfarm/nixfarm/internal/nar"
 	"github.com/nixfarm/nixfarm/internal/nixhash"
+	"github.com/nixfarm/nixfarm/internal/publicerr"
 	"github.com/nixfarm/nixfarm/internal/store"
 	"github.com/nixfarm/nixfarm/internal/storepath"
 	"github.com/nixfarm/nixfarm/internal/wire"
@@ -73,7 +74,7 @@ func (c *conn) addFramed(ctx context.Context, add func(src io.Reader) error) err
 		return fatal(derr)
 	}
 	if err == nil && left > 0 {
-		err = fmt.Errorf("%d bytes of unexpected data after the NAR", left)
+		err = publicerr.New("%d bytes of unexpected data after the NAR", left)
 	}
 	return err
 }
@@ -99,7 +100,7 @@ func (c *conn) addToStoreNar(ctx context.Context) error {
 			return infoErr
 		}
 		if info.NarSize == 0 {
-			return fmt.Errorf("AddToStoreNar of %s has narSize 0", p)
+			return publicerr.New("AddToStoreNar of %s has narSize 0", p)
 		}
 		return c.st.AddToStore(ctx, info, src)
 	}
@@ -159,7 +160,7 @@ func (c *conn) addMultipleToStore(ctx context.Context) error {
 			}
 		}
 		if !r.AtEOF() {
-			return errors.New("unexpected data after the last path")
+			return publicerr.New("unexpected data after the last path")
 		}
 		return nil
 	})
@@ -181,10 +182,10 @@ func parseMethod(s string) (storepath.CAMethod, nixhash.Algo, error) {
 		if r, ok := strings.CutPrefix(rest, "r:"); ok {
 			method, rest = storepath.Recursive, r
 		} else if strings.HasPrefix(rest, "git:") {
-			return 0, 0, fmt.Errorf("content-addressing method %q (git) is not supported by nixfarm", s)
+			return 0, 0, publicerr.New("content-addressing method %q (git) is not supported by nixfarm", s)
 		}
 	default:
-		return 0, 0, fmt.Errorf("unknown content-addressing method %q", s)
+		return 0, 0, publicerr.New("unknown content-addressing method %q", s)
 	}
 	algo, err := nixhash.ParseAlgo(rest)
 	return method, algo, err
@@ -277,7 +278,7 @@ func (c *conn) addToStoreOld(ctx context.Context) error {
 		if h, err := nr.Next(); err != nil {
 			return err
 		} else if h.Type != nar.TypeRegular {
-			return fmt.Errorf("flat content %s must be a single file, not a %s", name, h.Type)
+			return publicerr.New("flat content %s must be a single file, not a %s", name, h.Type)
 		}
 		data = nr
 	}

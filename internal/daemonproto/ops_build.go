@@ -9,6 +9,7 @@ import (
 
 	"github.com/nixfarm/nixfarm/internal/build"
 	"github.com/nixfarm/nixfarm/internal/derivation"
+	"github.com/nixfarm/nixfarm/internal/publicerr"
 	"github.com/nixfarm/nixfarm/internal/storepath"
 	"github.com/nixfarm/nixfarm/internal/wire"
 )
@@ -29,11 +30,11 @@ func (c *conn) readBuildMode() error {
 	case 0:
 		return nil
 	case 1:
-		return errors.New("repairing builds (--repair) is not supported by nixfarm")
+		return publicerr.New("repairing builds (--repair) is not supported by nixfarm")
 	case 2:
-		return errors.New("checking builds (--check) is not supported by nixfarm yet")
+		return publicerr.New("checking builds (--check) is not supported by nixfarm yet")
 	}
-	return fmt.Errorf("unknown build mode %d", mode)
+	return publicerr.New("unknown build mode %d", mode)
 }
 
 func (c *conn) buildDerivation(ctx context.Context) error {
@@ -59,7 +60,8 @@ func (c *conn) buildDerivation(ctx context.Context) error {
 	if err != nil {
 		// The build could not run at all: a failed result carries the
 		// reason to the client, which prints it.
-		res = &build.Result{Status: build.MiscFailure, ErrorMsg: fmt.Sprintf("nixfarm could not build %s: %v", drvPath, err)}
+		res = &build.Result{Status: build.MiscFailure, ErrorMsg: fmt.Sprintf("nixfarm could not build %s: %s", drvPath,
+			publicerr.Message(ctx, c.log, err, "build could not run", "drv", drvPath))}
 	}
 	return c.done(func(w *wire.Writer) { writeBuildResult(w, c.ver, res) })
 }
@@ -98,7 +100,7 @@ func (c *conn) buildPaths(ctx context.Context) error {
 		}
 	}
 	if len(failed) > 0 {
-		return errors.New(strings.Join(failed, "\n"))
+		return publicerr.New("%s", strings.Join(failed, "\n"))
 	}
 	return c.ok(ctx)
 }

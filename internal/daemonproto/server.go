@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nixfarm/nixfarm/internal/build"
+	"github.com/nixfarm/nixfarm/internal/publicerr"
 	"github.com/nixfarm/nixfarm/internal/store"
 	"github.com/nixfarm/nixfarm/internal/storepath"
 	"github.com/nixfarm/nixfarm/internal/wire"
@@ -79,7 +80,7 @@ func (s *Server) Serve(ctx context.Context, in io.Reader, out io.Writer, sess *S
 	c.log = s.logger().With("account", sess.Account)
 	if err := c.handshake(); err != nil {
 		if c.ver != 0 {
-			c.out.failure(err.Error())
+			c.out.failure(publicerr.Message(ctx, c.log, err, "handshake failed"))
 		}
 		return err
 	}
@@ -105,13 +106,18 @@ func (s *Server) Serve(ctx context.Context, in io.Reader, out io.Writer, sess *S
 		if err != nil {
 			var fatal *fatalError
 			isFatal := errors.As(err, &fatal)
-			if ferr := c.out.failure(fmt.Sprintf("%s: %v", op, err)); ferr != nil {
+			// Only a public message reaches the client; anything else is
+			// logged under an id the client is given.
+			msg := publicerr.Message(ctx, c.log, err, "operation failed", "op", op.String())
+			if ferr := c.out.failure(fmt.Sprintf("%s: %s", op, msg)); ferr != nil {
 				return ferr
 			}
 			if isFatal {
 				return fmt.Errorf("%s: %w", op, err)
 			}
-			c.log.Info("operation failed", "op", op.String(), "err", err)
+			if publicerr.Is(err) {
+				c.log.Info("operation failed", "op", op.String(), "err", err)
+			}
 		} else {
 			c.out.mu.Lock()
 			ferr := c.out.flushLocked()

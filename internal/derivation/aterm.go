@@ -23,6 +23,10 @@ func (e *ParseError) Error() string {
 	return msg
 }
 
+// Public reports that the message may be shown to clients: it describes
+// only the bytes they sent (see package publicerr).
+func (e *ParseError) Public() bool { return true }
+
 // Unwrap returns ErrInvalid and the underlying cause, if any.
 func (e *ParseError) Unwrap() []error {
 	if e.Err != nil {

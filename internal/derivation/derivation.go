@@ -19,12 +19,12 @@ package derivation
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
 
 	"github.com/nixfarm/nixfarm/internal/nixhash"
+	"github.com/nixfarm/nixfarm/internal/publicerr"
 	"github.com/nixfarm/nixfarm/internal/storepath"
 )
 
@@ -37,10 +37,10 @@ const Extension = ".drv"
 
 // ErrInvalid is wrapped by every error about a malformed or inconsistent
 // derivation.
-var ErrInvalid = errors.New("invalid derivation")
+var ErrInvalid = publicerr.Sentinel("invalid derivation")
 
 // ErrTooLarge is wrapped by errors for input above MaxSize.
-var ErrTooLarge = errors.New("derivation too large")
+var ErrTooLarge = publicerr.Sentinel("derivation too large")
 
 // Output is one output of a derivation, with its fields exactly as they
 // appear in the ATerm and on the wire:

@@ -2,6 +2,7 @@ package derivation_test
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"reflect"
 	"testing"
@@ -90,5 +91,42 @@ func FuzzReadBasic(f *testing.F) {
 		b.Kind()
 		b.OutputPaths()
 		b.StructuredAttrs()
+	})
+}
+
+// FuzzDecodeStructuredAttrs checks the decoder of a derivation's __json,
+// which comes from clients' derivations: no panic, errors wrap ErrInvalid,
+// and what it accepts is an object that survives encoding and decoding
+// again unchanged (numbers kept as written).
+func FuzzDecodeStructuredAttrs(f *testing.F) {
+	for _, s := range []string{
+		`{"outputs":{"out":{"outputHash":null}},"builder":"/bin/sh","args":["-c","echo"],"n":12345678901234567890}`,
+		`{"exportReferencesGraph":{"closure":["/nix/store/x"]},"__sandboxProfile":"","preferLocalBuild":true}`,
+		`{}`, `null`, `[]`, `{} {}`, `{"a":1e999}`, `{"a":"\ud800"}`, ``,
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		attrs, present, err := derivation.DecodeStructuredAttrs(map[string]string{"__json": s})
+		if !present {
+			t.Fatal("__json not present")
+		}
+		if err != nil {
+			if !errors.Is(err, derivation.ErrInvalid) {
+				t.Fatalf("error without ErrInvalid: %v", err)
+			}
+			return
+		}
+		if attrs == nil {
+			t.Fatal("nil attributes accepted")
+		}
+		js, err := json.Marshal(attrs)
+		if err != nil {
+			t.Fatalf("%q decodes to attributes that do not encode: %v", s, err)
+		}
+		again, _, err := derivation.DecodeStructuredAttrs(map[string]string{"__json": string(js)})
+		if err != nil || !reflect.DeepEqual(again, attrs) {
+			t.Fatalf("%q: attributes encode as %s, which decode as %v, %v", s, js, again, err)
+		}
 	})
 }

@@ -34,9 +34,10 @@ package nar
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"sync"
+
+	"github.com/nixfarm/nixfarm/internal/publicerr"
 )
 
 // Bounds enforced by Reader and Writer.
@@ -88,15 +89,15 @@ type Header struct {
 // ErrInvalid is wrapped by every error a Reader (and so Copy and Restore)
 // returns for malformed NAR data, including a NAR cut short; errors of the
 // underlying reader are wrapped as they are instead.
-var ErrInvalid = errors.New("invalid nar")
+var ErrInvalid = publicerr.Sentinel("invalid nar")
 
 // ErrHeader is wrapped by the errors Writer.WriteHeader returns for a header
 // that is invalid or out of NAR order.
-var ErrHeader = errors.New("invalid nar header")
+var ErrHeader = publicerr.Sentinel("invalid nar header")
 
 // ErrWriteTooLong is returned by Writer.Write when more bytes are written
 // than the current file's Header.Size.
-var ErrWriteTooLong = errors.New("nar: write exceeds file size")
+var ErrWriteTooLong = publicerr.Sentinel("nar: write exceeds file size")
 
 const magic = "nix-archive-1"
 

@@ -11,7 +11,6 @@ package narinfo
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -19,6 +18,7 @@ import (
 	"strings"
 
 	"github.com/nixfarm/nixfarm/internal/nixhash"
+	"github.com/nixfarm/nixfarm/internal/publicerr"
 	"github.com/nixfarm/nixfarm/internal/signature"
 	"github.com/nixfarm/nixfarm/internal/storepath"
 )
@@ -30,7 +30,7 @@ const MaxSize = 1 << 20
 const ContentType = "text/x-nix-narinfo"
 
 // ErrInvalid is wrapped by every parse error.
-var ErrInvalid = errors.New("invalid narinfo")
+var ErrInvalid = publicerr.Sentinel("invalid narinfo")
 
 // NarInfo describes one store path in a binary cache.
 type NarInfo struct {
@@ -136,7 +136,7 @@ func (ni *NarInfo) set(key, value string) error {
 		ni.System = value
 	case "Sig":
 		if name, sig, ok := strings.Cut(value, ":"); !ok || name == "" || sig == "" {
-			return fmt.Errorf("signature %q is not \"name:base64\"", value)
+			return publicerr.New("signature %q is not \"name:base64\"", value)
 		}
 		ni.Sigs = append(ni.Sigs, value)
 	case "CA":
@@ -149,7 +149,7 @@ func (ni *NarInfo) set(key, value string) error {
 func parseSize(s string) (uint64, error) {
 	n, err := strconv.ParseUint(s, 10, 64)
 	if err != nil {
-		return 0, fmt.Errorf("%q is not a size", s)
+		return 0, publicerr.New("%q is not a size", s)
 	}
 	return n, nil
 }

@@ -14,12 +14,13 @@ import (
 	"crypto/sha512"
 	"encoding/base64"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"hash"
 	"strings"
 
 	"github.com/nix-community/go-nix/pkg/nixbase32"
+
+	"github.com/nixfarm/nixfarm/internal/publicerr"
 )
 
 // Algo names a hash algorithm.
@@ -43,7 +44,7 @@ func ParseAlgo(s string) (Algo, error) {
 			return a, nil
 		}
 	}
-	return 0, fmt.Errorf("unknown hash algorithm %q", s)
+	return 0, publicerr.New("unknown hash algorithm %q", s)
 }
 
 // String returns the algorithm's name as Nix writes it.
@@ -78,7 +79,7 @@ type Hash struct {
 }
 
 // ErrInvalid is wrapped by every parse error.
-var ErrInvalid = errors.New("invalid hash")
+var ErrInvalid = publicerr.Sentinel("invalid hash")
 
 // SHA256Of returns the SHA-256 hash of data.
 func SHA256Of(data []byte) Hash {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nixfarm/nixfarm/internal/build"
+	"github.com/nixfarm/nixfarm/internal/publicerr"
 )
 
 // dispatchLocked gives queued builds to free workers, the accounts in
@@ -255,7 +256,8 @@ func (s *Scheduler) retryLocked(j *job, w *workerState, err error) string {
 	if j.attempts >= s.cfg.MaxAttempts {
 		s.cfg.Log.Warn("build failed on every attempt", "drv", j.req.DrvPath, "attempts", j.attempts, "err", err)
 		j.finish(&build.Result{Status: build.MiscFailure,
-			ErrorMsg: fmt.Sprintf("nixfarm tried to build '%s' %d times and no worker could run it; the last error: %v", j.req.DrvPath, j.attempts, err)}, nil)
+			ErrorMsg: fmt.Sprintf("nixfarm tried to build '%s' %d times and no worker could run it; the last error: %s", j.req.DrvPath, j.attempts,
+				publicerr.Message(context.Background(), s.cfg.Log, err, "build failed on every attempt", "drv", j.req.DrvPath))}, nil)
 		return ""
 	}
 	backoff := s.cfg.RetryBackoff << (j.attempts - 1)

@@ -1,11 +1,13 @@
 package scheduler_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -244,12 +246,22 @@ func TestRetryElsewhereAndQuarantine(t *testing.T) {
 }
 
 func TestAttemptsAreBounded(t *testing.T) {
-	s := newScheduler(t, scheduler.Config{RetryBackoff: time.Millisecond, MaxAttempts: 3, QuarantineAfter: 100})
-	w := &fake{name: "w", fail: errors.New("connection refused")}
+	var logBuf syncBuffer
+	s := newScheduler(t, scheduler.Config{RetryBackoff: time.Millisecond, MaxAttempts: 3, QuarantineAfter: 100,
+		Log: slog.New(slog.NewTextHandler(&logBuf, nil))})
+	w := &fake{name: "w", fail: errors.New("dial unix /var/lib/nixfarm/agent.sock: connection refused")}
 	s.AddWorker(scheduler.Worker{Name: "w", Caps: caps("x86_64-linux", "", "", 1, 1), Builder: w})
 	res, err := schedule(s, context.Background(), request("doomed", "x86_64-linux", "", "alice"))
-	if err != nil || res.Status.Success() || !strings.Contains(res.ErrorMsg, "3 times") || !strings.Contains(res.ErrorMsg, "connection refused") {
+	if err != nil || res.Status.Success() || !strings.Contains(res.ErrorMsg, "3 times") {
 		t.Errorf("%+v %v", res, err)
+	}
+	// The worker's error is internal: the client gets an id, the log the
+	// detail under it.
+	m := regexp.MustCompile(`internal error \(id ([0-9a-f]{8})\)`).FindStringSubmatch(res.ErrorMsg)
+	if m == nil || strings.Contains(res.ErrorMsg, "/var/lib/nixfarm") {
+		t.Errorf("the client is told %q", res.ErrorMsg)
+	} else if !regexp.MustCompile(`error_id=` + m[1] + `.*agent.sock: connection refused`).MatchString(logBuf.String()) {
+		t.Errorf("the log has no line with error_id=%s and the error:\n%s", m[1], logBuf.String())
 	}
 	if n := len(w.names()); n != 3 {
 		t.Errorf("%d attempts", n)
@@ -530,4 +542,22 @@ func TestNameTaken(t *testing.T) {
 	if err != nil || res.Worker != "first" {
 		t.Errorf("built by %+v, %v", res, err)
 	}
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent use, for logs.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/nixfarm/nixfarm/internal/derivation"
 	"github.com/nixfarm/nixfarm/internal/nar"
 	"github.com/nixfarm/nixfarm/internal/nixhash"
+	"github.com/nixfarm/nixfarm/internal/publicerr"
 	"github.com/nixfarm/nixfarm/internal/store"
 	"github.com/nixfarm/nixfarm/internal/storepath"
 	"github.com/nixfarm/nixfarm/internal/wire"
@@ -54,7 +55,7 @@ type Session struct {
 }
 
 // ErrProtocol is wrapped by errors caused by what the client sent.
-var ErrProtocol = errors.New("serve protocol error")
+var ErrProtocol = publicerr.Sentinel("serve protocol error")
 
 // Serve runs one session until the client closes its side (a nil error) or
 // something fails. The caller reports a non-nil error to the client (on
@@ -98,7 +99,7 @@ func (s *Server) Serve(ctx context.Context, in io.Reader, out io.Writer, sess *S
 			return fmt.Errorf("%w: unknown serve command %d (0x%x)", ErrProtocol, cmd, cmd)
 		}
 		if command.write && !sess.Write {
-			return fmt.Errorf("%s is not allowed on a read-only connection (use `nix-store --serve --write`)", command.name)
+			return publicerr.New("%s is not allowed on a read-only connection (use `nix-store --serve --write`)", command.name)
 		}
 		start := time.Now()
 		if err := command.run(c, ctx); err != nil {
@@ -443,7 +444,7 @@ func (c *serveConn) buildPaths(ctx context.Context) error {
 	}
 	results, err := c.s.Builds.Realise(ctx, paths, opts, c.sess.Account, build.LogWriter{W: c.sess.Stderr})
 	if err != nil {
-		results = []*build.Result{{Status: build.MiscFailure, ErrorMsg: err.Error()}}
+		results = []*build.Result{{Status: build.MiscFailure, ErrorMsg: publicerr.Message(ctx, c.s.logger(), err, "build could not run", "account", c.sess.Account)}}
 	}
 	for _, res := range results {
 		if !res.Status.Success() {
@@ -478,7 +479,8 @@ func (c *serveConn) buildDerivation(ctx context.Context) error {
 	if err != nil {
 		// The build could not run at all. Report it as a build failure
 		// with the reason, so the client prints it, and keep serving.
-		res = &build.Result{Status: build.MiscFailure, ErrorMsg: fmt.Sprintf("nixfarm could not build %s: %v", drvPath, err)}
+		res = &build.Result{Status: build.MiscFailure, ErrorMsg: fmt.Sprintf("nixfarm could not build %s: %s", drvPath,
+			publicerr.Message(ctx, c.s.logger(), err, "build could not run", "account", c.sess.Account, "drv", drvPath))}
 	}
 	return c.writeResult(res)
 }

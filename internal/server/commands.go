@@ -11,6 +11,7 @@ import (
 
 	"github.com/nixfarm/nixfarm/internal/account"
 	"github.com/nixfarm/nixfarm/internal/daemonproto"
+	"github.com/nixfarm/nixfarm/internal/publicerr"
 	"github.com/nixfarm/nixfarm/internal/scheduler"
 	"github.com/nixfarm/nixfarm/internal/serveproto"
 	"github.com/nixfarm/nixfarm/internal/sshd"
@@ -176,10 +177,13 @@ func (h *execHandler) Exec(ctx context.Context, s *sshd.Session) uint32 {
 		err = h.whoami(ctx, s, c.json)
 	}
 	if err != nil {
-		if !errors.Is(err, context.Canceled) {
+		// Only a public message reaches the client; anything else is
+		// logged under an id the client is given.
+		if publicerr.Is(err) && !errors.Is(err, context.Canceled) {
 			h.log.Warn("session failed", "account", s.Account, "command", s.Command, "err", err)
 		}
-		fmt.Fprintf(s.Stderr, "error: nixfarm: %v\n", err)
+		msg := publicerr.Message(ctx, h.log, err, "session failed", "account", s.Account, "command", s.Command)
+		fmt.Fprintf(s.Stderr, "error: nixfarm: %s\n", msg)
 		return 1
 	}
 	return 0

@@ -297,6 +297,9 @@ func (f *Farm) addLocalWorker(ctx context.Context) error {
 	if err := f.planBuildUsers(ctx, nc, transport); err != nil {
 		return err
 	}
+	if err := f.sandboxLocalWorker(ctx, transport); err != nil {
+		return err
+	}
 	caps.MaxJobs = f.cfg.LocalJobs
 	executor := f.newExecutor("local", transport)
 	// Open the worker's store once now, before builds run at once.
@@ -321,6 +324,26 @@ func (f *Farm) planBuildUsers(ctx context.Context, nc worker.NixConfig, transpor
 	}
 	f.cfg.LocalJobs = plan.Jobs
 	transport.Options = plan.Settings()
+	return nil
+}
+
+// sandboxLocalWorker makes the built-in worker build only in Nix's
+// sandbox, whatever nix.conf says, and refuses to start the farm if Nix
+// cannot sandbox builds here: an unsandboxed build could write to the
+// host, read the farm's processes and reach its ports.
+func (f *Farm) sandboxLocalWorker(ctx context.Context, transport *worker.Local) error {
+	root := os.Geteuid() == 0
+	_, daemon := worker.MachineStore(f.cfg.LocalStore, root)
+	if err := worker.NewSandboxCheck("", root, daemon).Run(ctx); err != nil {
+		return fmt.Errorf("the built-in worker must build in Nix's sandbox: %w", err)
+	}
+	if transport.Options == nil {
+		transport.Options = map[string]string{}
+	}
+	for k, v := range worker.SandboxSettings() {
+		transport.Options[k] = v
+	}
+	f.log.Info("built-in worker: sandbox on", "store", f.cfg.LocalStore, "daemon", daemon)
 	return nil
 }
 

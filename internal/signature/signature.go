@@ -15,17 +15,17 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
 
 	"github.com/nixfarm/nixfarm/internal/nixhash"
+	"github.com/nixfarm/nixfarm/internal/publicerr"
 	"github.com/nixfarm/nixfarm/internal/storepath"
 )
 
 // ErrInvalidKey is wrapped by every key parsing error.
-var ErrInvalidKey = errors.New("invalid key")
+var ErrInvalidKey = publicerr.Sentinel("invalid key")
 
 // SecretKey is a named ed25519 signing key.
 type SecretKey struct {

@@ -9,12 +9,13 @@ import (
 
 	"github.com/nixfarm/nixfarm/internal/nar"
 	"github.com/nixfarm/nixfarm/internal/nixhash"
+	"github.com/nixfarm/nixfarm/internal/publicerr"
 	"github.com/nixfarm/nixfarm/internal/storepath"
 )
 
 // ErrContentAddress is returned when a content-addressed path's contents
 // do not match its content address or its store path.
-var ErrContentAddress = errors.New("content address mismatch")
+var ErrContentAddress = publicerr.Sentinel("content address mismatch")
 
 // caCheck verifies a content-addressed upload while its NAR streams past.
 type caCheck struct {

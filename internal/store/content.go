@@ -9,6 +9,7 @@ import (
 
 	"github.com/nixfarm/nixfarm/internal/nar"
 	"github.com/nixfarm/nixfarm/internal/nixhash"
+	"github.com/nixfarm/nixfarm/internal/publicerr"
 	"github.com/nixfarm/nixfarm/internal/storepath"
 )
 
@@ -31,10 +32,10 @@ type Content struct {
 // since its hash is needed before it can be stored.
 func AddContent(ctx context.Context, s Store, tmpDir string, c Content) (*PathInfo, error) {
 	if c.Method == storepath.Text && c.Algo != nixhash.SHA256 {
-		return nil, fmt.Errorf("adding %s: text content is hashed with sha256, not %s", c.Name, c.Algo)
+		return nil, publicerr.New("adding %s: text content is hashed with sha256, not %s", c.Name, c.Algo)
 	}
 	if c.Algo.Size() == 0 {
-		return nil, fmt.Errorf("adding %s: unknown hash algorithm", c.Name)
+		return nil, publicerr.New("adding %s: unknown hash algorithm", c.Name)
 	}
 	spool, err := os.CreateTemp(tmpDir, "content-*")
 	if err != nil {

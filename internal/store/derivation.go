@@ -7,6 +7,7 @@ import (
 
 	"github.com/nixfarm/nixfarm/internal/derivation"
 	"github.com/nixfarm/nixfarm/internal/nar"
+	"github.com/nixfarm/nixfarm/internal/publicerr"
 	"github.com/nixfarm/nixfarm/internal/storepath"
 )
 
@@ -16,7 +17,7 @@ const maxDrvSize = 64 << 20
 // ReadDerivation loads and parses a .drv file held in the store.
 func ReadDerivation(ctx context.Context, s Store, p storepath.Path) (*derivation.Derivation, error) {
 	if !p.IsDerivation() {
-		return nil, fmt.Errorf("%s is not a derivation", p)
+		return nil, publicerr.New("%s is not a derivation", p)
 	}
 	rc, _, err := s.NarFromPath(ctx, p)
 	if err != nil {
@@ -29,10 +30,10 @@ func ReadDerivation(ctx context.Context, s Store, p storepath.Path) (*derivation
 		return nil, fmt.Errorf("reading %s: %w", p, err)
 	}
 	if h.Type != nar.TypeRegular {
-		return nil, fmt.Errorf("%s is not a regular file", p)
+		return nil, publicerr.New("%s is not a regular file", p)
 	}
 	if h.Size > maxDrvSize {
-		return nil, fmt.Errorf("%s is %d bytes, more than the %d allowed for a derivation", p, h.Size, maxDrvSize)
+		return nil, publicerr.New("%s is %d bytes, more than the %d allowed for a derivation", p, h.Size, maxDrvSize)
 	}
 	data, err := io.ReadAll(nr)
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"sync"
 
+	"github.com/nixfarm/nixfarm/internal/publicerr"
 	"github.com/nixfarm/nixfarm/internal/storepath"
 )
 
@@ -196,7 +197,7 @@ func (r *follower) Read(p []byte) (int, error) {
 		case ferr != nil:
 			return 0, ferr
 		case done && r.pos < r.limit:
-			return 0, fmt.Errorf("the NAR of %s ended after %d of %d bytes", in.info.Path, r.pos, r.limit)
+			return 0, publicerr.New("the NAR of %s ended after %d of %d bytes", in.info.Path, r.pos, r.limit)
 		}
 		return 0, io.EOF
 	}

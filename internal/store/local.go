@@ -17,6 +17,7 @@ import (
 	"github.com/nixfarm/nixfarm/internal/blob"
 	"github.com/nixfarm/nixfarm/internal/nar"
 	"github.com/nixfarm/nixfarm/internal/nixhash"
+	"github.com/nixfarm/nixfarm/internal/publicerr"
 	"github.com/nixfarm/nixfarm/internal/signature"
 	"github.com/nixfarm/nixfarm/internal/storepath"
 )
@@ -88,10 +89,10 @@ func normalizeRefs(refs []storepath.Path) []storepath.Path {
 // written.
 func (s *Local) addToStore(ctx context.Context, v *View, info *PathInfo, narSrc io.Reader, in *incoming) error {
 	if !info.NarHash.IsZero() && info.NarHash.Algo != nixhash.SHA256 {
-		return fmt.Errorf("adding %s: NAR hash must be sha256, not %s", info.Path, info.NarHash.Algo)
+		return publicerr.New("adding %s: NAR hash must be sha256, not %s", info.Path, info.NarHash.Algo)
 	}
 	if info.Path == "" {
-		return errors.New("adding path: no store path given")
+		return publicerr.New("adding path: no store path given")
 	}
 	info.References = normalizeRefs(info.References)
 	// A path the account holds already is not added again, as in Nix;

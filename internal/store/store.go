@@ -10,28 +10,27 @@ package store
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"io"
 	"sort"
 	"time"
 
 	"github.com/nixfarm/nixfarm/internal/nixhash"
+	"github.com/nixfarm/nixfarm/internal/publicerr"
 	"github.com/nixfarm/nixfarm/internal/storepath"
 )
 
 // ErrNotFound is returned for a path the store does not hold.
-var ErrNotFound = errors.New("path is not in the farm store")
+var ErrNotFound = publicerr.Sentinel("path is not in the farm store")
 
 // ErrHashMismatch is returned when a NAR does not match its declared hash.
-var ErrHashMismatch = errors.New("NAR hash mismatch")
+var ErrHashMismatch = publicerr.Sentinel("NAR hash mismatch")
 
 // ErrSizeMismatch is returned when a NAR does not match its declared size.
-var ErrSizeMismatch = errors.New("NAR size mismatch")
+var ErrSizeMismatch = publicerr.Sentinel("NAR size mismatch")
 
 // ErrInvalidReference is returned when a path refers to a path that is not
 // valid in the store.
-var ErrInvalidReference = errors.New("reference is not valid")
+var ErrInvalidReference = publicerr.Sentinel("reference is not valid")
 
 // PathInfo is the metadata of one store path.
 type PathInfo struct {
@@ -106,7 +105,7 @@ func TopoSort(infos []*PathInfo) ([]*PathInfo, error) {
 		case done:
 			return nil
 		case visiting:
-			return fmt.Errorf("reference cycle between %s and %s", parent, i.Path)
+			return publicerr.New("reference cycle between %s and %s", parent, i.Path)
 		}
 		state[i.Path] = visiting
 		for _, r := range i.References {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nixfarm/nixfarm/internal/nixhash"
+	"github.com/nixfarm/nixfarm/internal/publicerr"
 	"github.com/nixfarm/nixfarm/internal/signature"
 	"github.com/nixfarm/nixfarm/internal/storepath"
 )
@@ -364,7 +365,7 @@ func missingReference(info *PathInfo, refs, valid []storepath.Path) error {
 func (v *View) AddSignatures(ctx context.Context, p storepath.Path, sigs []string) error {
 	for _, sig := range sigs {
 		if strings.ContainsAny(sig, " \n") || sig == "" {
-			return fmt.Errorf("invalid signature %q", sig)
+			return publicerr.New("invalid signature %q", sig)
 		}
 	}
 	// One write transaction (taken at BEGIN) reads and updates, so

@@ -4,12 +4,12 @@ package storepath
 
 import (
 	"crypto/sha256"
-	"errors"
 	"fmt"
 	"sort"
 	"strings"
 
 	"github.com/nixfarm/nixfarm/internal/nixhash"
+	"github.com/nixfarm/nixfarm/internal/publicerr"
 )
 
 // Dir is the logical store directory every nixfarm client and worker uses.
@@ -22,7 +22,7 @@ const HashLen = 32
 const MaxNameLen = 211
 
 // ErrInvalid is wrapped by every validation error.
-var ErrInvalid = errors.New("invalid store path")
+var ErrInvalid = publicerr.Sentinel("invalid store path")
 
 // Path is a validated absolute store path. The zero value is "no path".
 type Path string

@@ -12,6 +12,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+
+	"github.com/nixfarm/nixfarm/internal/publicerr"
 )
 
 // Common bounds for protocol fields.
@@ -26,13 +28,13 @@ const (
 )
 
 // ErrTooLong is wrapped by errors for strings or lists above the caller's bound.
-var ErrTooLong = errors.New("exceeds limit")
+var ErrTooLong = publicerr.Sentinel("exceeds limit")
 
 // ErrBadPadding is wrapped by errors for non-zero string padding.
-var ErrBadPadding = errors.New("non-zero padding")
+var ErrBadPadding = publicerr.Sentinel("non-zero padding")
 
 // ErrBadBool is wrapped by errors for a boolean that is neither 0 nor 1.
-var ErrBadBool = errors.New("invalid boolean")
+var ErrBadBool = publicerr.Sentinel("invalid boolean")
 
 // Reader decodes wire primitives from a buffered stream. It never reads past
 // the last byte of the value it decodes, other than what its buffer holds,

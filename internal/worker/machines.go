@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"net/url"
 	"os"
 	"slices"
@@ -109,8 +110,9 @@ func parseMachine(line, thisSystem string) (Machine, error) {
 	if err != nil {
 		return m, fmt.Errorf("machine %q: %w", line, err)
 	}
-	if u.Scheme != "ssh" && u.Scheme != "ssh-ng" {
-		return m, fmt.Errorf("machine %q: nixfarm drives static workers over ssh:// and ssh-ng://, not %s://", line, u.Scheme)
+	// The scheme as written: url.Parse lowers its case, Nix does not.
+	if scheme, _, _ := strings.Cut(m.URI, "://"); scheme != "ssh" && scheme != "ssh-ng" {
+		return m, fmt.Errorf("machine %q: nixfarm drives static workers over ssh:// and ssh-ng://, not %s://", line, scheme)
 	}
 	m.Host = u.Host
 	if u.User != nil {
@@ -139,8 +141,8 @@ func parseMachine(line, thisSystem string) (Machine, error) {
 	}
 	if set(4) {
 		n, err := strconv.ParseFloat(f[4], 64)
-		if err != nil || n < 0 {
-			return m, fmt.Errorf("machine %q: speed factor %q is not a number", line, f[4])
+		if err != nil || n < 0 || math.IsNaN(n) || math.IsInf(n, 0) {
+			return m, fmt.Errorf("machine %q: speed factor %q is not a finite number of at least 0", line, f[4])
 		}
 		m.SpeedFactor = max(n, 1) // as Nix: 0 means 1
 	}
