@@ -206,3 +206,7 @@ var ErrWorkerConflict = errors.New("the worker holds other contents under a path
 type LimitError struct{ Msg string }
 
 func (e *LimitError) Error() string { return e.Msg }
+
+// Public marks the message as meant for the client (package publicerr):
+// it names the limit, its value and the path, nothing of the farm's.
+func (e *LimitError) Public() bool { return true }

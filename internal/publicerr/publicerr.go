@@ -180,7 +180,9 @@ func Message(ctx context.Context, log *slog.Logger, err error, msg string, attrs
 	if log == nil {
 		log = slog.Default()
 	}
-	log.ErrorContext(ctx, msg, append(attrs, "error_id", id, "err", err)...)
+	// A warning, not an error: most are a peer gone or the farm stopping,
+	// and the id finds the rest.
+	log.WarnContext(ctx, msg, append(attrs, "error_id", id, "err", err)...)
 	return fmt.Sprintf("internal error (id %s); the farm's log has the details", id)
 }
 
