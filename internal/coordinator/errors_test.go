@@ -1,7 +1,6 @@
 package coordinator_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,7 +8,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/nixfarm/nixfarm/internal/build"
@@ -26,28 +24,11 @@ func (s failingScheduler) Submit(ctx context.Context, req *build.Request, done f
 	go done(nil, s.err)
 }
 
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // TestBuildErrorHidden: a build that could not run for an internal reason
 // fails with an id in its message; the log has the id and the detail.
 func TestBuildErrorHidden(t *testing.T) {
 	st, database, dir := testutil.Store(t)
-	var log lockedBuffer
+	var log testutil.LogBuffer
 	internal := fmt.Errorf("spooling to /var/lib/nixfarm/tmp/x: %w", errors.New("SQL logic error: disk full"))
 	c, err := coordinator.New(st, failingScheduler{internal}, database, filepath.Join(dir, "logs"),
 		coordinator.Options{Log: slog.New(slog.NewTextHandler(&log, nil))})

@@ -1,14 +1,13 @@
 package daemonproto_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"github.com/nixfarm/nixfarm/internal/testutil"
 	"log/slog"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/nixfarm/nixfarm/internal/build"
@@ -16,19 +15,6 @@ import (
 	"github.com/nixfarm/nixfarm/internal/store"
 	"github.com/nixfarm/nixfarm/internal/storepath"
 )
-
-// brokenStore fails QueryPathInfo with err.
-type brokenStore struct {
-	store.Store
-	err error
-}
-
-// For implements store.Views: every account sees the broken store.
-func (s brokenStore) For(string) store.Store { return s }
-
-func (s brokenStore) QueryPathInfo(context.Context, storepath.Path) (*store.PathInfo, error) {
-	return nil, s.err
-}
 
 // brokenBuilds fails every build with err.
 type brokenBuilds struct {
@@ -40,28 +26,11 @@ func (b brokenBuilds) BuildDerivation(context.Context, *build.Request) (*build.R
 	return nil, b.err
 }
 
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 var idRE = regexp.MustCompile(`internal error \(id ([0-9a-f]{8})\); the farm's log has the details`)
 
 // checkHidden checks that the client was told only an id, and that the log
 // has that id with the internal detail.
-func checkHidden(t *testing.T, told string, log *logBuffer, detail string) {
+func checkHidden(t *testing.T, told string, log *testutil.LogBuffer, detail string) {
 	t.Helper()
 	m := idRE.FindStringSubmatch(told)
 	if m == nil || strings.Contains(told, detail) || strings.Contains(told, "/var/lib/nixfarm") {
@@ -82,9 +51,9 @@ func TestInternalErrorsHidden(t *testing.T) {
 
 	t.Run("operation", func(t *testing.T) {
 		f := newFarm(t)
-		var log logBuffer
+		var log testutil.LogBuffer
 		f.srv.Log = slog.New(slog.NewTextHandler(&log, nil))
-		f.srv.Store = brokenStore{f.st, internal}
+		f.srv.Store = testutil.BrokenStore{Store: f.st, Err: internal}
 		c, _ := f.connect(t, 0x126)
 		_, err := c.QueryPathInfo(p)
 		if err == nil {
@@ -95,7 +64,7 @@ func TestInternalErrorsHidden(t *testing.T) {
 
 	t.Run("public operation error", func(t *testing.T) {
 		f := newFarm(t)
-		f.srv.Store = brokenStore{f.st, fmt.Errorf("%w for %s: declared 5 bytes, got 6", store.ErrSizeMismatch, p)}
+		f.srv.Store = testutil.BrokenStore{Store: f.st, Err: fmt.Errorf("%w for %s: declared 5 bytes, got 6", store.ErrSizeMismatch, p)}
 		c, _ := f.connect(t, 0x126)
 		_, err := c.QueryPathInfo(p)
 		if err == nil || !strings.Contains(err.Error(), "NAR size mismatch for "+string(p)+": declared 5 bytes, got 6") {
@@ -105,7 +74,7 @@ func TestInternalErrorsHidden(t *testing.T) {
 
 	t.Run("build", func(t *testing.T) {
 		f := newFarm(t)
-		var log logBuffer
+		var log testutil.LogBuffer
 		f.srv.Log = slog.New(slog.NewTextHandler(&log, nil))
 		f.srv.Builds = brokenBuilds{f.srv.Builds, fmt.Errorf("recording build: %w", errors.New("SQL logic error: database is locked"))}
 		c, _ := f.connect(t, 0x126)

@@ -1,10 +1,10 @@
 package scheduler_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"github.com/nixfarm/nixfarm/internal/testutil"
 	"io"
 	"log/slog"
 	"regexp"
@@ -246,7 +246,7 @@ func TestRetryElsewhereAndQuarantine(t *testing.T) {
 }
 
 func TestAttemptsAreBounded(t *testing.T) {
-	var logBuf syncBuffer
+	var logBuf testutil.LogBuffer
 	s := newScheduler(t, scheduler.Config{RetryBackoff: time.Millisecond, MaxAttempts: 3, QuarantineAfter: 100,
 		Log: slog.New(slog.NewTextHandler(&logBuf, nil))})
 	w := &fake{name: "w", fail: errors.New("dial unix /var/lib/nixfarm/agent.sock: connection refused")}
@@ -542,22 +542,4 @@ func TestNameTaken(t *testing.T) {
 	if err != nil || res.Worker != "first" {
 		t.Errorf("built by %+v, %v", res, err)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent use, for logs.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -1,13 +1,11 @@
 package serveproto_test
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"log/slog"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/nixfarm/nixfarm/internal/build"
@@ -16,29 +14,12 @@ import (
 	"github.com/nixfarm/nixfarm/internal/testutil"
 )
 
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // TestBuildErrorsHidden: a build that could not run for an internal reason
 // fails with an id in its message, for cmdBuildDerivation and
 // cmdBuildPaths alike, and the log has the id with the detail.
 func TestBuildErrorsHidden(t *testing.T) {
 	st, _, _ := testutil.Store(t)
-	var log logBuffer
+	var log testutil.LogBuffer
 	fb := &fakeBuilds{err: fmt.Errorf("opening /var/lib/nixfarm/logs/1.log: %w", errors.New("SQL logic error: disk I/O error"))}
 	c, closeFn := pipeClient(t, &serveproto.Server{Store: st, Builds: fb, Log: slog.New(slog.NewTextHandler(&log, nil))})
 	defer closeFn()

@@ -1,14 +1,12 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"log/slog"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/nixfarm/nixfarm/internal/serveproto"
@@ -17,35 +15,6 @@ import (
 	"github.com/nixfarm/nixfarm/internal/storepath"
 	"github.com/nixfarm/nixfarm/internal/testutil"
 )
-
-type brokenStore struct {
-	store.Store
-	err error
-}
-
-// For implements store.Views: every account sees the broken store.
-func (s brokenStore) For(string) store.Store { return s }
-
-func (s brokenStore) QueryPathInfo(context.Context, storepath.Path) (*store.PathInfo, error) {
-	return nil, s.err
-}
-
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // TestSessionErrorHidden: on ssh://, an internal error ends the session
 // with "error: nixfarm: internal error (id …)" on stderr, and the log has
@@ -62,9 +31,9 @@ func TestSessionErrorHidden(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			st, _, _ := testutil.Store(t)
-			var logBuf, stderr lockedBuffer
+			var logBuf, stderr testutil.LogBuffer
 			log := slog.New(slog.NewTextHandler(&logBuf, nil))
-			h := &execHandler{serve: &serveproto.Server{Store: brokenStore{st, tc.err}, Log: log}, log: log}
+			h := &execHandler{serve: &serveproto.Server{Store: testutil.BrokenStore{Store: st, Err: tc.err}, Log: log}, log: log}
 			inR, inW := io.Pipe()
 			outR, outW := io.Pipe()
 			status := make(chan uint32, 1)

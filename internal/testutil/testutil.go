@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 
 	"database/sql"
@@ -270,4 +271,38 @@ func Scheduler(t testing.TB, b build.Builder) *scheduler.Scheduler {
 // Expect implements store.Expecter for Account's view.
 func (s *TestStore) Expect(infos []*store.PathInfo) (done func()) {
 	return s.Store.(store.Expecter).Expect(infos)
+}
+
+// LogBuffer is a bytes.Buffer safe for concurrent use, for a logger's or
+// a build's output that the test reads while it is written.
+type LogBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *LogBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *LogBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// BrokenStore is a farm store whose QueryPathInfo fails with Err, the same
+// for every account (it is its own store.Views).
+type BrokenStore struct {
+	store.Store
+	Err error
+}
+
+// For implements store.Views.
+func (s BrokenStore) For(string) store.Store { return s }
+
+// QueryPathInfo implements store.Store.
+func (s BrokenStore) QueryPathInfo(context.Context, storepath.Path) (*store.PathInfo, error) {
+	return nil, s.Err
 }
