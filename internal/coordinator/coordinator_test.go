@@ -317,20 +317,9 @@ func TestDisconnectedClientsBuildGoesOn(t *testing.T) {
 // Requests for a derivation under way join it: one build, one record,
 // and every waiter gets the log from its start.
 func TestJoinBuildUnderWay(t *testing.T) {
-	st, database, dir := testutil.Store(t)
-	bb := &blockingBuilder{fakeBuilder: fakeBuilder{st: st, fail: map[string]bool{}},
-		started: make(chan struct{}, 4), release: make(chan struct{}), cancelled: make(chan struct{})}
-	c, _ := coordinator.New(st, testutil.Scheduler(t, bb), database, filepath.Join(dir, "logs"), coordinator.Options{})
-	src := storepath.Path("/nix/store/" + strings.Repeat("s", 32) + "-source")
-	addFile(t, st, src, "source", nil)
-	f := &farm{st: st, db: database, coord: c, src: src}
-	drvPath := f.addDrv(t, "popular", []string{"out"}, nil)
 	// Three accounts, each with the same source: the same build.
-	for i := range 3 {
-		addFile(t, st.For(fmt.Sprint("client", i)), src, "source", nil)
-	}
-	d, _ := store.ReadDerivation(context.Background(), st, drvPath)
-
+	bf := newBlockedFarm(t, "popular", nil, "client0", "client1", "client2")
+	bb, c, drvPath, d := bf.bb, bf.c, bf.drvPath, bf.drv
 	var wg sync.WaitGroup
 	logs := make([]*bytes.Buffer, 3)
 	for i := range logs {
@@ -351,7 +340,7 @@ func TestJoinBuildUnderWay(t *testing.T) {
 	close(bb.release)
 	wg.Wait()
 	var rows int
-	database.QueryRow(`SELECT count(*) FROM builds WHERE drv_path = ?`, string(drvPath)).Scan(&rows)
+	bf.db.QueryRow(`SELECT count(*) FROM builds WHERE drv_path = ?`, string(drvPath)).Scan(&rows)
 	if rows != 1 || len(bb.built) != 1 {
 		t.Errorf("%d records, %d builds; want 1 and 1", rows, len(bb.built))
 	}
@@ -498,18 +487,8 @@ func TestNoEarlyAnswerFromFailedCopy(t *testing.T) {
 // build runs keeps them for itself, but the build is shared as what it
 // produced: another account's identical request never gets those bytes.
 func TestShareIsWhatTheBuildProduced(t *testing.T) {
-	st, database, dir := testutil.Store(t)
-	bb := &blockingBuilder{fakeBuilder: fakeBuilder{st: st, fail: map[string]bool{}},
-		started: make(chan struct{}, 4), release: make(chan struct{}), cancelled: make(chan struct{})}
-	c, _ := coordinator.New(st, testutil.Scheduler(t, bb), database, filepath.Join(dir, "logs"), coordinator.Options{})
-	src := storepath.Path("/nix/store/" + strings.Repeat("s", 32) + "-source")
-	addFile(t, st, src, "source", nil)
-	f := &farm{st: st, db: database, coord: c, src: src}
-	drvPath := f.addDrv(t, "popular", []string{"out"}, nil)
-	for _, a := range []string{"carol", "mallory"} {
-		addFile(t, st.For(a), src, "source", nil)
-	}
-	d, _ := store.ReadDerivation(context.Background(), st, drvPath)
+	bf := newBlockedFarm(t, "popular", nil, "carol", "mallory")
+	st, bb, c, drvPath, d := bf.st, bf.bb, bf.c, bf.drvPath, bf.drv
 	out := d.Basic("popular", nil).OutputPaths()["out"]
 	done := make(chan struct{})
 	go func() {
@@ -517,7 +496,7 @@ func TestShareIsWhatTheBuildProduced(t *testing.T) {
 		c.BuildDerivation(context.Background(), &build.Request{DrvPath: drvPath, Drv: d.Basic("popular", nil), Account: "mallory", Log: io.Discard})
 	}()
 	<-bb.started
-	addFile(t, st.For("mallory"), out, "EVIL", []storepath.Path{src})
+	addFile(t, st.For("mallory"), out, "EVIL", []storepath.Path{bf.src})
 	close(bb.release)
 	<-done
 	c.Wait()
@@ -550,18 +529,8 @@ func TestShareIsWhatTheBuildProduced(t *testing.T) {
 // the joiner's: it ran under that account's limits and options, so the
 // joiner's request is built again for it alone.
 func TestJoinedBuildOfAnotherAccountFails(t *testing.T) {
-	st, database, dir := testutil.Store(t)
-	bb := &blockingBuilder{fakeBuilder: fakeBuilder{st: st, fail: map[string]bool{}, failFor: map[string]bool{"mallory": true}},
-		started: make(chan struct{}, 4), release: make(chan struct{}), cancelled: make(chan struct{})}
-	c, _ := coordinator.New(st, testutil.Scheduler(t, bb), database, filepath.Join(dir, "logs"), coordinator.Options{})
-	src := storepath.Path("/nix/store/" + strings.Repeat("s", 32) + "-source")
-	addFile(t, st, src, "source", nil)
-	f := &farm{st: st, db: database, coord: c, src: src}
-	drvPath := f.addDrv(t, "joined", []string{"out"}, nil)
-	for _, a := range []string{"carol", "mallory"} {
-		addFile(t, st.For(a), src, "source", nil)
-	}
-	d, _ := store.ReadDerivation(context.Background(), st, drvPath)
+	bf := newBlockedFarm(t, "joined", map[string]bool{"mallory": true}, "carol", "mallory")
+	bb, c, drvPath, d := bf.bb, bf.c, bf.drvPath, bf.drv
 	malloryDone := make(chan *build.Result, 1)
 	go func() {
 		res, _ := c.BuildDerivation(context.Background(), &build.Request{DrvPath: drvPath, Drv: d.Basic("joined", nil), Account: "mallory", Log: io.Discard})
@@ -589,4 +558,36 @@ func TestJoinedBuildOfAnotherAccountFails(t *testing.T) {
 	if len(bb.built) != 2 {
 		t.Errorf("built %d times, want mallory's and carol's", len(bb.built))
 	}
+}
+
+// blockedFarm is a coordinator over a blockingBuilder, with one derivation
+// named name whose source every one of accounts holds with the same bytes.
+type blockedFarm struct {
+	st      *testutil.TestStore
+	db      *sql.DB
+	bb      *blockingBuilder
+	c       *coordinator.Coordinator
+	src     storepath.Path
+	drvPath storepath.Path
+	drv     *derivation.Derivation
+}
+
+func newBlockedFarm(t *testing.T, name string, failFor map[string]bool, accounts ...string) *blockedFarm {
+	t.Helper()
+	st, database, dir := testutil.Store(t)
+	bb := &blockingBuilder{fakeBuilder: fakeBuilder{st: st, fail: map[string]bool{}, failFor: failFor},
+		started: make(chan struct{}, 4), release: make(chan struct{}), cancelled: make(chan struct{})}
+	c, _ := coordinator.New(st, testutil.Scheduler(t, bb), database, filepath.Join(dir, "logs"), coordinator.Options{})
+	src := storepath.Path("/nix/store/" + strings.Repeat("s", 32) + "-source")
+	addFile(t, st, src, "source", nil)
+	f := &farm{st: st, db: database, coord: c, src: src}
+	drvPath := f.addDrv(t, name, []string{"out"}, nil)
+	for _, a := range accounts {
+		addFile(t, st.For(a), src, "source", nil)
+	}
+	d, err := store.ReadDerivation(context.Background(), st, drvPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &blockedFarm{st: st, db: database, src: src, bb: bb, c: c, drvPath: drvPath, drv: d}
 }
