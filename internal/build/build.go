@@ -93,6 +93,9 @@ type Request struct {
 	// so it may sign the outputs: a BasicDerivation a client sends could
 	// name any path.
 	OutputsVerified bool
+	// Progress, if set, hears what the farm fetches from upstream caches
+	// for this request.
+	Progress Progress
 }
 
 // Result is the outcome of a build. A build that ran and failed is a

@@ -24,6 +24,7 @@ import (
 	dbpkg "github.com/nixfarm/nixfarm/internal/db"
 	"github.com/nixfarm/nixfarm/internal/derivation"
 	"github.com/nixfarm/nixfarm/internal/publicerr"
+	"github.com/nixfarm/nixfarm/internal/signature"
 	"github.com/nixfarm/nixfarm/internal/store"
 	"github.com/nixfarm/nixfarm/internal/storepath"
 )
@@ -44,7 +45,13 @@ type Options struct {
 	// LimitLog, if set, wraps the log of each build it starts for an
 	// account, to cut it off at the account's limit.
 	LimitLog func(account string, w io.Writer) io.Writer
-	Log      *slog.Logger
+	// Substituter, if set, fetches from upstream binary caches what a
+	// request lacks: inputs, and outputs that need not be built.
+	Substituter Substituter
+	// TrustedKeys returns the keys whose signatures make a path visible
+	// to an account: what it may be offered from upstream caches.
+	TrustedKeys func(ctx context.Context, account string) []signature.PublicKey
+	Log         *slog.Logger
 }
 
 // Coordinator implements the protocol servers' Builds interfaces.
@@ -136,14 +143,25 @@ func (c *Coordinator) buildDerivation(ctx context.Context, req *build.Request, e
 		log.Info("outputs already in the farm store")
 		return c.answered(ctx, req, outputs)
 	}
+	if start := c.now(); c.substituteOutputs(ctx, req.Account, outputs, req.Progress, log) {
+		log.Info("outputs substituted from upstream caches")
+		return c.substituted(ctx, req, outputs, start)
+	}
 	inputs, err := storepath.ParseList(req.Drv.InputSrcs)
 	if err != nil {
 		return nil, fmt.Errorf("derivation %s: %w", req.DrvPath, err)
 	}
 	closure, err := st.ClosureInfos(ctx, inputs)
+	if errors.Is(err, store.ErrNotFound) && c.opts.Substituter != nil {
+		// Inputs the farm lacks may be had from upstream caches.
+		_, upErr := c.fromUpstream(ctx, req.Account, inputs, req.Progress, false)
+		if closure, err = st.ClosureInfos(ctx, inputs); errors.Is(err, store.ErrNotFound) {
+			return nil, missingInputs(err, upErr)
+		}
+	}
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
-			return nil, fmt.Errorf("%w: %w", ErrMissingInput, err)
+			return nil, missingInputs(err, nil)
 		}
 		return nil, err
 	}

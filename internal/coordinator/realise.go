@@ -49,7 +49,8 @@ func (c *Coordinator) Realise(ctx context.Context, paths []build.DerivedPath, op
 	for i, p := range paths {
 		r.goroutine(func() {
 			if !p.Built {
-				outcomes <- outcome{i, opaque(ctx, r.st, p.Path), nil}
+				res, err := r.opaque(ctx, p.Path)
+				outcomes <- outcome{i, res, err}
 				return
 			}
 			res, err := r.realise(ctx, p.Path)
@@ -112,21 +113,55 @@ func wantedOutputs(p build.DerivedPath, res *build.Result) (*build.Result, error
 	return &wanted, nil
 }
 
-// opaque answers for a plain store path: it is there, or it cannot be had.
-func opaque(ctx context.Context, st store.Store, p storepath.Path) *build.Result {
-	if _, err := st.QueryPathInfo(ctx, p); err != nil {
-		return &build.Result{Status: build.NoSubstituters,
-			ErrorMsg: fmt.Sprintf("path '%s' is required, but it is not in the farm store and the farm has no substituters", p)}
+// opaque answers for a plain store path: it is there, it is fetched from
+// an upstream cache, or it cannot be had.
+func (r *realiser) opaque(ctx context.Context, p storepath.Path) (*build.Result, error) {
+	if _, err := r.st.QueryPathInfo(ctx, p); err == nil {
+		return &build.Result{Status: build.AlreadyValid}, nil
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return nil, err
 	}
-	return &build.Result{Status: build.AlreadyValid}
+	start := r.c.now()
+	ok, err := r.c.fromUpstream(ctx, r.account, []storepath.Path{p}, r.progress, true)
+	if ok {
+		return &build.Result{Status: build.Substituted, StartTime: start, StopTime: r.c.now()}, nil
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	msg := fmt.Sprintf("path '%s' is required, but it is not in the farm store and no upstream cache has it", p)
+	if r.c.opts.Substituter == nil {
+		msg = fmt.Sprintf("path '%s' is required, but it is not in the farm store and the farm has no substituters", p)
+	} else if err != nil {
+		msg = fmt.Sprintf("path '%s' is required, but it is not in the farm store and fetching it from an upstream cache failed: %s", p, publicerr.Message(ctx, r.c.log, err, "substituting a path failed", "path", p, "account", r.account))
+	}
+	return &build.Result{Status: build.NoSubstituters, ErrorMsg: msg}, nil
 }
 
 // Missing reports, for the given paths, the derivations that would be
-// built and the paths the farm cannot provide (opaque paths it lacks, and
-// derivations whose .drv it lacks), as Nix's queryMissing does.
-func (c *Coordinator) Missing(ctx context.Context, account string, paths []build.DerivedPath) (willBuild, unknown []storepath.Path, err error) {
+// built, the paths that would be fetched from upstream caches, and the
+// paths the farm cannot provide (opaque paths it lacks and no cache has,
+// and derivations whose .drv it lacks), as Nix's queryMissing does. A
+// derivation whose outputs a cache has is not built, and neither are its
+// inputs.
+func (c *Coordinator) Missing(ctx context.Context, account string, paths []build.DerivedPath) (*build.Missing, error) {
 	st := c.store.For(account)
+	m := &build.Missing{}
 	seen := map[storepath.Path]bool{}
+	// substitutable reports whether all of ps can be had from upstream,
+	// and counts them in if so.
+	substitutable := func(ps []storepath.Path) (bool, error) {
+		found, err := c.Substitutable(ctx, account, ps)
+		if err != nil || len(found) < len(ps) {
+			return false, err
+		}
+		for _, p := range ps {
+			m.WillSubstitute = append(m.WillSubstitute, p)
+			m.DownloadSize += found[p].FileSize
+			m.NarSize += found[p].NarSize
+		}
+		return true, nil
+	}
 	var visit func(p storepath.Path, built bool) error
 	visit = func(p storepath.Path, built bool) error {
 		if seen[p] {
@@ -135,7 +170,10 @@ func (c *Coordinator) Missing(ctx context.Context, account string, paths []build
 		seen[p] = true
 		if !built {
 			if _, err := st.QueryPathInfo(ctx, p); errors.Is(err, store.ErrNotFound) {
-				unknown = append(unknown, p)
+				if ok, err := substitutable([]storepath.Path{p}); err != nil || ok {
+					return err
+				}
+				m.Unknown = append(m.Unknown, p)
 			} else if err != nil {
 				return err
 			}
@@ -143,17 +181,23 @@ func (c *Coordinator) Missing(ctx context.Context, account string, paths []build
 		}
 		drv, err := store.ReadDerivation(ctx, st, p)
 		if errors.Is(err, store.ErrNotFound) {
-			unknown = append(unknown, p)
+			m.Unknown = append(m.Unknown, p)
 			return nil
 		}
 		if err != nil {
 			return err
 		}
-		done, err := allValid(ctx, st, drv.Basic(derivationName(p), nil).OutputPaths())
-		if err != nil || done {
+		outputs := drv.Basic(derivationName(p), nil).OutputPaths()
+		missing, err := c.lacking(ctx, account, slices.Collect(maps.Values(outputs)))
+		if err != nil || len(missing) == 0 {
 			return err
 		}
-		willBuild = append(willBuild, p)
+		if !slices.Contains(missing, "") {
+			if ok, err := substitutable(missing); err != nil || ok {
+				return err
+			}
+		}
+		m.WillBuild = append(m.WillBuild, p)
 		for _, in := range slices.Sorted(maps.Keys(drv.InputDrvs)) {
 			if err := visit(storepath.Path(in), true); err != nil {
 				return err
@@ -168,10 +212,10 @@ func (c *Coordinator) Missing(ctx context.Context, account string, paths []build
 	}
 	for _, p := range paths {
 		if err := visit(p.Path, p.Built); err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 	}
-	return willBuild, unknown, nil
+	return m, nil
 }
 
 // OutputMap returns the outputs of a derivation in the farm store, with
@@ -201,7 +245,9 @@ type realiser struct {
 	opts    build.Options
 	account string
 	logs    build.Logs
-	hasher  *derivation.Hasher
+	// progress hears what is fetched from upstream caches (nil: nobody).
+	progress build.Progress
+	hasher   *derivation.Hasher
 	// sem bounds the .drv reads and store queries under way at once, so
 	// that a large closure does not start them all together.
 	sem chan struct{}
@@ -230,7 +276,8 @@ func (c *Coordinator) newRealiser(ctx context.Context, opts build.Options, accou
 	if logs == nil {
 		logs = build.LogWriter{}
 	}
-	return &realiser{c: c, st: st, opts: opts, account: account, logs: logs,
+	progress, _ := logs.(build.Progress)
+	return &realiser{c: c, st: st, opts: opts, account: account, logs: logs, progress: progress,
 		hasher: derivation.NewHasher(resolve), sem: make(chan struct{}, maxQueries),
 		done: map[storepath.Path]*realisation{}}
 }
@@ -352,9 +399,18 @@ func (r *realiser) realiseOnce(ctx context.Context, drvPath storepath.Path) (*bu
 	if err != nil {
 		return nil, err
 	}
-	// Outputs that are valid already need neither a build nor inputs.
+	// Outputs that are valid already need neither a build nor inputs,
+	// and nor do outputs an upstream cache has.
 	if valid {
 		return &build.Result{Status: build.AlreadyValid, Outputs: outputs, HashModulo: hash}, nil
+	}
+	if start := r.c.now(); r.c.substituteOutputs(ctx, r.account, outputs, r.progress, r.c.log.With("drv", drvPath, "account", r.account)) {
+		req := &build.Request{DrvPath: drvPath, Drv: drv.Basic(name, nil), Account: r.account}
+		res, err := r.c.substituted(ctx, req, outputs, start)
+		if err == nil {
+			res.HashModulo = hash
+		}
+		return res, err
 	}
 	inputs, err := storepath.ParseList(drv.InputSrcs)
 	if err != nil {
@@ -380,6 +436,13 @@ func (r *realiser) realiseOnce(ctx context.Context, drvPath storepath.Path) (*bu
 	var closure []storepath.Path
 	err = r.limited(ctx, func() error {
 		closure, err = r.st.Closure(ctx, inputs)
+		if errors.Is(err, store.ErrNotFound) && r.c.opts.Substituter != nil {
+			// Sources the farm lacks may be had from upstream caches.
+			_, upErr := r.c.fromUpstream(ctx, r.account, inputs, r.progress, false)
+			if closure, err = r.st.Closure(ctx, inputs); errors.Is(err, store.ErrNotFound) {
+				return missingInputs(err, upErr)
+			}
+		}
 		return err
 	})
 	if err != nil {

@@ -40,6 +40,7 @@ const (
 
 // Activity and result types used in log frames (Nix's logging.hh).
 const (
+	actCopyPath      = 100
 	actBuild         = 105
 	resBuildLogLine  = 101
 	lvlError         = 0

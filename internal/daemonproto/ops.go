@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
+	"github.com/nixfarm/nixfarm/internal/narinfo"
 	"github.com/nixfarm/nixfarm/internal/publicerr"
 	"github.com/nixfarm/nixfarm/internal/store"
 	"github.com/nixfarm/nixfarm/internal/storepath"
@@ -241,10 +243,24 @@ func (c *conn) isValidPath(ctx context.Context) error {
 }
 
 func (c *conn) hasSubstitutes(ctx context.Context) error {
-	if _, err := c.readPath("path"); err != nil {
+	p, err := c.readPath("path")
+	if err != nil {
 		return err
 	}
-	return c.done(func(w *wire.Writer) { w.Bool(false) })
+	found, err := c.substitutable(ctx, []storepath.Path{p})
+	if err != nil {
+		return err
+	}
+	return c.done(func(w *wire.Writer) { w.Bool(len(found) == 1) })
+}
+
+// substitutable returns which of paths the account could have from the
+// farm's upstream caches.
+func (c *conn) substitutable(ctx context.Context, paths []storepath.Path) (map[storepath.Path]*narinfo.NarInfo, error) {
+	if c.s.Upstream == nil {
+		return nil, nil
+	}
+	return c.s.Upstream.Substitutable(ctx, c.sess.Account, paths)
 }
 
 func (c *conn) queryValidPaths(ctx context.Context) error {
@@ -252,9 +268,17 @@ func (c *conn) queryValidPaths(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	substitute := uint64(0)
 	if minor(c.ver) >= 27 {
-		if _, err := c.readUint("substitute"); err != nil { // the farm has no substituters yet
+		if substitute, err = c.readUint("substitute"); err != nil {
 			return err
+		}
+	}
+	// builders-use-substitutes: the farm fetches from its upstream caches
+	// what the client would otherwise upload.
+	if substitute != 0 && c.s.Upstream != nil {
+		if err := c.s.Upstream.Substitute(ctx, c.sess.Account, paths, c); err != nil {
+			c.log.Warn("substituting paths a client asked for failed; it will upload them", "account", c.sess.Account, "err", err)
 		}
 	}
 	valid, err := c.st.ValidPaths(ctx, paths)
@@ -265,28 +289,77 @@ func (c *conn) queryValidPaths(ctx context.Context) error {
 }
 
 func (c *conn) querySubstitutablePaths(ctx context.Context) error {
-	if _, err := c.readPaths("paths"); err != nil {
+	paths, err := c.readPaths("paths")
+	if err != nil {
 		return err
 	}
-	return c.done(func(w *wire.Writer) { w.Strings(nil) })
+	found, err := c.substitutable(ctx, paths)
+	if err != nil {
+		return err
+	}
+	return c.done(func(w *wire.Writer) { w.Strings(storepath.Strings(storepath.Sorted(slices.Collect(maps.Keys(found))))) })
 }
 
 func (c *conn) querySubstitutablePathInfo(ctx context.Context) error {
-	if _, err := c.readPath("path"); err != nil {
+	p, err := c.readPath("path")
+	if err != nil {
 		return err
 	}
-	return c.done(func(w *wire.Writer) { w.Uint64(0) })
+	found, err := c.substitutable(ctx, []storepath.Path{p})
+	if err != nil {
+		return err
+	}
+	return c.done(func(w *wire.Writer) {
+		ni, ok := found[p]
+		w.Bool(ok)
+		if ok {
+			writeSubstitutable(w, ni)
+		}
+	})
 }
 
 func (c *conn) querySubstitutablePathInfos(ctx context.Context) error {
+	var paths []storepath.Path
 	if minor(c.ver) < 22 {
-		if _, err := c.readPaths("paths"); err != nil {
+		ps, err := c.readPaths("paths")
+		if err != nil {
 			return err
 		}
-	} else if _, err := c.r.StringMap(wire.MaxListLen, wire.MaxPathLen); err != nil {
-		return fatal(fmt.Errorf("reading paths: %w", err))
+		paths = ps
+	} else {
+		// Path to content address; the farm's caches are asked by path.
+		m, err := c.r.StringMap(wire.MaxListLen, wire.MaxPathLen)
+		if err != nil {
+			return fatal(fmt.Errorf("reading paths: %w", err))
+		}
+		for s := range m {
+			p, err := storepath.Parse(s)
+			if err != nil {
+				return fmt.Errorf("%w: %w", ErrProtocol, err)
+			}
+			paths = append(paths, p)
+		}
 	}
-	return c.done(func(w *wire.Writer) { w.Uint64(0) })
+	found, err := c.substitutable(ctx, paths)
+	if err != nil {
+		return err
+	}
+	return c.done(func(w *wire.Writer) {
+		w.Uint64(uint64(len(found)))
+		for _, p := range storepath.Sorted(slices.Collect(maps.Keys(found))) {
+			w.String(string(p))
+			writeSubstitutable(w, found[p])
+		}
+	})
+}
+
+// writeSubstitutable writes what a cache says of a path as Nix's
+// SubstitutablePathInfo: deriver, references, download and NAR sizes.
+func writeSubstitutable(w *wire.Writer, ni *narinfo.NarInfo) {
+	w.String(string(ni.Deriver))
+	w.Strings(storepath.Strings(ni.References))
+	w.Uint64(ni.FileSize)
+	w.Uint64(ni.NarSize)
 }
 
 // queryInfo reads a path argument and looks it up.
@@ -523,15 +596,15 @@ func (c *conn) queryMissing(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	willBuild, unknown, err := c.s.Builds.Missing(ctx, c.sess.Account, paths)
+	m, err := c.s.Builds.Missing(ctx, c.sess.Account, paths)
 	if err != nil {
 		return err
 	}
 	return c.done(func(w *wire.Writer) {
-		w.Strings(storepath.Strings(storepath.Sorted(willBuild)))
-		w.Strings(nil) // willSubstitute
-		w.Strings(storepath.Strings(storepath.Sorted(unknown)))
-		w.Uint64(0) // downloadSize
-		w.Uint64(0) // narSize
+		w.Strings(storepath.Strings(storepath.Sorted(m.WillBuild)))
+		w.Strings(storepath.Strings(storepath.Sorted(m.WillSubstitute)))
+		w.Strings(storepath.Strings(storepath.Sorted(m.Unknown)))
+		w.Uint64(m.DownloadSize)
+		w.Uint64(m.NarSize)
 	})
 }

@@ -20,6 +20,27 @@ func (c *conn) BuildLog(drvPath storepath.Path) io.WriteCloser {
 	return c.out.openBuildLog(string(drvPath))
 }
 
+var _ build.Progress = (*conn)(nil)
+
+// Copying implements build.Progress: a path fetched from an upstream
+// cache is Nix's own copy-path activity, which the client prints as
+// "copying path '…' from '…'..." (a plain message before 1.20).
+func (c *conn) Copying(p storepath.Path, from string) func(error) {
+	text := fmt.Sprintf("copying path '%s' from '%s'", p, from)
+	if minor(c.ver) < 20 {
+		c.out.next(text + "...\n")
+		return func(error) {}
+	}
+	id, err := c.out.startActivity(actCopyPath, text, []field{{str: string(p)}, {str: from}, {str: "nixfarm"}})
+	if err != nil {
+		return func(error) {}
+	}
+	return func(error) { c.out.stopActivity(id) }
+}
+
+// Warning implements build.Progress.
+func (c *conn) Warning(msg string) { c.out.next("warning: " + msg + "\n") }
+
 // readBuildMode reads a build mode; only normal builds are supported.
 func (c *conn) readBuildMode() error {
 	mode, err := c.readUint("build mode")
@@ -54,7 +75,7 @@ func (c *conn) buildDerivation(ctx context.Context) error {
 	}
 	log := c.out.openBuildLog(string(drvPath))
 	res, err := c.s.Builds.BuildDerivation(ctx, &build.Request{
-		DrvPath: drvPath, Drv: drv, Options: c.opts, Account: c.sess.Account, Log: log,
+		DrvPath: drvPath, Drv: drv, Options: c.opts, Account: c.sess.Account, Log: log, Progress: c,
 	})
 	log.Close()
 	if err != nil {

@@ -24,7 +24,7 @@ type Builds interface {
 	// farm store dependencies first; one result per path.
 	Realise(ctx context.Context, paths []build.DerivedPath, opts build.Options, account string, logs build.Logs) ([]*build.Result, error)
 	// Missing reports what Realise would build, and what it cannot have.
-	Missing(ctx context.Context, account string, paths []build.DerivedPath) (willBuild, unknown []storepath.Path, err error)
+	Missing(ctx context.Context, account string, paths []build.DerivedPath) (*build.Missing, error)
 	// OutputMap lists a stored derivation's outputs and their known paths.
 	OutputMap(ctx context.Context, account string, drvPath storepath.Path) (map[string]storepath.Path, error)
 	// AddBuildLog keeps a build log a client uploads.
@@ -36,7 +36,10 @@ type Server struct {
 	// Store gives each session its account's view of the farm store.
 	Store  store.Views
 	Builds Builds
-	Log    *slog.Logger
+	// Upstream, if set, offers and fetches paths from the farm's upstream
+	// binary caches (builders-use-substitutes, QuerySubstitutablePathInfos).
+	Upstream build.Upstream
+	Log      *slog.Logger
 	// NixVersion is what the server calls itself in the handshake (1.33
 	// and later); clients show it in `nix store ping`.
 	NixVersion string

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/nixfarm/nixfarm/internal/build"
@@ -35,7 +36,10 @@ type Server struct {
 	// Store gives each session its account's view of the farm store.
 	Store  store.Views
 	Builds Builds
-	Log    *slog.Logger
+	// Upstream, if set, fetches paths from the farm's upstream binary
+	// caches when a client asks with builders-use-substitutes.
+	Upstream build.Upstream
+	Log      *slog.Logger
 	// TempDir holds spooled ImportPaths NARs ("" = os.TempDir()).
 	TempDir string
 
@@ -156,12 +160,20 @@ func (c *serveConn) queryValidPaths(ctx context.Context) error {
 	if _, err := c.r.Uint64(); err != nil { // lock: the farm store never collects garbage under a session
 		return fmt.Errorf("reading lock flag: %w", err)
 	}
-	if _, err := c.r.Uint64(); err != nil { // substitute: the farm has no substituters yet
+	substitute, err := c.r.Uint64()
+	if err != nil {
 		return fmt.Errorf("reading substitute flag: %w", err)
 	}
 	paths, err := readPaths(c.r, "paths")
 	if err != nil {
 		return err
+	}
+	// builders-use-substitutes: the farm fetches from its upstream caches
+	// what the client would otherwise upload.
+	if substitute != 0 && c.s.Upstream != nil {
+		if err := c.s.Upstream.Substitute(ctx, c.sess.Account, paths, &stderrProgress{w: c.sess.Stderr}); err != nil {
+			c.s.logger().Warn("substituting paths a client asked for failed; it will upload them", "account", c.sess.Account, "err", err)
+		}
 	}
 	valid, err := c.st.ValidPaths(ctx, paths)
 	if err != nil {
@@ -513,4 +525,26 @@ func seconds(s uint64) time.Duration {
 		s = maxSeconds
 	}
 	return time.Duration(s) * time.Second
+}
+
+// stderrProgress tells an ssh:// client what the farm fetches from
+// upstream caches, in the lines a stock nix-store --serve prints.
+type stderrProgress struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (p *stderrProgress) Copying(path storepath.Path, from string) func(error) {
+	p.line(fmt.Sprintf("copying path '%s' from '%s'...", path, from))
+	return func(error) {}
+}
+
+func (p *stderrProgress) Warning(msg string) { p.line("warning: " + msg) }
+
+func (p *stderrProgress) line(s string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.w != nil {
+		io.WriteString(p.w, s+"\n")
+	}
 }
