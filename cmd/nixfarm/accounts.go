@@ -23,6 +23,8 @@ const accountsUsage = `Usage:
   nixfarm accounts remove NAME                      remove an account and its keys
   nixfarm accounts set-limits NAME --max-... VALUE  set limits ("default" for the farm's default)
   nixfarm accounts trust NAME KEY                   trust a Nix signing key (name:base64)
+  nixfarm accounts untrust NAME KEY                 stop trusting one: its own, or one of the
+                                                    upstream keys every account trusts
 
 Every command takes --state-dir DIR (the farm's state directory) and works on
 its database directly, while the farm runs or not.
@@ -126,7 +128,7 @@ func accountsCmd(args []string, stdout, stderr io.Writer) int {
 		}
 		return 2
 	}
-	want := map[string]int{"add": 1, "list": 0, "show": 1, "remove": 1, "set-limits": 1, "trust": 2}
+	want := map[string]int{"add": 1, "list": 0, "show": 1, "remove": 1, "set-limits": 1, "trust": 2, "untrust": 2}
 	n, known := want[sub]
 	if !known {
 		fmt.Fprintf(stderr, "nixfarm accounts: unknown command %q\n\n%s", sub, accountsUsage)
@@ -181,6 +183,11 @@ func runAccounts(ctx context.Context, svc *account.Service, sub string, pos []st
 			return err
 		}
 		fmt.Fprintf(stdout, "account %s trusts %s\n", pos[0], pos[1])
+	case "untrust":
+		if err := svc.Untrust(ctx, pos[0], pos[1]); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "account %s no longer trusts %s (paths it has seen signed by it stay in its view)\n", pos[0], pos[1])
 	case "show":
 		return showAccount(ctx, svc, pos[0], asJSON, stdout)
 	case "list":
@@ -242,6 +249,10 @@ func showAccount(ctx context.Context, svc *account.Service, name string, asJSON 
 	fmt.Fprintf(stdout, "trusted signing keys:\n")
 	for _, k := range a.Trusted {
 		fmt.Fprintf(stdout, "  %s\n", k)
+	}
+	fmt.Fprintf(stdout, "  and the upstream keys nixfarm serve has (--trusted-public-key), except:\n")
+	for _, k := range a.Untrusted {
+		fmt.Fprintf(stdout, "    %s\n", k)
 	}
 	return nil
 }

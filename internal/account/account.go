@@ -16,7 +16,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"regexp"
+	"slices"
 	"sync"
 	"time"
 
@@ -53,6 +55,8 @@ type Service struct {
 	mu      sync.Mutex
 	cache   map[string]cachedLimits
 	trusted map[string]cachedKeys
+	// upstream are the keys the farm substitutes with (upstream.go).
+	upstream []signature.PublicKey
 }
 
 type cachedKeys struct {
@@ -86,6 +90,9 @@ type Account struct {
 	Limits  Limits    `json:"limits"`
 	// Trusted are the Nix public keys ("name:base64") the account trusts.
 	Trusted []string `json:"trusted"`
+	// Untrusted are keys it has untrusted: upstream keys of the farm's it
+	// does not trust (upstream.go).
+	Untrusted []string `json:"untrusted"`
 }
 
 // Add creates an account.
@@ -170,7 +177,7 @@ func (s *Service) List(ctx context.Context) ([]Account, error) {
 
 // Get returns one account.
 func (s *Service) Get(ctx context.Context, name string) (*Account, error) {
-	a := &Account{Name: name, Trusted: []string{}}
+	a := &Account{Name: name, Trusted: []string{}, Untrusted: []string{}}
 	var created int64
 	vals := make([]sql.NullInt64, numLimits)
 	dest := []any{&created}
@@ -201,7 +208,15 @@ func (s *Service) Get(ctx context.Context, name string) (*Account, error) {
 		}
 		a.Trusted = append(a.Trusted, k)
 	}
-	return a, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("reading account %s: %w", name, err)
+	}
+	gone, err := s.distrusted(ctx, name)
+	if err != nil {
+		return nil, fmt.Errorf("reading account %s: %w", name, err)
+	}
+	a.Untrusted = slices.Sorted(maps.Keys(gone))
+	return a, nil
 }
 
 // Trust records that account trusts paths signed with a Nix public key
@@ -224,7 +239,16 @@ func (s *Service) Trust(ctx context.Context, name, key string) error {
 		ON CONFLICT(account, key) DO NOTHING`, name, pk.String(), s.now().Unix()); err != nil {
 		return fmt.Errorf("trusting a key for %s: %w", name, err)
 	}
-	return tx.Commit()
+	if _, err := tx.ExecContext(ctx, `DELETE FROM distrusted_keys WHERE account = ? AND key = ?`, name, pk.String()); err != nil {
+		return fmt.Errorf("trusting a key for %s: %w", name, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("trusting a key for %s: %w", name, err)
+	}
+	s.mu.Lock()
+	delete(s.trusted, name)
+	s.mu.Unlock()
+	return nil
 }
 
 // exists returns ErrUnknown unless the account exists.
@@ -256,7 +280,7 @@ func (s *Service) TrustedKeys(ctx context.Context, name string) []signature.Publ
 	if ok && now.Sub(c.at) < s.ttl {
 		return c.keys
 	}
-	keys := s.readTrustedKeys(ctx, name)
+	keys := s.withUpstream(ctx, name, s.readTrustedKeys(ctx, name))
 	s.mu.Lock()
 	if len(s.trusted) > 10000 {
 		clear(s.trusted)

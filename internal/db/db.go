@@ -164,6 +164,15 @@ var migrations = []string{
 		added INTEGER NOT NULL,
 		PRIMARY KEY (account, key)
 	) WITHOUT ROWID;`,
+	// 6: upstream caches. Every account trusts the keys the farm
+	// substitutes with (serve --trusted-public-key) unless it narrows
+	// that: a row here takes one of them away from it.
+	`CREATE TABLE distrusted_keys (
+		account TEXT NOT NULL REFERENCES accounts(name) ON DELETE CASCADE,
+		key TEXT NOT NULL,
+		added INTEGER NOT NULL,
+		PRIMARY KEY (account, key)
+	) WITHOUT ROWID;`,
 }
 
 const maxConns = 8
