@@ -24,6 +24,17 @@ type Views interface {
 	For(account string) Store
 }
 
+// UpstreamAccount owns the view that paths fetched from upstream binary
+// caches are registered in, and PublicAccount the view anonymous readers
+// of the farm's binary cache see (--public-cache). Neither is an account:
+// their names hold a space, which no account name can (an SSH key's
+// comment names its account with one word). Accounts see what the
+// upstream view holds through the signatures they trust (signed.go).
+const (
+	UpstreamAccount = " upstream"
+	PublicAccount   = " public"
+)
+
 // View is one account's view of a Local store. A path is in it when the
 // account uploaded it, the farm built it for the account, or the farm
 // shared with the account a build whose inputs were byte-identical.
