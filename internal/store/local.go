@@ -285,6 +285,12 @@ func (s *Local) register(ctx context.Context, v *View, info *PathInfo, how strin
 				worker = CASE WHEN worker = '' THEN ? ELSE worker END WHERE id = ?`, sigs, info.Worker, id); err != nil {
 				return fmt.Errorf("registering %s: %w", info.Path, err)
 			}
+		} else if sigs != "" {
+			// The farm vouches for contents it already held (a path
+			// fetched from an upstream cache that an account uploaded).
+			if _, err := tx.ExecContext(ctx, `UPDATE objects SET sigs = CASE WHEN sigs = '' THEN ? ELSE sigs END WHERE id = ?`, sigs, id); err != nil {
+				return fmt.Errorf("registering %s: %w", info.Path, err)
+			}
 		}
 	}
 	if info.Ultimate {

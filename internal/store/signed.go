@@ -50,6 +50,7 @@ func (v *View) adoptSigned(ctx context.Context, ps []storepath.Path) error {
 	type candidate struct {
 		id   int64
 		refs []storepath.Path
+		sigs string // the signatures by trusted keys
 	}
 	cands := map[storepath.Path]candidate{}
 	seen := dedup(have)
@@ -62,7 +63,7 @@ func (v *View) adoptSigned(ctx context.Context, ps []storepath.Path) error {
 			continue
 		}
 		seen[p] = true
-		id, refs, ok, err := v.signedObject(ctx, p)
+		id, refs, sigs, ok, err := v.signedObject(ctx, p)
 		if err != nil {
 			return err
 		}
@@ -73,7 +74,7 @@ func (v *View) adoptSigned(ctx context.Context, ps []storepath.Path) error {
 		if len(cands) >= maxSignedClosure {
 			return fmt.Errorf("the signed closure of %s has more than %d paths", ps[0], maxSignedClosure)
 		}
-		cands[p] = candidate{id, refs}
+		cands[p] = candidate{id, refs, sigs}
 		for _, r := range refs {
 			if r != p {
 				queue = append(queue, r)
@@ -117,8 +118,10 @@ func (v *View) adoptSigned(ctx context.Context, ps []storepath.Path) error {
 		if !ok[p] {
 			continue
 		}
+		// The signatures that made the path visible go with it, so the
+		// account's Nix, which trusts those keys, takes the path too.
 		if _, err := tx.ExecContext(ctx, `INSERT INTO views (account, path, object, sigs, how, added)
-			VALUES (?, ?, ?, '', 'signed', ?) ON CONFLICT(account, path) DO NOTHING`, v.account, string(p), c.id, now); err != nil {
+			VALUES (?, ?, ?, ?, 'signed', ?) ON CONFLICT(account, path) DO NOTHING`, v.account, string(p), c.id, c.sigs, now); err != nil {
 			return fmt.Errorf("adopting signed paths: %w", err)
 		}
 	}
@@ -126,13 +129,14 @@ func (v *View) adoptSigned(ctx context.Context, ps []storepath.Path) error {
 }
 
 // signedObject finds an object of path p carrying a valid signature by a
-// trusted key (its own, or one an account added to its view of it).
-func (v *View) signedObject(ctx context.Context, p storepath.Path) (int64, []storepath.Path, bool, error) {
+// trusted key (its own, or one an account added to its view of it), and
+// returns its id, references and the signatures by trusted keys.
+func (v *View) signedObject(ctx context.Context, p storepath.Path) (int64, []storepath.Path, string, bool, error) {
 	rows, err := v.s.db.QueryContext(ctx, `SELECT o.id, o.nar_hash, o.nar_size, o.refs,
 			o.sigs || ' ' || COALESCE((SELECT group_concat(w.sigs, ' ') FROM views w WHERE w.object = o.id), '')
 		FROM objects o WHERE o.path = ? ORDER BY o.id LIMIT ?`, string(p), maxSignedVersions)
 	if err != nil {
-		return 0, nil, false, fmt.Errorf("looking for signed contents of %s: %w", p, err)
+		return 0, nil, "", false, fmt.Errorf("looking for signed contents of %s: %w", p, err)
 	}
 	defer rows.Close()
 	for rows.Next() {
@@ -143,18 +147,24 @@ func (v *View) signedObject(ctx context.Context, p storepath.Path) (int64, []sto
 			sigs           string
 		)
 		if err := rows.Scan(&id, &hash, &size, &refsText, &sigs); err != nil {
-			return 0, nil, false, err
+			return 0, nil, "", false, err
 		}
 		info, err := parseObject(p, hash, size, refsText)
 		if err != nil {
-			return 0, nil, false, err
+			return 0, nil, "", false, err
 		}
 		fp := signature.Fingerprint(p, info.NarHash, info.NarSize, info.References)
-		if signature.VerifyAny(v.trusted, fp, strings.Fields(sigs)) {
-			return id, info.References, true, nil
+		var good []string
+		for _, sig := range strings.Fields(sigs) {
+			if signature.VerifyAny(v.trusted, fp, []string{sig}) && !slices.Contains(good, sig) {
+				good = append(good, sig)
+			}
+		}
+		if len(good) > 0 {
+			return id, info.References, strings.Join(good, " "), true, nil
 		}
 	}
-	return 0, nil, false, rows.Err()
+	return 0, nil, "", false, rows.Err()
 }
 
 // parseObject reads an object's stored hash, size and references.

@@ -303,6 +303,11 @@ func TestSignedPathsAreVisibleToWhoTrustsTheKey(t *testing.T) {
 	if err != nil || len(info.References) != 1 {
 		t.Fatalf("alice does not see the signed path: %v", err)
 	}
+	// She gets the signature that made it visible, so her Nix takes it;
+	// not the forgery beside it.
+	if len(info.Sigs) != 1 || !pk.Verify(signature.Fingerprint(top, info.NarHash, info.NarSize, info.References), info.Sigs[0]) {
+		t.Errorf("alice's info of the signed path carries signatures %q", info.Sigs)
+	}
 	if closure, err := alice.Closure(ctx, []storepath.Path{top}); err != nil || len(closure) != 2 {
 		t.Errorf("its closure: %v %v", closure, err)
 	}
