@@ -3,6 +3,8 @@
 // chroot store, the same with a ControlMaster-tuned client, the client
 // building by itself, and `nixfarm serve`), runs each scenario against
 // each side with the same stock nix-build, and reports medians and ratios.
+// S8 and S9 compare the farm as a binary cache, and as a builder that
+// substitutes from one, with Debian's nginx serving the same paths.
 package bench
 
 import (
@@ -24,12 +26,15 @@ const (
 	StockTuned = "stock-tuned"
 	Local      = "local"
 	Nixfarm    = "nixfarm"
+	// Nginx is not a side one picks: it is S8's and S9's static binary
+	// cache, Debian's nginx serving a `nix copy --to file://` directory.
+	Nginx = "nginx"
 )
 
 // AllSides and AllScenarios are the defaults.
 var (
 	AllSides     = []string{Stock, StockTuned, Local, Nixfarm}
-	AllScenarios = []string{"S1", "S2", "S3", "S4", "S5", "S6", "S7"}
+	AllScenarios = []string{"S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9"}
 )
 
 // Config configures a benchmark run.
@@ -46,6 +51,11 @@ type Config struct {
 	S4MiB int
 	// S6Queued is how many builds S6 queues for its memory figure.
 	S6Queued int
+	// S8Paths small paths (a few KiB each) and one of S8LargeMiB are
+	// what S8's caches serve; wrk runs S8Seconds per measurement.
+	S8Paths, S8LargeMiB, S8Seconds int
+	// S9Paths paths of S9MiB in all are the closure S9 substitutes.
+	S9Paths, S9MiB int
 	// Progress receives a line per measurement.
 	Progress io.Writer
 	// FarmLogLevel is nixfarm serve's --log-level (warn).
@@ -69,6 +79,9 @@ type Result struct {
 	Target string
 	Met    *bool
 	Note   string
+	// Baseline is the side the first ratio column divides by: Stock
+	// unless set (S8's is Nginx).
+	Baseline string
 }
 
 // Report is a whole run.
@@ -92,6 +105,21 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	if cfg.S6Queued == 0 {
 		cfg.S6Queued = 100_000
+	}
+	if cfg.S8Paths == 0 {
+		cfg.S8Paths = 1000
+	}
+	if cfg.S8LargeMiB == 0 {
+		cfg.S8LargeMiB = 256
+	}
+	if cfg.S8Seconds == 0 {
+		cfg.S8Seconds = 10
+	}
+	if cfg.S9Paths == 0 {
+		cfg.S9Paths = 300
+	}
+	if cfg.S9MiB == 0 {
+		cfg.S9MiB = 512
 	}
 	if cfg.FarmLogLevel == "" {
 		cfg.FarmLogLevel = "warn"
@@ -170,8 +198,8 @@ func (r *Report) Table() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "Machine: %s; %s; %d runs per scenario and side, medians; %s on %s (took %s).\n\n",
 		r.Machine, r.Nix, r.Runs, r.Command, r.Started.Format("2006-01-02"), r.Duration.Round(time.Second))
-	b.WriteString("| scenario | protocol | unit | stock | stock-tuned | local | nixfarm | nixfarm ÷ stock | nixfarm ÷ stock-tuned | target |\n")
-	b.WriteString("|---|---|---|---:|---:|---:|---:|---:|---:|---|\n")
+	b.WriteString("| scenario | protocol | unit | stock | stock-tuned | local | nginx | nixfarm | nixfarm ÷ stock (S8: ÷ nginx) | nixfarm ÷ stock-tuned | target |\n")
+	b.WriteString("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|\n")
 	for _, res := range r.Results {
 		cell := func(side string) string {
 			v, ok := res.Values[side]
@@ -199,14 +227,20 @@ func (r *Report) Table() string {
 		if res.Note != "" {
 			target += " (" + res.Note + ")"
 		}
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", res.Scenario, res.Protocol, res.Unit,
-			cell(Stock), cell(StockTuned), cell(Local), cell(Nixfarm), ratio(Stock), ratio(StockTuned), target)
+		baseline := res.Baseline
+		if baseline == "" {
+			baseline = Stock
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", res.Scenario, res.Protocol, res.Unit,
+			cell(Stock), cell(StockTuned), cell(Local), cell(Nginx), cell(Nixfarm), ratio(baseline), ratio(StockTuned), target)
 	}
 	return b.String()
 }
 
 func format(v float64, unit string) string {
 	switch unit {
+	case "ms":
+		return fmt.Sprintf("%.3f", v)
 	case "s":
 		if v < 1 {
 			return fmt.Sprintf("%.3f", v) // S1's tens of milliseconds

@@ -82,6 +82,8 @@ var scenarios = map[string]scenario{
 	"S5": (*env).s5,
 	"S6": (*env).s6,
 	"S7": (*env).s7,
+	"S8": (*env).s8,
+	"S9": (*env).s9,
 }
 
 func (e *env) progress(format string, args ...any) {

@@ -29,12 +29,20 @@ type env struct {
 	dir       string
 	bbDir     string
 	clientKey string
+	clientPub string
 	sshConfig string
 	nixEnv    []string
 	sides     map[string]*side
 	procs     []*exec.Cmd
 	nonce     atomic.Int64
 	stamp     string
+	// sshCfg is the client's ssh config, rewritten when a side is added.
+	sshCfg strings.Builder
+	// stockDir and stockHostKey are the stock sshd's directory and its
+	// host key (base64, as in a builders line), for S9's stock builder.
+	stockDir, stockHostKey string
+	// farm is the nixfarm side's serve process.
+	farm *farmProc
 	// warnedCaches: the page cache could not be dropped (once said).
 	warnedCaches bool
 }
@@ -78,22 +86,22 @@ func setup(ctx context.Context, cfg Config) (*env, error) {
 		return nil, err
 	}
 	e.clientKey = filepath.Join(dir, "client_ed25519")
-	var sshCfg strings.Builder
+	e.clientPub = keyLine(pub)
 	want := func(s string) bool { return slices.Contains(cfg.Sides, s) }
 	if want(Stock) || want(StockTuned) {
-		if err := e.startStock(ctx, pub, &sshCfg); err != nil {
+		if err := e.startStock(ctx, pub); err != nil {
 			return nil, fmt.Errorf("starting the stock side (OpenSSH sshd): %w", err)
 		}
 	}
 	if want(Nixfarm) {
-		if err := e.startNixfarm(ctx, pub, &sshCfg); err != nil {
+		if err := e.startNixfarm(); err != nil {
 			return nil, fmt.Errorf("starting nixfarm serve: %w", err)
 		}
 	}
 	if want(Local) {
 		e.sides[Local] = &side{name: Local}
 	}
-	if err := os.WriteFile(e.sshConfig, []byte(sshCfg.String()), 0o600); err != nil {
+	if err := e.writeSSHConfig(); err != nil {
 		return nil, err
 	}
 	for _, name := range cfg.Sides {
@@ -176,8 +184,14 @@ func (e *env) addBusybox(ctx context.Context, store string) (string, error) {
 
 // nix runs a Nix command with the benchmark's environment.
 func (e *env) nix(ctx context.Context, name string, args ...string) (string, error) {
+	return e.nixWith(ctx, nil, name, args...)
+}
+
+// nixWith runs a Nix command with the benchmark's environment and extra
+// variables (which win over the benchmark's).
+func (e *env) nixWith(ctx context.Context, extraEnv []string, name string, args ...string) (string, error) {
 	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.Env = append(os.Environ(), e.nixEnv...)
+	cmd.Env = append(append(os.Environ(), e.nixEnv...), extraEnv...)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -237,7 +251,7 @@ func waitPort(port string, d time.Duration) error {
 // nix-store --serve --write on a chroot store. The remote programs are
 // wrappers that give the remote Nix the settings a builder would have:
 // no substituter (this machine reaches none) and max-jobs 8.
-func (e *env) startStock(ctx context.Context, clientPub ssh.PublicKey, sshCfg *strings.Builder) error {
+func (e *env) startStock(ctx context.Context, clientPub ssh.PublicKey) error {
 	const sshd = "/usr/sbin/sshd"
 	if _, err := os.Stat(sshd); err != nil {
 		return fmt.Errorf("%s is missing (apt-get install openssh-server)", sshd)
@@ -297,11 +311,12 @@ LogLevel ERROR
 		return fmt.Errorf("sshd did not start (see %s): %w", logf.Name(), err)
 	}
 	hk := base64.StdEncoding.EncodeToString([]byte(keyLine(hostPub)))
+	e.stockDir, e.stockHostKey = dir, hk
 	for _, name := range []string{Stock, StockTuned} {
-		fmt.Fprintf(sshCfg, "Host %s\n  HostName 127.0.0.1\n  Port %s\n  User root\n  IdentityFile %s\n  IdentitiesOnly yes\n  HostKeyAlias %s\n  BatchMode yes\n",
+		fmt.Fprintf(&e.sshCfg, "Host %s\n  HostName 127.0.0.1\n  Port %s\n  User root\n  IdentityFile %s\n  IdentitiesOnly yes\n  HostKeyAlias %s\n  BatchMode yes\n",
 			name, port, e.clientKey, name)
 		if name == StockTuned {
-			fmt.Fprintf(sshCfg, "  ControlMaster auto\n  ControlPath %s/cm-%%C\n  ControlPersist 600\n", e.dir)
+			fmt.Fprintf(&e.sshCfg, "  ControlMaster auto\n  ControlPath %s/cm-%%C\n  ControlPersist 600\n", e.dir)
 		}
 		params := fmt.Sprintf("remote-store=%s&remote-program=%s", remote, filepath.Join(dir, "nix-daemon-remote"))
 		serveParams := fmt.Sprintf("remote-store=%s&remote-program=%s", remote, filepath.Join(dir, "nix-store-remote"))
@@ -322,32 +337,51 @@ var (
 	farmPortRE    = regexp.MustCompile(`(?m)^\s+Port (\d+)$`)
 )
 
-// startNixfarm starts `nixfarm serve` with its built-in worker on its own
-// chroot store, eight builds at a time.
-func (e *env) startNixfarm(ctx context.Context, clientPub ssh.PublicKey, sshCfg *strings.Builder) error {
-	dir := filepath.Join(e.dir, "nixfarm")
+// writeSSHConfig writes the client's ssh config.
+func (e *env) writeSSHConfig() error {
+	return os.WriteFile(e.sshConfig, []byte(e.sshCfg.String()), 0o600)
+}
+
+// farmProc is a running `nixfarm serve`.
+type farmProc struct {
+	cmd      *exec.Cmd
+	dir      string
+	stateDir string
+	// hostKey is its SSH host key (base64, as in a builders line), port
+	// its SSH port, and http its --http-listen address ("" if none).
+	hostKey, port, http string
+}
+
+// launchFarm starts `nixfarm serve` with its built-in worker (eight
+// builds at a time) and a fresh state directory under dir, listening for
+// SSH on sshListen and for HTTP on httpListen ("" for none). The client's
+// key is account bench's.
+func (e *env) launchFarm(dir, sshListen, httpListen, cpuProfile string, extra ...string) (*farmProc, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
+		return nil, err
 	}
 	keys := filepath.Join(dir, "authorized_keys")
-	if err := os.WriteFile(keys, []byte(keyLine(clientPub)+" bench\n"), 0o600); err != nil {
-		return err
+	if err := os.WriteFile(keys, []byte(e.clientPub+" bench\n"), 0o600); err != nil {
+		return nil, err
 	}
-	cmd := exec.Command(e.cfg.Nixfarm, "serve", "--state-dir", filepath.Join(dir, "state"), "--ssh-listen", "127.0.0.1:0",
-		"--authorized-keys", keys, "--local-jobs", fmt.Sprint(jobs), "--http-listen", "", "--log-level", e.cfg.FarmLogLevel)
-	if e.cfg.FarmCPUProfile != "" {
-		cmd.Args = append(cmd.Args, "--cpu-profile", e.cfg.FarmCPUProfile)
+	f := &farmProc{dir: dir, stateDir: filepath.Join(dir, "state"), http: httpListen}
+	cmd := exec.Command(e.cfg.Nixfarm, "serve", "--state-dir", f.stateDir, "--ssh-listen", sshListen,
+		"--authorized-keys", keys, "--local-jobs", fmt.Sprint(jobs), "--http-listen", httpListen, "--log-level", e.cfg.FarmLogLevel)
+	if cpuProfile != "" {
+		cmd.Args = append(cmd.Args, "--cpu-profile", cpuProfile)
 	}
+	cmd.Args = append(cmd.Args, extra...)
 	cmd.Args = append(cmd.Args, e.cfg.FarmArgs...)
 	logf, _ := os.Create(filepath.Join(dir, "nixfarm.log"))
 	cmd.Stderr = logf
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := cmd.Start(); err != nil {
-		return err
+		return nil, err
 	}
+	f.cmd = cmd
 	e.procs = append(e.procs, cmd)
 	var out strings.Builder
 	found := make(chan struct{})
@@ -361,23 +395,75 @@ func (e *env) startNixfarm(ctx context.Context, clientPub ssh.PublicKey, sshCfg 
 				close(found)
 			}
 		}
+		if !closed {
+			close(found)
+		}
 	}()
 	select {
 	case <-found:
 	case <-time.After(30 * time.Second):
-		return fmt.Errorf("nixfarm serve printed no builders line (see %s)", logf.Name())
 	}
-	hk := farmHostKeyRE.FindStringSubmatch(out.String())[1]
-	port := farmPortRE.FindStringSubmatch(out.String())[1]
-	fmt.Fprintf(sshCfg, "Host nixfarm\n  HostName 127.0.0.1\n  Port %s\n  User bench\n  IdentityFile %s\n  IdentitiesOnly yes\n  HostKeyAlias nixfarm\n  BatchMode yes\n",
-		port, e.clientKey)
+	hk := farmHostKeyRE.FindStringSubmatch(out.String())
+	port := farmPortRE.FindStringSubmatch(out.String())
+	if hk == nil || port == nil {
+		e.stop(cmd)
+		tail, _ := os.ReadFile(logf.Name())
+		if len(tail) > 2000 {
+			tail = tail[len(tail)-2000:]
+		}
+		return nil, fmt.Errorf("nixfarm serve printed no builders line (see %s):\n%s", logf.Name(), tail)
+	}
+	f.hostKey, f.port = hk[1], port[1]
+	return f, nil
+}
+
+// stop interrupts one of the processes started, waits for it (5 s at
+// most, then kills it) and forgets it.
+func (e *env) stop(cmd *exec.Cmd) {
+	e.procs = slices.DeleteFunc(e.procs, func(p *exec.Cmd) bool { return p == cmd })
+	if cmd.Process == nil || cmd.ProcessState != nil {
+		return
+	}
+	cmd.Process.Signal(os.Interrupt)
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		cmd.Process.Kill()
+		<-done
+	}
+}
+
+// startNixfarm starts the nixfarm side: `nixfarm serve` with its
+// built-in worker on its own chroot store, eight builds at a time, and
+// its HTTP listener (the binary cache S8 measures) on a free port.
+func (e *env) startNixfarm() error {
+	httpPort, err := freePort()
+	if err != nil {
+		return err
+	}
+	// No upstream cache: this machine reaches none, and the stock
+	// sides have none either.
+	f, err := e.launchFarm(filepath.Join(e.dir, "nixfarm"), "127.0.0.1:0", "127.0.0.1:"+httpPort, e.cfg.FarmCPUProfile, "--substituter", "")
+	if err != nil {
+		return err
+	}
+	e.farm = f
+	e.addFarmHost(Nixfarm, f)
 	e.sides[Nixfarm] = &side{
 		name: Nixfarm,
 		builders: map[string]string{
-			"ssh-ng": fmt.Sprintf("ssh-ng://nixfarm x86_64-linux - %d 1 - - %s", jobs, hk),
-			"ssh":    fmt.Sprintf("ssh://nixfarm x86_64-linux - %d 1 - - %s", jobs, hk),
+			"ssh-ng": fmt.Sprintf("ssh-ng://nixfarm x86_64-linux - %d 1 - - %s", jobs, f.hostKey),
+			"ssh":    fmt.Sprintf("ssh://nixfarm x86_64-linux - %d 1 - - %s", jobs, f.hostKey),
 		},
-		storeURI: "ssh-ng://nixfarm?base64-ssh-public-host-key=" + hk,
+		storeURI: "ssh-ng://nixfarm?base64-ssh-public-host-key=" + f.hostKey,
 	}
 	return nil
+}
+
+// addFarmHost adds an ssh config entry for a farm as user bench.
+func (e *env) addFarmHost(alias string, f *farmProc) {
+	fmt.Fprintf(&e.sshCfg, "Host %s\n  HostName 127.0.0.1\n  Port %s\n  User bench\n  IdentityFile %s\n  IdentitiesOnly yes\n  HostKeyAlias %s\n  BatchMode yes\n",
+		alias, f.port, e.clientKey, alias)
 }
