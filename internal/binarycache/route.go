@@ -22,9 +22,9 @@ const (
 type format int
 
 const (
-	plain format = iota // .nar
-	zstdFormat          // .nar.zst
-	xzFormat            // .nar.xz
+	plain      format = iota // .nar
+	zstdFormat               // .nar.zst
+	xzFormat                 // .nar.xz
 )
 
 var formats = [...]struct{ ext, compression string }{
