@@ -178,7 +178,8 @@ func defaultStateDir() string {
 
 // repeatFlag is a flag that may be given more than once, each time with
 // one or more space-separated values (as nix.conf lists them), and knows
-// whether it was given, so that an explicit ” overrides the default.
+// whether it was given, so that an explicit empty value overrides the
+// default.
 type repeatFlag struct {
 	set    bool
 	values []string
