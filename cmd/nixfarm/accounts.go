@@ -25,6 +25,8 @@ const accountsUsage = `Usage:
   nixfarm accounts trust NAME KEY                   trust a Nix signing key (name:base64)
   nixfarm accounts untrust NAME KEY                 stop trusting one: its own, or one of the
                                                     upstream keys every account trusts
+  nixfarm accounts token NAME [--host HOST]         issue a binary cache token (shown once)
+  nixfarm accounts token --revoke NAME              revoke all of an account's cache tokens
 
 Every command takes --state-dir DIR (the farm's state directory) and works on
 its database directly, while the farm runs or not.
@@ -116,6 +118,11 @@ func accountsCmd(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	stateDir := fs.String("state-dir", defaultStateDir(), "the farm's state directory")
 	asJSON := fs.Bool("json", false, "print JSON")
+	var tok tokenFlags
+	if sub == "token" {
+		tok.revoke = fs.Bool("revoke", false, "revoke every cache token of the account")
+		tok.host = fs.String("host", "FARM-HOST", "the binary cache's host name, for the netrc line printed")
+	}
 	var limits map[account.Limit]*int64
 	if sub == "add" || sub == "set-limits" {
 		limits = limitFlags(fs)
@@ -128,7 +135,7 @@ func accountsCmd(args []string, stdout, stderr io.Writer) int {
 		}
 		return 2
 	}
-	want := map[string]int{"add": 1, "list": 0, "show": 1, "remove": 1, "set-limits": 1, "trust": 2, "untrust": 2}
+	want := map[string]int{"add": 1, "list": 0, "show": 1, "remove": 1, "set-limits": 1, "trust": 2, "untrust": 2, "token": 1}
 	n, known := want[sub]
 	if !known {
 		fmt.Fprintf(stderr, "nixfarm accounts: unknown command %q\n\n%s", sub, accountsUsage)
@@ -145,7 +152,12 @@ func accountsCmd(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer closeDB()
-	if err := runAccounts(ctx, svc, sub, pos, limits, *asJSON, stdout); err != nil {
+	if sub == "token" {
+		err = runToken(ctx, svc, pos[0], tok, stdout)
+	} else {
+		err = runAccounts(ctx, svc, sub, pos, limits, *asJSON, stdout)
+	}
+	if err != nil {
 		fmt.Fprintf(stderr, "nixfarm accounts %s: %v\n", sub, err)
 		return 1
 	}
@@ -211,6 +223,34 @@ func runAccounts(ctx context.Context, svc *account.Service, sub string, pos []st
 		}
 		return tw.Flush()
 	}
+	return nil
+}
+
+type tokenFlags struct {
+	revoke *bool
+	host   *string
+}
+
+// runToken issues a binary cache token, or revokes an account's tokens.
+func runToken(ctx context.Context, svc *account.Service, name string, tok tokenFlags, stdout io.Writer) error {
+	if *tok.revoke {
+		n, err := svc.RevokeTokens(ctx, name)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "revoked %d cache tokens of account %s (a running farm may accept them for a few more seconds)\n", n, name)
+		return nil
+	}
+	token, err := svc.IssueToken(ctx, name)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, `binary cache token for account %s (shown once; the farm keeps only its hash):
+%s
+
+Nix reads it from a netrc file (nix.conf: netrc-file = /etc/nix/netrc), one line:
+machine %s login %s password %s
+`, name, token, *tok.host, name, token)
 	return nil
 }
 

@@ -103,6 +103,11 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&cfg.SSHLimits.MaxConnectionsPerAccount, "max-connections-per-account", sshd.DefaultMaxConnectionsPerAccount, "SSH connections one account may hold; more are refused with a message the client shows")
 	fs.DurationVar(&cfg.SSHLimits.HandshakeTimeout, "handshake-timeout", sshd.DefaultHandshakeTimeout, "how long an SSH connection may take to authenticate before it is closed")
 	fs.DurationVar(&cfg.SSHLimits.IdleTimeout, "idle-timeout", sshd.DefaultIdleTimeout, "how long an authenticated SSH connection may stay without an open session before it is closed (a session, however quiet, keeps it: long silent builds are safe)")
+	var substituters, upstreamKeys repeatFlag
+	fs.Var(&substituters, "substituter", "an upstream binary cache the farm fetches paths from (http(s):// or file://); repeat for more, in order of preference; '' for none (default "+server.DefaultSubstituter+")")
+	fs.Var(&upstreamKeys, "trusted-public-key", "a key (name:base64) whose signature makes an upstream path acceptable; repeat for more; every account trusts these unless it untrusts one (default "+server.DefaultTrustedPublicKey+")")
+	fs.BoolVar(&cfg.PublicCache, "public-cache", false, "let anyone read, from the binary cache on --http-listen, the paths the farm signed (built from checked derivations, or fetched from upstream); accounts always read their own with a token (nixfarm accounts token)")
+	fs.StringVar(&cfg.CacheCompression, "cache-compression", "zstd", "compression of the NARs the binary cache offers: zstd, xz or none")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	cpuProfile := fs.String("cpu-profile", "", "write a CPU profile (go tool pprof) to this file until nixfarm stops")
 	fs.Usage = func() {
@@ -122,6 +127,13 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	}
 	cfg.Log = log
 	cfg.Out = stdout
+	cfg.Substituters, cfg.TrustedPublicKeys = []string{server.DefaultSubstituter}, []string{server.DefaultTrustedPublicKey}
+	if substituters.set {
+		cfg.Substituters = substituters.values
+	}
+	if upstreamKeys.set {
+		cfg.TrustedPublicKeys = upstreamKeys.values
+	}
 	cfg.SSHCiphers = strings.Split(*ciphers, ",")
 	cfg.Version = version
 	if *cpuProfile != "" {
@@ -162,4 +174,20 @@ func defaultStateDir() string {
 		return d + "/.local/state/nixfarm"
 	}
 	return ".nixfarm"
+}
+
+// repeatFlag is a flag that may be given more than once, each time with
+// one or more space-separated values (as nix.conf lists them), and knows
+// whether it was given, so that an explicit empty value overrides the
+// default.
+type repeatFlag struct {
+	set    bool
+	values []string
+}
+
+func (r *repeatFlag) String() string { return strings.Join(r.values, " ") }
+func (r *repeatFlag) Set(s string) error {
+	r.set = true
+	r.values = append(r.values, strings.Fields(s)...)
+	return nil
 }

@@ -2,8 +2,10 @@ package coordinator
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"os"
 	"path/filepath"
@@ -487,4 +489,23 @@ func (c *Coordinator) AddBuildLog(ctx context.Context, drvPath storepath.Path, a
 	}
 	c.log.Info("build log uploaded", "drv", drvPath, "account", account, "bytes", len(log))
 	return nil
+}
+
+// OpenLog opens the log of the latest build of drvPath the farm ran for
+// account that logged anything, or returns store.ErrNotFound.
+func (c *Coordinator) OpenLog(ctx context.Context, account string, drvPath storepath.Path) (io.ReadCloser, error) {
+	var id int64
+	err := c.db.QueryRowContext(ctx, `SELECT id FROM builds WHERE drv_path = ? AND account = ? AND log_bytes > 0
+		ORDER BY id DESC LIMIT 1`, string(drvPath), account).Scan(&id)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("%w: no build log of %s", store.ErrNotFound, drvPath)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("looking up the build log of %s: %w", drvPath, err)
+	}
+	f, err := os.Open(c.logPath(id))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%w: no build log of %s", store.ErrNotFound, drvPath)
+	}
+	return f, err
 }

@@ -173,6 +173,15 @@ var migrations = []string{
 		added INTEGER NOT NULL,
 		PRIMARY KEY (account, key)
 	) WITHOUT ROWID;`,
+	// 7: binary cache tokens (`nixfarm accounts token`): the SHA-256 (hex)
+	// of each account's HTTP token for the binary cache, never the token.
+	`CREATE TABLE cache_tokens (
+		hash TEXT PRIMARY KEY,
+		account TEXT NOT NULL REFERENCES accounts(name) ON DELETE CASCADE,
+		created INTEGER NOT NULL,
+		label TEXT NOT NULL DEFAULT ''
+	) WITHOUT ROWID;
+	CREATE INDEX cache_tokens_account ON cache_tokens(account);`,
 }
 
 const maxConns = 8

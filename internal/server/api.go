@@ -21,8 +21,11 @@ import (
 // token, in STATE-DIR/api-token). A build can reach this port (fixed-output
 // builds have the network), so nothing here may depend on where a
 // request comes from.
-func (f *Farm) api() http.Handler {
+//
+// Every other path is the binary cache (caches.go).
+func (f *Farm) api(cache http.Handler) http.Handler {
 	mux := http.NewServeMux()
+	mux.Handle("/", cache)
 	mux.HandleFunc("GET /api/v1/workers", func(w http.ResponseWriter, r *http.Request) {
 		workers := f.sched.Workers()
 		if !f.apiAuthorized(r) {

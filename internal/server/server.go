@@ -37,6 +37,7 @@ import (
 	"github.com/nixfarm/nixfarm/internal/signature"
 	"github.com/nixfarm/nixfarm/internal/sshd"
 	"github.com/nixfarm/nixfarm/internal/store"
+	"github.com/nixfarm/nixfarm/internal/substituter"
 	"github.com/nixfarm/nixfarm/internal/worker"
 )
 
@@ -83,8 +84,21 @@ type Config struct {
 	// WorkerListen is the address `nixfarm worker` agents dial ("" = no
 	// agents); each presents its own credential (`nixfarm workers add`).
 	WorkerListen string
-	// HTTPListen serves the API (`nixfarm workers` reads it); "" = none.
+	// HTTPListen serves the API (`nixfarm workers` reads it) and the
+	// binary cache (cache.go); "" = none.
 	HTTPListen string
+	// Substituters are the upstream binary caches the farm fetches paths
+	// from, in order of preference (none if empty).
+	Substituters []string
+	// TrustedPublicKeys ("name:base64") sign what the farm accepts from
+	// them; every account trusts them unless it untrusts one.
+	TrustedPublicKeys []string
+	// PublicCache lets anonymous requests read the paths the farm signed
+	// from the binary cache.
+	PublicCache bool
+	// CacheCompression is what the binary cache's narinfos offer: "zstd"
+	// (default), "xz" or "none".
+	CacheCompression string
 	// Scheduler tunes placement, retries and grace periods.
 	Scheduler scheduler.Config
 	// Limits are the default limits of accounts (nil:
@@ -107,6 +121,10 @@ type Farm struct {
 	store *store.Local
 	// signingKey is the public half of the key that signs outputs.
 	signingKey signature.PublicKey
+	// upstreamKeys sign what the farm fetches from upstream caches, and
+	// substituter fetches it (nil: no upstream caches); caches.go.
+	upstreamKeys []signature.PublicKey
+	substituter  *substituter.Substituter
 	// apiToken admits API requests to account data (api.go).
 	apiToken string
 	// accounts holds accounts, keys and limits; uploads and outputs are
@@ -230,14 +248,24 @@ func (f *Farm) init(ctx context.Context) error {
 	if err := f.addStaticWorkers(tmp); err != nil {
 		return err
 	}
-	coord, err := coordinator.New(f.outputs, f.sched, f.db, filepath.Join(cfg.StateDir, "logs"),
-		coordinator.Options{CancelOnDisconnect: cfg.CancelOnDisconnect, LimitLog: f.accounts.LimitLog, Log: f.log})
+	if err := f.initUpstream(); err != nil {
+		return err
+	}
+	opts := coordinator.Options{CancelOnDisconnect: cfg.CancelOnDisconnect, LimitLog: f.accounts.LimitLog,
+		TrustedKeys: f.accounts.TrustedKeys, Log: f.log}
+	if f.substituter != nil {
+		opts.Substituter = f.substituter
+	}
+	coord, err := coordinator.New(f.outputs, f.sched, f.db, filepath.Join(cfg.StateDir, "logs"), opts)
 	if err != nil {
 		return err
 	}
 	f.coord = coord
 	serve := &serveproto.Server{Store: f.uploads, Builds: coord, Log: f.log, TempDir: tmp}
 	daemon := &daemonproto.Server{Store: f.uploads, Builds: coord, Log: f.log, TempDir: tmp, NixVersion: "nixfarm-" + cfg.Version}
+	if f.substituter != nil {
+		serve.Upstream, daemon.Upstream = coord, coord
+	}
 
 	hostKey, created, err := sshd.LoadOrCreateHostKey(filepath.Join(cfg.StateDir, "ssh_host_ed25519_key"))
 	if err != nil {
@@ -269,7 +297,11 @@ func (f *Farm) init(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("listening for HTTP: %w", err)
 		}
-		f.httpSrv = &http.Server{Handler: f.api(), ReadHeaderTimeout: 10 * time.Second}
+		cache, err := f.binaryCache()
+		if err != nil {
+			return err
+		}
+		f.httpSrv = &http.Server{Handler: f.api(cache), ReadHeaderTimeout: 10 * time.Second}
 	}
 	f.ln, err = net.Listen("tcp", cfg.SSHListen)
 	if err != nil {
