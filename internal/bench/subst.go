@@ -123,27 +123,28 @@ func (n *nginx) narsServed() (int, error) {
 	return count, nil
 }
 
-// farmViews summarises how the farm's paths came to be in views: how
-// ("substituted", "upload", …) and count.
+// farmViews summarises how the farm's paths came to be in views: per
+// account (the farm's upstream view is one) how ("signed", "upload",
+// "built", …) and how many.
 func farmViews(ctx context.Context, stateDir string) string {
 	d, err := sql.Open("sqlite", "file:"+filepath.Join(stateDir, "nixfarm.db")+"?mode=ro")
 	if err != nil {
 		return err.Error()
 	}
 	defer d.Close()
-	rows, err := d.QueryContext(ctx, "SELECT how, COUNT(*) FROM views GROUP BY how ORDER BY how")
+	rows, err := d.QueryContext(ctx, "SELECT account, how, COUNT(*) FROM views GROUP BY account, how ORDER BY account, how")
 	if err != nil {
 		return err.Error()
 	}
 	defer rows.Close()
 	var parts []string
 	for rows.Next() {
-		var how string
+		var account, how string
 		var n int
-		if err := rows.Scan(&how, &n); err != nil {
+		if err := rows.Scan(&account, &how, &n); err != nil {
 			return err.Error()
 		}
-		parts = append(parts, fmt.Sprintf("%s %d", how, n))
+		parts = append(parts, fmt.Sprintf("%s: %s %d", account, how, n))
 	}
 	if err := rows.Err(); err != nil {
 		return err.Error()
