@@ -5,6 +5,11 @@ go 1.26.0
 require github.com/nix-community/go-nix v0.0.0-20250101154619-4bdde671e0a1
 
 require (
+	github.com/klauspost/compress v1.20.4 // indirect
+	github.com/ulikunitz/xz v0.5.17 // indirect
+)
+
+require (
 	github.com/dustin/go-humanize v1.1.0 // indirect
 	github.com/google/uuid v1.6.0 // indirect
 	github.com/mattn/go-isatty v0.0.24 // indirect
