@@ -182,6 +182,7 @@ func (c *upstream) get(ctx context.Context, rel string) (io.ReadCloser, error) {
 	if c.dir != "" {
 		return c.open(rel)
 	}
+	parent := ctx
 	ctx, cancel := context.WithCancel(ctx)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url+"/"+rel, nil)
 	if err != nil {
@@ -191,8 +192,8 @@ func (c *upstream) get(ctx context.Context, rel string) (io.ReadCloser, error) {
 	resp, err := c.s.cfg.HTTP.Do(req)
 	if err != nil {
 		cancel()
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
+		if parent.Err() != nil {
+			return nil, parent.Err()
 		}
 		return nil, &unreachableError{err}
 	}
