@@ -93,11 +93,11 @@ type spec struct {
 	refs        []storepath.Path
 	compression string // default "xz"
 	unsigned    bool
-	signWith    *signature.SecretKey            // default the cache's key
-	mutate      func(ni *narinfo.NarInfo)       // before signing
-	file        func(compressed []byte) []byte  // changes the file served
-	narBytes    func(narBytes []byte) []byte    // changes the NAR before compression
-	path        storepath.Path                  // default: made from name and contents
+	signWith    *signature.SecretKey           // default the cache's key
+	mutate      func(ni *narinfo.NarInfo)      // before signing
+	file        func(compressed []byte) []byte // changes the file served
+	narBytes    func(narBytes []byte) []byte   // changes the NAR before compression
+	path        storepath.Path                 // default: made from name and contents
 }
 
 // pathFor returns an input-addressed path for a name and contents.

@@ -148,7 +148,7 @@ func TestRefusals(t *testing.T) {
 		t.Fatal(err)
 	}
 	other := pathFor(t, "other", "x")
-	bomb := bigNar(8 << 20)
+	bomb := bigNar(1 << 20)
 	tests := []struct {
 		name string
 		sp   spec
@@ -196,7 +196,7 @@ func TestRefusals(t *testing.T) {
 // TestOversizeStopsAtOnce checks that a decompression bomb is not
 // decompressed beyond NarSize+1 bytes.
 func TestOversizeStopsAtOnce(t *testing.T) {
-	bomb := compress(t, "xz", bigNar(64<<20))
+	bomb := compress(t, "xz", bigNar(4<<20))
 	ni := &narinfo.NarInfo{Compression: "xz", NarSize: 1000, FileSize: uint64(len(bomb))}
 	ns, err := newNarStream(strings.NewReader(string(bomb)), ni)
 	if err != nil {
