@@ -218,6 +218,9 @@ func (s *Substituter) query(ctx context.Context, paths []storepath.Path, prog Pr
 	if err := ctx.Err(); err != nil {
 		return nil, nil, err
 	}
+	if len(caches) == 0 {
+		return found, refused, nil // all down or unusable: no I/O
+	}
 	paths = slices.Clone(paths)
 	slices.Sort(paths)
 	paths = slices.Compact(paths)
@@ -281,7 +284,11 @@ func (s *Substituter) ordered(ctx context.Context, prog Progress) []*upstream {
 	ready := make([]bool, len(s.caches))
 	var wg sync.WaitGroup
 	for i, c := range s.caches {
-		wg.Go(func() { ready[i] = c.ready(ctx, prog) })
+		if c.infoRead() {
+			ready[i] = c.ready(ctx, prog) // no I/O
+		} else {
+			wg.Go(func() { ready[i] = c.ready(ctx, prog) })
+		}
 	}
 	wg.Wait()
 	var out []*upstream

@@ -376,7 +376,7 @@ func TestDownUpstream(t *testing.T) {
 	if len(warnings) != 1 || !strings.Contains(warnings[0], "http://"+dead+" is unreachable") || !strings.Contains(warnings[0], "skipping it for 1m0s") {
 		t.Errorf("warnings %q", warnings)
 	}
-	if n := strings.Count(logs.String(), "is unreachable"); n != 1 {
+	if n := strings.Count(logs.String(), "substituter unreachable"); n != 1 {
 		t.Errorf("logged %d times", n)
 	}
 	// After DownFor it is tried again, fails again, and is skipped twice as long.

@@ -62,6 +62,14 @@ func (c *upstream) priority() int {
 	return c.prio
 }
 
+// infoRead reports whether nix-cache-info has been read (or found
+// unusable), so that ready does no I/O.
+func (c *upstream) infoRead() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.state != infoUnknown
+}
+
 // down reports whether the cache is being skipped now.
 func (c *upstream) down() bool {
 	now := c.s.now()
@@ -89,7 +97,7 @@ func (c *upstream) markDown(err error, prog Progress) {
 	d := c.backoff
 	c.mu.Unlock()
 	msg := fmt.Sprintf("substituter %s is unreachable (%v); skipping it for %s", c.url, err, d)
-	c.s.log.Warn(msg)
+	c.s.log.Warn("substituter unreachable", "substituter", c.url, "err", err, "skipped_for", d)
 	if prog != nil {
 		prog.Warning(msg)
 	}
