@@ -2,11 +2,10 @@ module github.com/nixfarm/nixfarm
 
 go 1.26.0
 
-require github.com/nix-community/go-nix v0.0.0-20250101154619-4bdde671e0a1
-
 require (
-	github.com/klauspost/compress v1.20.4 // indirect
-	github.com/ulikunitz/xz v0.5.17 // indirect
+	github.com/klauspost/compress v1.20.4
+	github.com/nix-community/go-nix v0.0.0-20250101154619-4bdde671e0a1
+	github.com/ulikunitz/xz v0.5.17
 )
 
 require (
