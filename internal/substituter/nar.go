@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"math"
 	"strings"
 
 	"github.com/klauspost/compress/zstd"
@@ -66,6 +67,9 @@ func newNarStream(file io.Reader, ni *narinfo.NarInfo) (*narStream, error) {
 	if limit == 0 {
 		// No size given: no compression of NarSize bytes is larger.
 		limit = ni.NarSize + ni.NarSize/8 + 1<<20
+		if limit < ni.NarSize {
+			limit = math.MaxUint64 // overflowed
+		}
 	}
 	cr := &countReader{r: file, left: limit, limit: limit, given: ni.FileSize != 0}
 	if !ni.FileHash.IsZero() {
