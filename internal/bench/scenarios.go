@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"io/fs"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -227,27 +228,34 @@ func (e *env) s4(ctx context.Context) ([]Result, error) {
 		HigherIsBetter: true, Values: values, Target: "≥ 0.8 × stock", Met: met}}, nil
 }
 
-// evenMemory puts every S4 measurement in the same memory state: the page
-// cache emptied (what the runs before wrote would otherwise fill memory,
-// and every side's writes would pay for reclaiming it, on this VM about
-// five times the cost of a write to free memory), then warm's file read
-// back in, as a client that just produced it would have it.
+// evenMemory puts every S4 and S9 measurement in the same memory state:
+// the page cache emptied (what the runs before wrote would otherwise fill
+// memory, and every side's writes would pay for reclaiming it, on this VM
+// about five times the cost of a write to free memory), then warm's files
+// (a file, or every file under a directory) read back in, as a client
+// that just produced them, or a cache server that serves them, would
+// have them.
 func (e *env) evenMemory(warm string) error {
 	syscall.Sync()
 	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0); err != nil {
 		if !e.warnedCaches {
 			e.warnedCaches = true
-			e.progress("S4: cannot drop the page cache (%v); S4 figures will vary more", err)
+			e.progress("cannot drop the page cache (%v); S4 and S9 figures will vary more", err)
 		}
 		return nil
 	}
-	f, err := os.Open(warm)
-	if err != nil {
+	return filepath.WalkDir(warm, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		_, err = io.Copy(io.Discard, f)
 		return err
-	}
-	defer f.Close()
-	_, err = io.Copy(io.Discard, f)
-	return err
+	})
 }
 
 // makeInput writes size pseudo-random bytes, seeded by nonce, and adds

@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 )
 
@@ -28,6 +27,7 @@ type s9Closure struct {
 	key    string   // the cache's public key
 	expr   string   // the top derivation's expression file
 	nginx  *nginx
+	cache  string // nginx's root, the file:// cache
 	config []string // the client's environment: the cache as substituter
 }
 
@@ -86,6 +86,7 @@ func (e *env) s9Prepare(ctx context.Context) (*s9Closure, error) {
 		return nil, err
 	}
 	cache := filepath.Join(c.dir, "cache")
+	c.cache = cache
 	e.progress("S9 copying it to file://%s?compression=zstd", cache)
 	if _, err := e.nix(ctx, "nix", append([]string{"copy", "--store", c.client, "--to", "file://" + cache + "?compression=zstd"}, c.paths...)...); err != nil {
 		return nil, err
@@ -144,7 +145,7 @@ func farmViews(ctx context.Context, stateDir string) string {
 		if err := rows.Scan(&account, &how, &n); err != nil {
 			return err.Error()
 		}
-		parts = append(parts, fmt.Sprintf("%s: %s %d", account, how, n))
+		parts = append(parts, fmt.Sprintf("%q %s %d", account, how, n))
 	}
 	if err := rows.Err(); err != nil {
 		return err.Error()
@@ -226,7 +227,12 @@ func (e *env) s9Run(ctx context.Context, c *s9Closure, side string, run int, far
 	if err != nil {
 		return 0, err
 	}
-	syscall.Sync()
+	// Every run starts from the same memory: the page cache emptied of
+	// what the runs before wrote, the cache's files read back in (nginx
+	// serves from memory, as a warm cache server would).
+	if err := e.evenMemory(c.cache); err != nil {
+		return 0, err
+	}
 	start := time.Now()
 	_, err = e.nixWith(ctx, c.config, "nix-build", "--store", c.client, "--no-out-link", c.expr, "--argstr", "nonce", e.next("S9"),
 		"--argstr", "bbPath", c.bb, "--max-jobs", "0", "--builders", builders, "--option", "builders-use-substitutes", "true")
