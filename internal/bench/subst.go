@@ -27,7 +27,7 @@ type s9Closure struct {
 	key    string   // the cache's public key
 	expr   string   // the top derivation's expression file
 	nginx  *nginx
-	cache  string // nginx's root, the file:// cache
+	cache  string   // nginx's root, the file:// cache
 	config []string // the client's environment: the cache as substituter
 }
 
