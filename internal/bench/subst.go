@@ -257,7 +257,11 @@ func (e *env) s9Run(ctx context.Context, c *s9Closure, side string, run int, far
 	if farm != nil {
 		e.stop(farm.cmd)
 	}
-	exec.Command("chmod", "-R", "u+w", runDir).Run()
-	os.RemoveAll(runDir)
+	// A given work directory keeps every store and log; a temporary one
+	// loses each run's builder (up to twice the closure) at once.
+	if e.cfg.WorkDir == "" {
+		exec.Command("chmod", "-R", "u+w", runDir).Run()
+		os.RemoveAll(runDir)
+	}
 	return d, nil
 }
