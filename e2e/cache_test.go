@@ -101,7 +101,8 @@ func testFarmBinaryCache(t *testing.T, v *nixVersion) {
 
 	c := newClientOf(t, v)
 	netrc := c.netrc("alice", token)
-	opts := []string{"--option", "substituters", cache, "--option", "trusted-public-keys", key, "--option", "netrc-file", netrc}
+	opts := []string{"--option", "substituters", cache, "--option", "trusted-public-keys", key, "--option", "netrc-file", netrc,
+		"--option", "narinfo-cache-negative-ttl", "0"}
 
 	// Without credentials: 401, and Nix cannot substitute.
 	hash := strings.TrimPrefix(top, "/nix/store/")[:32]
@@ -111,7 +112,9 @@ func testFarmBinaryCache(t *testing.T, v *nixVersion) {
 	if code, _ := get(t, cache+"/"+hash+".narinfo", "wrong-"+token); code != http.StatusUnauthorized {
 		t.Errorf("narinfo with a wrong token: %d, want 401", code)
 	}
-	r := c.exec(nil, "nix-store", "--store", c.store, "-r", top, "--option", "substituters", cache, "--option", "trusted-public-keys", key)
+	// (Nix remembers a refused lookup as a miss: not here.)
+	r := c.exec(nil, "nix-store", "--store", c.store, "-r", top, "--option", "substituters", cache, "--option", "trusted-public-keys", key,
+		"--option", "narinfo-cache-negative-ttl", "0")
 	if r.err == nil {
 		t.Errorf("substituted without credentials")
 	}
