@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -56,8 +57,15 @@ func newUpstream(t *testing.T, attrs ...string) *upstream {
 	for _, a := range attrs {
 		outs = append(outs, strings.Fields(c.mustRun(nil, "nix-build", "--store", c.store, "--no-out-link", file, "-A", a))...)
 	}
-	c.mustRun(nil, "nix", "store", "sign", "--store", c.store, "--key-file", keyFile, "--recursive", strings.Join(outs, " "))
-	c.mustRun(nil, "nix", append([]string{"copy", "--store", c.store, "--to", "file://" + u.dir + "?compression=zstd"}, outs...)...)
+	if len(outs) > 0 {
+		c.mustRun(nil, "nix", append([]string{"store", "sign", "--store", c.store, "--key-file", keyFile, "--recursive"}, outs...)...)
+		c.mustRun(nil, "nix", append([]string{"copy", "--store", c.store, "--to", "file://" + u.dir + "?compression=zstd"}, outs...)...)
+	} else {
+		os.MkdirAll(u.dir, 0o755)
+		if err := os.WriteFile(filepath.Join(u.dir, "nix-cache-info"), []byte("StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	fs := http.FileServer(http.Dir(u.dir))
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		u.mu.Lock()
@@ -188,5 +196,164 @@ func testSubstitutesOutputs(t *testing.T, v *nixVersion) {
 	}
 	if got := c.read(strings.TrimSpace(r.out) + "/f"); !strings.Contains(got, "-up-lib1") {
 		t.Errorf("lib2's f: %q", got)
+	}
+}
+
+// refusalExpr makes three independent paths, one per way an upstream copy
+// can be wrong.
+const refusalExpr = `
+  {
+    unsigned  = mk { name = "up-unsigned";  args = ["-c" "echo unsigned > $out"]; };
+    untrusted = mk { name = "up-untrusted"; args = ["-c" "echo untrusted > $out"]; };
+    corrupt   = mk { name = "up-corrupt";   args = ["-c" "echo corrupt > $out"]; };
+  }`
+
+// tamper rewrites the narinfo of store path p in u's cache with edit.
+func (u *upstream) tamper(p string, edit func(lines []string) []string) {
+	u.t.Helper()
+	file := filepath.Join(u.dir, strings.TrimPrefix(p, "/nix/store/")[:32]+".narinfo")
+	data, err := os.ReadFile(file)
+	if err != nil {
+		u.t.Fatal(err)
+	}
+	lines := edit(strings.Split(strings.TrimSpace(string(data)), "\n"))
+	if err := os.WriteFile(file, []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+		u.t.Fatal(err)
+	}
+}
+
+// field returns the value of a narinfo's key.
+func field(lines []string, key string) string {
+	for _, l := range lines {
+		if v, ok := strings.CutPrefix(l, key+": "); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// resign replaces a narinfo's signatures with one by key over its
+// (possibly edited) fingerprint.
+func resign(lines []string, key signature.SecretKey) []string {
+	var out []string
+	for _, l := range lines {
+		if !strings.HasPrefix(l, "Sig: ") {
+			out = append(out, l)
+		}
+	}
+	var refs []string
+	for _, r := range strings.Fields(field(out, "References")) {
+		refs = append(refs, "/nix/store/"+r)
+	}
+	fp := "1;" + field(out, "StorePath") + ";" + field(out, "NarHash") + ";" + field(out, "NarSize") + ";" + strings.Join(refs, ",")
+	return append(out, "Sig: "+key.Sign(fp))
+}
+
+// An unsigned upstream path, one signed by a key the farm does not trust,
+// and one whose NAR does not match its narHash are each refused with a
+// message naming what was wrong, and nothing of them is registered.
+func TestUpstreamRefusals(t *testing.T) {
+	up := newUpstream(t)
+	c := newClient(t)
+	file := c.expr("refusals", refusalExpr)
+	builder := newClient(t)
+	paths := map[string]string{}
+	for _, a := range []string{"unsigned", "untrusted", "corrupt"} {
+		out := strings.TrimSpace(builder.mustRun(nil, "nix-build", "--store", builder.store, "--no-out-link", builder.expr("refusals", refusalExpr), "-A", a))
+		keyFile := filepath.Join(builder.dir, "up.sec")
+		os.WriteFile(keyFile, []byte(up.key.String()), 0o600)
+		builder.mustRun(nil, "nix", "store", "sign", "--store", builder.store, "--key-file", keyFile, out)
+		builder.mustRun(nil, "nix", "copy", "--store", builder.store, "--to", "file://"+up.dir+"?compression=zstd", out)
+		paths[a] = out
+	}
+	other, _, _ := signature.Generate("someone-else-1")
+	up.tamper(paths["unsigned"], func(lines []string) []string {
+		var out []string
+		for _, l := range lines {
+			if !strings.HasPrefix(l, "Sig: ") {
+				out = append(out, l)
+			}
+		}
+		return out
+	})
+	up.tamper(paths["untrusted"], func(lines []string) []string { return resign(lines, other) })
+	up.tamper(paths["corrupt"], func(lines []string) []string {
+		// Another path's NAR hash, signed by the trusted key: only the
+		// NAR's own bytes can tell.
+		var out []string
+		for _, l := range lines {
+			switch {
+			case strings.HasPrefix(l, "NarHash: "):
+				out = append(out, "NarHash: sha256:1p1pf4zh1d6nkbh14p4xxdp607qxrhkmkc016rj2fyc39dm95ggd")
+			case strings.HasPrefix(l, "FileHash: "), strings.HasPrefix(l, "FileSize: "):
+			default:
+				out = append(out, l)
+			}
+		}
+		return resign(out, up.key)
+	})
+
+	f := startFarm(t, up.flags()...)
+	want := map[string]string{"unsigned": "not signed", "untrusted": "no valid signature by a trusted key", "corrupt": "hash mismatch"}
+	for a, p := range paths {
+		r := c.exec(f, "nix-store", "--store", f.storeURI(), "--realise", p)
+		if r.err == nil {
+			t.Errorf("%s: the farm served a path it should have refused", a)
+			continue
+		}
+		if !strings.Contains(r.stderr, want[a]) || !strings.Contains(r.stderr, up.url) {
+			t.Errorf("%s: the client was told\n%s\nwant a message with %q and the cache's URL\nfarm:\n%s", a, r.stderr, want[a], f.logs())
+		}
+		var n int
+		f.db().QueryRow(`SELECT count(*) FROM objects WHERE path = ?`, p).Scan(&n)
+		if n != 0 {
+			t.Errorf("%s: %d objects registered for %s", a, n, p)
+		}
+	}
+	// Asked to build the corrupt path's derivation, the farm refuses the
+	// cache's copy and builds it.
+	r := c.build(f, "ssh-ng", file, "-A", "corrupt")
+	if r.err != nil {
+		t.Fatalf("nix-build of the corrupt path's derivation: %v\n%s\nfarm:\n%s", r.err, r.stderr, f.logs())
+	}
+	if got := c.read(strings.TrimSpace(r.out)); got != "corrupt\n" || f.countBuilt("up-corrupt") != 1 {
+		t.Errorf("built %q, %d times", got, f.countBuilt("up-corrupt"))
+	}
+}
+
+// An upstream that cannot be reached is skipped: the next one serves, or
+// the farm builds, and the farm says so once rather than stalling.
+func TestUpstreamDown(t *testing.T) {
+	up := newUpstream(t, "lib2")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := "http://" + ln.Addr().String()
+	ln.Close()
+
+	f := startFarm(t, "--substituter", dead, "--substituter", up.url, "--trusted-public-key", up.pub)
+	c := newClient(t)
+	file := c.expr("libs", upstreamExpr)
+	r := c.build(f, "ssh-ng", file, "-A", "lib2")
+	if r.err != nil {
+		t.Fatalf("nix-build: %v\n%s\nfarm:\n%s", r.err, r.stderr, f.logs())
+	}
+	if strings.Contains(f.logs(), "build queued") || up.narRequests() == 0 {
+		t.Errorf("the farm did not fetch from the second cache:\n%s", f.logs())
+	}
+	if n := strings.Count(f.logs(), "unreachable"); n != 1 {
+		t.Errorf("the dead cache was reported %d times, want once:\n%s", n, f.logs())
+	}
+
+	// Only a dead cache: the farm builds.
+	f2 := startFarm(t, "--substituter", dead, "--trusted-public-key", up.pub)
+	c2 := newClient(t)
+	r = c2.build(f2, "ssh-ng", c2.expr("libs", upstreamExpr), "-A", "lib2")
+	if r.err != nil {
+		t.Fatalf("nix-build with a dead cache: %v\n%s\nfarm:\n%s", r.err, r.stderr, f2.logs())
+	}
+	if n := f2.countBuilt("up-lib2"); n != 1 {
+		t.Errorf("lib2 built %d times with only a dead cache, want 1", n)
 	}
 }
