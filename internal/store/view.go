@@ -121,11 +121,19 @@ func (v *View) QueryPathInfo(ctx context.Context, p storepath.Path) (*PathInfo, 
 
 // registeredInfo returns the info of a registered path, or ErrNotFound.
 func (v *View) registeredInfo(ctx context.Context, p storepath.Path) (*PathInfo, error) {
-	if err := v.adoptSigned(ctx, []storepath.Path{p}); err != nil {
-		return nil, err
+	query := func() (*PathInfo, error) {
+		_, info, err := scanInfo(v.s.db.QueryRowContext(ctx, `SELECT `+infoColumns+`
+			FROM views v JOIN objects o ON o.id = v.object WHERE v.account = ? AND v.path = ?`, v.account, string(p)))
+		return info, err
 	}
-	_, info, err := scanInfo(v.s.db.QueryRowContext(ctx, `SELECT `+infoColumns+`
-		FROM views v JOIN objects o ON o.id = v.object WHERE v.account = ? AND v.path = ?`, v.account, string(p)))
+	info, err := query()
+	if errors.Is(err, sql.ErrNoRows) && len(v.trusted) > 0 {
+		// Not in the view yet; perhaps signed by a key it trusts.
+		if err := v.adoptSigned(ctx, []storepath.Path{p}); err != nil {
+			return nil, err
+		}
+		info, err = query()
+	}
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, p)
 	}
@@ -144,8 +152,30 @@ func (v *View) QueryPathFromHashPart(ctx context.Context, hashPart string) (stor
 	// "<dir>/<hash>." ('.' follows '-').
 	prefix := storepath.Dir + "/" + hashPart
 	var p string
-	err := v.s.db.QueryRowContext(ctx, `SELECT path FROM views WHERE account = ? AND path > ? AND path < ? LIMIT 1`,
-		v.account, prefix+"-", prefix+".").Scan(&p)
+	query := func() error {
+		return v.s.db.QueryRowContext(ctx, `SELECT path FROM views WHERE account = ? AND path > ? AND path < ? LIMIT 1`,
+			v.account, prefix+"-", prefix+".").Scan(&p)
+	}
+	err := query()
+	if errors.Is(err, sql.ErrNoRows) && len(v.trusted) > 0 {
+		// A path the view lacks may be signed by a key it trusts (a binary
+		// cache client asks by hash part).
+		var cands []storepath.Path
+		rows, qerr := v.s.db.QueryContext(ctx, `SELECT DISTINCT path FROM objects WHERE path > ? AND path < ? LIMIT ?`,
+			prefix+"-", prefix+".", maxSignedVersions)
+		if qerr != nil {
+			return "", fmt.Errorf("querying hash part %s: %w", hashPart, qerr)
+		}
+		if cands, qerr = scanPaths(rows); qerr != nil {
+			return "", fmt.Errorf("querying hash part %s: %w", hashPart, qerr)
+		}
+		if len(cands) > 0 {
+			if err := v.adoptSigned(ctx, cands); err != nil {
+				return "", err
+			}
+			err = query()
+		}
+	}
 	if errors.Is(err, sql.ErrNoRows) {
 		return "", fmt.Errorf("%w: no path has hash part %q", ErrNotFound, hashPart)
 	}

@@ -295,6 +295,15 @@ func TestSignedPathsAreVisibleToWhoTrustsTheKey(t *testing.T) {
 	sign(other, add(t, bob, unsigned, "signed by a key alice does not trust"))
 	bob.AddSignatures(ctx, dep, []string{"cache-1:" + strings.Repeat("A", 88)}) // a forgery beside it changes nothing
 
+	// Asked by hash part first (as a binary cache client asks), dave, who
+	// trusts the key, finds it.
+	dave := s.Local.For("dave").(*store.View).WithTrustedKeys([]signature.PublicKey{pk})
+	if got, err := dave.QueryPathFromHashPart(ctx, top.HashPart()); err != nil || got != top {
+		t.Errorf("by hash part, dave gets %q, %v", got, err)
+	}
+	if _, err := s.Local.For("carol").QueryPathFromHashPart(ctx, top.HashPart()); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("by hash part, carol, who trusts nobody, finds bob's signed path: %v", err)
+	}
 	alice := s.Local.For("alice").(*store.View).WithTrustedKeys([]signature.PublicKey{pk})
 	if _, err := s.Local.For("carol").QueryPathInfo(ctx, top); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("carol, who trusts nobody, sees bob's signed path: %v", err)
