@@ -6,6 +6,8 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -58,6 +60,8 @@ func newUpstream(t *testing.T, attrs ...string) *upstream {
 		outs = append(outs, strings.Fields(c.mustRun(nil, "nix-build", "--store", c.store, "--no-out-link", file, "-A", a))...)
 	}
 	if len(outs) > 0 {
+		// The builder (busybox) is upstream too, as stdenv is for nixpkgs.
+		outs = append(outs, c.bb)
 		c.mustRun(nil, "nix", append([]string{"store", "sign", "--store", c.store, "--key-file", keyFile, "--recursive"}, outs...)...)
 		c.mustRun(nil, "nix", append([]string{"copy", "--store", c.store, "--to", "file://" + u.dir + "?compression=zstd"}, outs...)...)
 	} else {
@@ -113,6 +117,19 @@ func (f *farm) viewHow(account string, paths ...string) map[string]string {
 	return out
 }
 
+var bytesInRE = regexp.MustCompile(`msg="exec finished".* bytes_in=(\d+)`)
+
+// bytesIn sums the bytes clients sent the farm in the sessions that have
+// ended (the farm logs them at debug level).
+func (f *farm) bytesIn() int64 {
+	var n int64
+	for _, m := range bytesInRE.FindAllStringSubmatch(f.logs(), -1) {
+		k, _ := strconv.ParseInt(m[1], 10, 64)
+		n += k
+	}
+	return n
+}
+
 // closureOf lists a path's closure as a client's store knows it.
 func (c *client) closureOf(p string) []string {
 	c.t.Helper()
@@ -155,6 +172,54 @@ func testSubstitutesInputs(t *testing.T, v *nixVersion) {
 	}
 	if up.narRequests() == 0 {
 		t.Errorf("the farm fetched no NAR from upstream")
+	}
+	// lib2 holds 4 MiB; what the client sent is the protocol's chatter.
+	if n := f.bytesIn(); n == 0 || n > 256<<10 {
+		t.Errorf("the client sent the farm %d bytes", n)
+	}
+
+	// The same over ssh://, the serve protocol.
+	f3 := startFarm(t, up.flags()...)
+	c3 := newClientOf(t, v)
+	r = c3.exec(f3, "nix-build", append([]string{"--store", c3.store, "--max-jobs", "0", "--builders", f3.builders("ssh"), "--no-out-link", c3.expr("app", upstreamExpr)}, args...)...)
+	if r.err != nil {
+		t.Fatalf("nix-build over ssh://: %v\n%s\nfarm:\n%s", r.err, r.stderr, f3.logs())
+	}
+	for p, how := range f3.viewHow("alice", closure...) {
+		if how == "upload" || how == "" {
+			t.Errorf("over ssh://, %s entered alice's view by %q", p, how)
+		}
+	}
+
+	// Remote-store mode: the client uploads the .drv files, the farm
+	// fetches app's input from upstream and builds app.
+	f2 := startFarm(t, up.flags()...)
+	c2 := newClientOf(t, v)
+	file2 := c2.expr("app", upstreamExpr)
+	if _, stderr, err := c2.nixErr(f2, "build", "--store", f2.storeURI(), "--eval-store", c2.store, "--no-link", "-f", file2, "app"); err != nil {
+		t.Fatalf("nix build: %v\n%s\nfarm:\n%s", err, stderr, f2.logs())
+	}
+	if f2.countBuilt("up-app") != 1 || f2.countBuilt("up-lib2") != 0 {
+		t.Errorf("built app %d times and lib2 %d times, want 1 and 0", f2.countBuilt("up-app"), f2.countBuilt("up-lib2"))
+	}
+	drv := strings.TrimSpace(c2.mustRun(nil, "nix-instantiate", "--store", c2.store, file2, "-A", "app"))
+	outs := c2.outputsOnFarm(f2, drv)
+	if len(outs) != 1 {
+		t.Fatalf("app's outputs on the farm: %+v", outs)
+	}
+	if got := c2.mustRun(f2, "nix", "store", "cat", "--store", f2.storeURI(), outs[0].Path); !strings.Contains(got, "-up-lib1") {
+		t.Errorf("app's output: %q", got)
+	}
+	for p, how := range f2.viewHow("alice", closure...) {
+		if how == "upload" || how == "" {
+			t.Errorf("remote-store mode: %s entered alice's view by %q", p, how)
+		}
+	}
+	// The .drv files go up, with the builder they name as a source
+	// (busybox); nothing of lib1 or lib2 does.
+	bbSize, _ := strconv.ParseInt(strings.TrimSpace(c2.mustRun(nil, "nix-store", "--store", c2.store, "-q", "--size", c2.bb)), 10, 64)
+	if n := f2.bytesIn(); n == 0 || n > bbSize+256<<10 {
+		t.Errorf("in remote-store mode the client sent the farm %d bytes; busybox is %d", n, bbSize)
 	}
 }
 
