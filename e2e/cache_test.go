@@ -143,6 +143,12 @@ func testFarmBinaryCache(t *testing.T, v *nixVersion) {
 		t.Fatalf("nix-build from the farm's cache: %v %q\n%s", r.err, r.out, r.stderr)
 	}
 
+	// nix copy --from the cache, signatures checked.
+	c3 := newClientOf(t, v)
+	c3.mustRun(nil, "nix", "copy", "--store", c3.store, "--from", cache, top, "--option", "trusted-public-keys", key,
+		"--option", "netrc-file", c3.netrc("alice", token))
+	c3.verify(top)
+
 	// Another account sees none of alice's paths through the cache, by
 	// narinfo or by NAR URL.
 	bobToken := f.cacheToken("bob")
@@ -166,4 +172,33 @@ func testFarmBinaryCache(t *testing.T, v *nixVersion) {
 	if r.err == nil {
 		t.Errorf("bob substituted alice's path from the farm's cache")
 	}
+}
+
+// With --public-cache, anyone reads what the farm signed (built from a
+// .drv it checked), and nothing an account merely uploaded.
+func TestPublicCache(t *testing.T) {
+	f := startFarm(t, "--substituter", "", "--public-cache")
+	c := newClient(t)
+	file := c.expr("cache", cacheExpr)
+	if _, stderr, err := c.nixErr(f, "build", "--store", f.storeURI(), "--eval-store", c.store, "--no-link", "-f", file); err != nil {
+		t.Fatalf("nix build: %v\n%s\nfarm:\n%s", err, stderr, f.logs())
+	}
+	drv := c.instantiate(file)[0]
+	top := strings.TrimSpace(c.mustRun(nil, "nix-store", "--store", c.store, "-q", "--outputs", drv))
+	hash := strings.TrimPrefix(top, "/nix/store/")[:32]
+	if code, body := get(t, f.apiURL+"/"+hash+".narinfo", ""); code != http.StatusOK || !strings.Contains(body, "Sig: nixfarm-1:") {
+		t.Errorf("anonymous narinfo of a farm-built path: %d %q", code, body)
+	}
+	// busybox was uploaded by alice: not public.
+	bb := strings.TrimPrefix(c.bb, "/nix/store/")[:32]
+	if code, _ := get(t, f.apiURL+"/"+bb+".narinfo", ""); code != http.StatusNotFound {
+		t.Errorf("anonymous narinfo of an uploaded path: %d, want 404", code)
+	}
+	if code, _ := get(t, f.apiURL+"/"+hash+".narinfo", "wrong"); code != http.StatusUnauthorized {
+		t.Errorf("a wrong token with --public-cache: %d, want 401", code)
+	}
+	// Stock Nix substitutes it anonymously.
+	c2 := newClient(t)
+	c2.mustRun(nil, "nix-store", "--store", c2.store, "-r", top, "--option", "substituters", f.apiURL,
+		"--option", "trusted-public-keys", f.signingKey())
 }
