@@ -57,6 +57,45 @@ type Local struct {
 	// its blob only when no other add is about to name it.
 	commitMu   sync.Mutex
 	committing map[string]int
+
+	// stmts are the hot queries, prepared once (by query text): parsing
+	// SQL is most of a point lookup's cost.
+	stmts sync.Map
+}
+
+// query runs a query through a statement prepared once (see queryRow).
+func (s *Local) query(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	st, err := s.prepared(ctx, query)
+	if err != nil {
+		return s.db.QueryContext(ctx, query, args...)
+	}
+	return st.QueryContext(ctx, args...)
+}
+
+// prepared returns the statement of query, prepared once.
+func (s *Local) prepared(ctx context.Context, query string) (*sql.Stmt, error) {
+	if st, ok := s.stmts.Load(query); ok {
+		return st.(*sql.Stmt), nil
+	}
+	st, err := s.db.PrepareContext(context.WithoutCancel(ctx), query)
+	if err != nil {
+		return nil, err
+	}
+	if prev, loaded := s.stmts.LoadOrStore(query, st); loaded {
+		st.Close()
+		return prev.(*sql.Stmt), nil
+	}
+	return st, nil
+}
+
+// queryRow runs a point query through a statement prepared once. A
+// statement that cannot be prepared falls back to the plain query.
+func (s *Local) queryRow(ctx context.Context, query string, args ...any) *sql.Row {
+	st, err := s.prepared(ctx, query)
+	if err != nil {
+		return s.db.QueryRowContext(ctx, query, args...)
+	}
+	return st.QueryRowContext(ctx, args...)
 }
 
 // NewLocal returns a store over an open database and a blob store. Call

@@ -73,6 +73,9 @@ const infoColumns = `o.id, v.path, o.nar_hash, o.nar_size, o.refs, v.deriver, o.
 	CASE WHEN v.how = 'upload' THEN '' ELSE o.sigs END, v.sigs,
 	o.ultimate AND v.how != 'upload', v.added, o.account, o.worker`
 
+// infoQuery is one path's info in one view (account, path).
+const infoQuery = `SELECT ` + infoColumns + ` FROM views v JOIN objects o ON o.id = v.object WHERE v.account = ? AND v.path = ?`
+
 type scanner interface{ Scan(dest ...any) error }
 
 func scanInfo(row scanner) (int64, *PathInfo, error) {
@@ -122,8 +125,7 @@ func (v *View) QueryPathInfo(ctx context.Context, p storepath.Path) (*PathInfo, 
 // registeredInfo returns the info of a registered path, or ErrNotFound.
 func (v *View) registeredInfo(ctx context.Context, p storepath.Path) (*PathInfo, error) {
 	query := func() (*PathInfo, error) {
-		_, info, err := scanInfo(v.s.db.QueryRowContext(ctx, `SELECT `+infoColumns+`
-			FROM views v JOIN objects o ON o.id = v.object WHERE v.account = ? AND v.path = ?`, v.account, string(p)))
+		_, info, err := scanInfo(v.s.queryRow(ctx, infoQuery, v.account, string(p)))
 		return info, err
 	}
 	info, err := query()
@@ -153,7 +155,7 @@ func (v *View) QueryPathFromHashPart(ctx context.Context, hashPart string) (stor
 	prefix := storepath.Dir + "/" + hashPart
 	var p string
 	query := func() error {
-		return v.s.db.QueryRowContext(ctx, `SELECT path FROM views WHERE account = ? AND path > ? AND path < ? LIMIT 1`,
+		return v.s.queryRow(ctx, `SELECT path FROM views WHERE account = ? AND path > ? AND path < ? LIMIT 1`,
 			v.account, prefix+"-", prefix+".").Scan(&p)
 	}
 	err := query()
@@ -198,8 +200,7 @@ func (v *View) validPaths(ctx context.Context, ps []storepath.Path) ([]storepath
 	if len(ps) == 0 {
 		return nil, nil
 	}
-	rows, err := v.s.db.QueryContext(ctx,
-		`SELECT path FROM views WHERE account = ? AND path IN (SELECT value FROM json_each(?))`, v.account, jsonList(ps))
+	rows, err := v.s.query(ctx, `SELECT path FROM views WHERE account = ? AND path IN (SELECT value FROM json_each(?))`, v.account, jsonList(ps))
 	if err != nil {
 		return nil, fmt.Errorf("querying valid paths: %w", err)
 	}
