@@ -124,7 +124,10 @@ type Farm struct {
 	// upstreamKeys sign what the farm fetches from upstream caches, and
 	// substituter fetches it (nil: no upstream caches); caches.go.
 	upstreamKeys []signature.PublicKey
-	substituter  *substituter.Substituter
+	// accountKeys sign what the farm built for each account from a
+	// derivation it could not check (account/signing.go).
+	accountKeys *account.SigningKeys
+	substituter *substituter.Substituter
 	// apiToken admits API requests to account data (api.go).
 	apiToken string
 	// accounts holds accounts, keys and limits; uploads and outputs are
@@ -211,6 +214,8 @@ func (f *Farm) init(ctx context.Context) error {
 		return err
 	}
 	f.store.Key = &key
+	f.accountKeys = &account.SigningKeys{Farm: key}
+	f.store.AccountKey = f.accountKeys.For
 	if f.apiToken, err = loadOrCreateAPIToken(filepath.Join(cfg.StateDir, "api-token")); err != nil {
 		return err
 	}
@@ -281,7 +286,7 @@ func (f *Farm) init(ctx context.Context) error {
 		Keys:               f.accounts,
 		Ciphers:            cfg.SSHCiphers,
 		Limits:             cfg.SSHLimits,
-		Handler:            &execHandler{serve: serve, daemon: daemon, accounts: f.accounts, sched: f.sched, log: f.log},
+		Handler:            &execHandler{serve: serve, daemon: daemon, accounts: f.accounts, keys: f.accountKeys, sched: f.sched, log: f.log},
 		Log:                f.log,
 	})
 	if err != nil {

@@ -48,6 +48,12 @@ type Local struct {
 	// Key, if set, signs the paths the farm built and vouches for
 	// (PathInfo.Sign) when they are registered. Set it before use.
 	Key *signature.SecretKey
+	// AccountKey, if set, returns the key that signs, in an account's
+	// view, the outputs the farm built for it whose paths it could not
+	// check (a BasicDerivation names any path it likes): the account's
+	// own key, which vouches for nothing to anyone else. Set it before
+	// use.
+	AccountKey func(account string) *signature.SecretKey
 
 	inMu     sync.Mutex
 	incoming map[incomingKey]*incoming // see Expect
@@ -338,6 +344,8 @@ func (s *Local) register(ctx context.Context, v *View, info *PathInfo, how strin
 	var viewSigs string
 	if !info.Ultimate {
 		viewSigs = strings.Join(validSigs(info.Sigs), " ")
+	} else if !info.Sign {
+		viewSigs = s.accountSig(v.account, info.Path, info.NarHash, info.NarSize, info.References)
 	}
 	if _, err := tx.ExecContext(ctx, `INSERT INTO views (account, path, object, sigs, deriver, how, added)
 		VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(account, path) DO NOTHING`,
@@ -389,4 +397,16 @@ func scanPaths(rows *sql.Rows) ([]storepath.Path, error) {
 		out = append(out, storepath.Path(p))
 	}
 	return out, rows.Err()
+}
+
+// accountSig signs a path with the account's own key ("" if none).
+func (s *Local) accountSig(account string, p storepath.Path, narHash nixhash.Hash, narSize uint64, refs []storepath.Path) string {
+	if s.AccountKey == nil {
+		return ""
+	}
+	k := s.AccountKey(account)
+	if k == nil {
+		return ""
+	}
+	return k.Sign(signature.Fingerprint(p, narHash, narSize, refs))
 }
