@@ -149,6 +149,27 @@ func testFarmBinaryCache(t *testing.T, v *nixVersion) {
 		"--option", "netrc-file", c3.netrc("alice", token))
 	c3.verify(top)
 
+	// Built as a remote builder (a BasicDerivation, whose output paths the
+	// farm cannot check): signed with alice's own key, which she trusts on
+	// her other machines.
+	rb := c3.expr("remote-builder", `mk { name = "cache-rb"; args = ["-c" "echo building-cache-rb; echo rb > $out"]; }`)
+	r = builder.build(f, "ssh-ng", rb)
+	if r.err != nil {
+		t.Fatalf("nix-build: %v\n%s", r.err, r.stderr)
+	}
+	rbOut := strings.TrimSpace(r.out)
+	aliceKey := whoamiJSON(t, f).SigningKey
+	if !strings.HasPrefix(aliceKey, "nixfarm-alice-1:") {
+		t.Fatalf("whoami shows the signing key %q", aliceKey)
+	}
+	c4 := newClientOf(t, v)
+	if r := c4.exec(nil, "nix-store", "--store", c4.store, "-r", rbOut, "--option", "substituters", cache, "--option", "trusted-public-keys", key,
+		"--option", "netrc-file", netrc, "--option", "narinfo-cache-negative-ttl", "0"); r.err == nil {
+		t.Errorf("a remote builder's output verified with the farm's own key")
+	}
+	c4.mustRun(nil, "nix-store", "--store", c4.store, "-r", rbOut, "--option", "substituters", cache, "--option", "trusted-public-keys", aliceKey,
+		"--option", "netrc-file", netrc, "--option", "narinfo-cache-negative-ttl", "0")
+
 	// Another account sees none of alice's paths through the cache, by
 	// narinfo or by NAR URL.
 	bobToken := f.cacheToken("bob")
