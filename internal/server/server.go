@@ -558,7 +558,9 @@ Host nixfarm
     # Nix checks the host key from the builders line under the name "nixfarm":
     HostKeyAlias nixfarm
 
-3. Use it as a builder, in nix.conf ("builders = ...") or on the command line.
+3. Use it as a builder, in nix.conf ("builders = ...", and "builders-use-substitutes
+   = true" so the farm fetches from its upstream caches what they have rather than
+   your machine uploading it) or on the command line.
    ssh-ng:// is the daemon protocol; ssh:// the older serve protocol. Both work:
 
 ssh-ng://nixfarm %s - %d 1 - - %s
@@ -580,12 +582,13 @@ ssh://nixfarm %s - %d 1 - - %s
 		hostKeyB64)
 	fmt.Fprintf(w, `
 The farm signs with this key the outputs whose paths it checked itself (remote-
-store builds of .drv files it verified, and content-addressed outputs). To trust them
-(for example when copying them into a store that requires signatures), add
-to the client's nix.conf:
+store builds of .drv files it verified, and content-addressed outputs) and what it
+fetched from upstream caches. To trust them (for example when copying them into a
+store that requires signatures), add to the client's nix.conf:
 
    extra-trusted-public-keys = %s
 `, f.signingKey)
+	f.printCacheInstructions(w, host)
 	if f.agentLn != nil {
 		_, port, _ := net.SplitHostPort(f.agentLn.Addr().String())
 		fmt.Fprintf(w, `
