@@ -67,7 +67,8 @@ type whoami struct {
 		Value   int64 `json:"value"`
 		Default bool  `json:"default"`
 	} `json:"limits"`
-	Usage account.Usage `json:"usage"`
+	Usage      account.Usage `json:"usage"`
+	SigningKey string        `json:"signingKey"`
 }
 
 func whoamiJSON(t *testing.T, f *farm) whoami {

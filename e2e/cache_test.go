@@ -101,7 +101,8 @@ func testFarmBinaryCache(t *testing.T, v *nixVersion) {
 
 	c := newClientOf(t, v)
 	netrc := c.netrc("alice", token)
-	opts := []string{"--option", "substituters", cache, "--option", "trusted-public-keys", key, "--option", "netrc-file", netrc}
+	opts := []string{"--option", "substituters", cache, "--option", "trusted-public-keys", key, "--option", "netrc-file", netrc,
+		"--option", "narinfo-cache-negative-ttl", "0"}
 
 	// Without credentials: 401, and Nix cannot substitute.
 	hash := strings.TrimPrefix(top, "/nix/store/")[:32]
@@ -111,7 +112,9 @@ func testFarmBinaryCache(t *testing.T, v *nixVersion) {
 	if code, _ := get(t, cache+"/"+hash+".narinfo", "wrong-"+token); code != http.StatusUnauthorized {
 		t.Errorf("narinfo with a wrong token: %d, want 401", code)
 	}
-	r := c.exec(nil, "nix-store", "--store", c.store, "-r", top, "--option", "substituters", cache, "--option", "trusted-public-keys", key)
+	// (Nix remembers a refused lookup as a miss: not here.)
+	r := c.exec(nil, "nix-store", "--store", c.store, "-r", top, "--option", "substituters", cache, "--option", "trusted-public-keys", key,
+		"--option", "narinfo-cache-negative-ttl", "0")
 	if r.err == nil {
 		t.Errorf("substituted without credentials")
 	}
@@ -140,6 +143,33 @@ func testFarmBinaryCache(t *testing.T, v *nixVersion) {
 		t.Fatalf("nix-build from the farm's cache: %v %q\n%s", r.err, r.out, r.stderr)
 	}
 
+	// nix copy --from the cache, signatures checked.
+	c3 := newClientOf(t, v)
+	c3.mustRun(nil, "nix", "copy", "--store", c3.store, "--from", cache, top, "--option", "trusted-public-keys", key,
+		"--option", "netrc-file", c3.netrc("alice", token))
+	c3.verify(top)
+
+	// Built as a remote builder (a BasicDerivation, whose output paths the
+	// farm cannot check): signed with alice's own key, which she trusts on
+	// her other machines.
+	rb := c3.expr("remote-builder", `mk { name = "cache-rb"; args = ["-c" "echo building-cache-rb; echo rb > $out"]; }`)
+	r = builder.build(f, "ssh-ng", rb)
+	if r.err != nil {
+		t.Fatalf("nix-build: %v\n%s", r.err, r.stderr)
+	}
+	rbOut := strings.TrimSpace(r.out)
+	aliceKey := whoamiJSON(t, f).SigningKey
+	if !strings.HasPrefix(aliceKey, "nixfarm-alice-1:") {
+		t.Fatalf("whoami shows the signing key %q", aliceKey)
+	}
+	c4 := newClientOf(t, v)
+	if r := c4.exec(nil, "nix-store", "--store", c4.store, "-r", rbOut, "--option", "substituters", cache, "--option", "trusted-public-keys", key,
+		"--option", "netrc-file", netrc, "--option", "narinfo-cache-negative-ttl", "0"); r.err == nil {
+		t.Errorf("a remote builder's output verified with the farm's own key")
+	}
+	c4.mustRun(nil, "nix-store", "--store", c4.store, "-r", rbOut, "--option", "substituters", cache, "--option", "trusted-public-keys", aliceKey,
+		"--option", "netrc-file", netrc, "--option", "narinfo-cache-negative-ttl", "0")
+
 	// Another account sees none of alice's paths through the cache, by
 	// narinfo or by NAR URL.
 	bobToken := f.cacheToken("bob")
@@ -163,4 +193,33 @@ func testFarmBinaryCache(t *testing.T, v *nixVersion) {
 	if r.err == nil {
 		t.Errorf("bob substituted alice's path from the farm's cache")
 	}
+}
+
+// With --public-cache, anyone reads what the farm signed (built from a
+// .drv it checked), and nothing an account merely uploaded.
+func TestPublicCache(t *testing.T) {
+	f := startFarm(t, "--substituter", "", "--public-cache")
+	c := newClient(t)
+	file := c.expr("cache", cacheExpr)
+	if _, stderr, err := c.nixErr(f, "build", "--store", f.storeURI(), "--eval-store", c.store, "--no-link", "-f", file); err != nil {
+		t.Fatalf("nix build: %v\n%s\nfarm:\n%s", err, stderr, f.logs())
+	}
+	drv := c.instantiate(file)[0]
+	top := strings.TrimSpace(c.mustRun(nil, "nix-store", "--store", c.store, "-q", "--outputs", drv))
+	hash := strings.TrimPrefix(top, "/nix/store/")[:32]
+	if code, body := get(t, f.apiURL+"/"+hash+".narinfo", ""); code != http.StatusOK || !strings.Contains(body, "Sig: nixfarm-1:") {
+		t.Errorf("anonymous narinfo of a farm-built path: %d %q", code, body)
+	}
+	// busybox was uploaded by alice: not public.
+	bb := strings.TrimPrefix(c.bb, "/nix/store/")[:32]
+	if code, _ := get(t, f.apiURL+"/"+bb+".narinfo", ""); code != http.StatusNotFound {
+		t.Errorf("anonymous narinfo of an uploaded path: %d, want 404", code)
+	}
+	if code, _ := get(t, f.apiURL+"/"+hash+".narinfo", "wrong"); code != http.StatusUnauthorized {
+		t.Errorf("a wrong token with --public-cache: %d, want 401", code)
+	}
+	// Stock Nix substitutes it anonymously.
+	c2 := newClient(t)
+	c2.mustRun(nil, "nix-store", "--store", c2.store, "-r", top, "--option", "substituters", f.apiURL,
+		"--option", "trusted-public-keys", f.signingKey())
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/nixfarm/nixfarm/internal/account"
 	"github.com/nixfarm/nixfarm/internal/db"
+	"github.com/nixfarm/nixfarm/internal/signature"
 )
 
 const accountsUsage = `Usage:
@@ -160,6 +161,15 @@ func accountsCmd(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintf(stderr, "nixfarm accounts %s: %v\n", sub, err)
 		return 1
+	}
+	if sub == "show" && !*asJSON {
+		// The account's own signing key, from the farm's (if it has one yet).
+		if data, err := os.ReadFile(filepath.Join(*stateDir, "signing-key")); err == nil {
+			if farm, err := signature.ParseSecretKey(strings.TrimSpace(string(data))); err == nil {
+				k := account.SigningKey(farm, pos[0])
+				fmt.Fprintf(stdout, "signing key (signs what the farm builds for it as a remote builder):\n  %s\n", k.Public())
+			}
+		}
 	}
 	return 0
 }

@@ -31,6 +31,10 @@ type Status struct {
 	Managed bool   `json:"managed"`
 	Limits  Limits `json:"limits"`
 	Usage   Usage  `json:"usage"`
+	// SigningKey is the public half of the account's own signing key
+	// (signing.go), which signs what the farm built for it from
+	// derivations it could not check.
+	SigningKey string `json:"signingKey,omitempty"`
 }
 
 // Status returns an account's limits and the usage the database knows
@@ -60,6 +64,11 @@ func (st *Status) WriteText(w io.Writer) error {
 	fmt.Fprintf(&b, "key:          %s\n", st.Fingerprint)
 	if !st.Managed {
 		fmt.Fprintf(&b, "              (from the farm's authorized_keys file)\n")
+	}
+	if st.SigningKey != "" {
+		fmt.Fprintf(&b, "signing key:  %s\n", st.SigningKey)
+		fmt.Fprintf(&b, "              (signs what the farm built for you as a remote builder; trust it\n")
+		fmt.Fprintf(&b, "              in trusted-public-keys to fetch those outputs from the farm's cache)\n")
 	}
 	fmt.Fprintf(&b, "builds:       %d in all, %d running, %d queued\n", st.Usage.Builds, st.Usage.Running, st.Usage.Queued)
 	fmt.Fprintf(&b, "stored:       %s (%d bytes)\n", FormatSize(st.Usage.StoredBytes), st.Usage.StoredBytes)

@@ -124,7 +124,7 @@ func (r *realiser) opaque(ctx context.Context, p storepath.Path) (*build.Result,
 		return nil, err
 	}
 	start := r.c.now()
-	ok, err := r.c.fromUpstream(ctx, r.account, []storepath.Path{p}, r.progress, true)
+	ok, err := r.c.fromUpstream(ctx, r.account, []storepath.Path{p}, r.progress, false)
 	if ok {
 		return &build.Result{Status: build.Substituted, StartTime: start, StopTime: r.c.now()}, nil
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/nixfarm/nixfarm/internal/build"
 	"github.com/nixfarm/nixfarm/internal/narinfo"
+	"github.com/nixfarm/nixfarm/internal/publicerr"
 	"github.com/nixfarm/nixfarm/internal/signature"
 	"github.com/nixfarm/nixfarm/internal/storepath"
 )
@@ -95,14 +96,19 @@ func (c *Coordinator) fromUpstream(ctx context.Context, account string, paths []
 	if err != nil || len(missing) == 0 {
 		return err == nil, err
 	}
-	avail, err := c.Substitutable(ctx, account, missing)
-	if err != nil {
-		return false, err
+	wanted := missing
+	if all {
+		avail, err := c.Substitutable(ctx, account, missing)
+		if err != nil {
+			return false, err
+		}
+		if len(avail) < len(missing) {
+			return false, nil
+		}
+		wanted = slices.Sorted(maps.Keys(avail))
 	}
-	if len(avail) == 0 || (all && len(avail) < len(missing)) {
-		return false, nil
-	}
-	wanted := slices.Sorted(maps.Keys(avail))
+	// Asked for paths no cache has, the substituter does nothing; for
+	// paths a cache has but the farm refuses, it says why.
 	_, subErr := c.opts.Substituter.Substitute(ctx, wanted, progress)
 	still, err := c.lacking(ctx, account, missing)
 	if err != nil {
@@ -150,8 +156,12 @@ func (c *Coordinator) substituted(ctx context.Context, req *build.Request, outpu
 // missingInputs is the error for a build whose inputs the account lacks,
 // after trying upstream caches.
 func missingInputs(err, upstream error) error {
-	if upstream != nil {
-		return fmt.Errorf("%w: %w (fetching it from upstream caches failed too; the farm's log has why)", ErrMissingInput, err)
+	switch {
+	case upstream == nil:
+		return fmt.Errorf("%w: %w", ErrMissingInput, err)
+	case publicerr.Is(upstream):
+		// Why an upstream cache's copy was refused.
+		return fmt.Errorf("%w: %w; and from upstream caches: %w", ErrMissingInput, err, upstream)
 	}
-	return fmt.Errorf("%w: %w", ErrMissingInput, err)
+	return fmt.Errorf("%w: %w (fetching it from upstream caches failed too; the farm's log has why)", ErrMissingInput, err)
 }

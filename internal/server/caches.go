@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"path/filepath"
+	"strings"
 
 	"github.com/nixfarm/nixfarm/internal/binarycache"
 	"github.com/nixfarm/nixfarm/internal/coordinator"
@@ -86,4 +88,30 @@ type buildLogs struct{ c *coordinator.Coordinator }
 
 func (l buildLogs) Open(ctx context.Context, account string, drvPath storepath.Path) (io.ReadCloser, error) {
 	return l.c.OpenLog(ctx, account, drvPath)
+}
+
+// printCacheInstructions tells how to use the upstream caches and the
+// farm's own binary cache.
+func (f *Farm) printCacheInstructions(w io.Writer, host string) {
+	if len(f.cfg.Substituters) > 0 {
+		fmt.Fprintf(w, "\nThe farm fetches from these upstream caches what builds need, and what they\nhave is not built: %s\n", strings.Join(f.cfg.Substituters, " "))
+	} else {
+		fmt.Fprintf(w, "\nThe farm has no upstream caches (--substituter): it builds everything.\n")
+	}
+	if f.httpLn == nil {
+		return
+	}
+	_, port, _ := net.SplitHostPort(f.httpLn.Addr().String())
+	fmt.Fprintf(w, `
+The farm's store is a binary cache at http://%[1]s:%[2]s/ (put TLS in front of it to
+serve it beyond this machine). Each account reads its own paths with a token:
+
+   nixfarm accounts token alice --host %[1]s --state-dir %[3]s
+
+and, on alice's machines, in nix.conf (her key is in "ssh nixfarm nixfarm whoami"):
+
+   extra-substituters = http://%[1]s:%[2]s
+   extra-trusted-public-keys = %[4]s nixfarm-alice-1:...
+   netrc-file = /etc/nix/netrc    # the line "nixfarm accounts token" prints
+`, host, port, f.cfg.StateDir, f.signingKey)
 }

@@ -149,6 +149,7 @@ type execHandler struct {
 	serve    *serveproto.Server
 	daemon   *daemonproto.Server
 	accounts *account.Service
+	keys     *account.SigningKeys // nil: none shown
 	sched    *scheduler.Scheduler
 	log      *slog.Logger
 }
@@ -201,6 +202,9 @@ func (h *execHandler) whoami(ctx context.Context, s *sshd.Session, asJSON bool) 
 	}
 	if h.sched != nil {
 		st.Usage.Running, st.Usage.Queued = h.sched.AccountBuilds(s.Account)
+	}
+	if h.keys != nil {
+		st.SigningKey = h.keys.For(s.Account).Public().String()
 	}
 	if asJSON {
 		enc := json.NewEncoder(s.Stdout)

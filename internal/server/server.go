@@ -124,7 +124,10 @@ type Farm struct {
 	// upstreamKeys sign what the farm fetches from upstream caches, and
 	// substituter fetches it (nil: no upstream caches); caches.go.
 	upstreamKeys []signature.PublicKey
-	substituter  *substituter.Substituter
+	// accountKeys sign what the farm built for each account from a
+	// derivation it could not check (account/signing.go).
+	accountKeys *account.SigningKeys
+	substituter *substituter.Substituter
 	// apiToken admits API requests to account data (api.go).
 	apiToken string
 	// accounts holds accounts, keys and limits; uploads and outputs are
@@ -211,6 +214,8 @@ func (f *Farm) init(ctx context.Context) error {
 		return err
 	}
 	f.store.Key = &key
+	f.accountKeys = &account.SigningKeys{Farm: key}
+	f.store.AccountKey = f.accountKeys.For
 	if f.apiToken, err = loadOrCreateAPIToken(filepath.Join(cfg.StateDir, "api-token")); err != nil {
 		return err
 	}
@@ -281,7 +286,7 @@ func (f *Farm) init(ctx context.Context) error {
 		Keys:               f.accounts,
 		Ciphers:            cfg.SSHCiphers,
 		Limits:             cfg.SSHLimits,
-		Handler:            &execHandler{serve: serve, daemon: daemon, accounts: f.accounts, sched: f.sched, log: f.log},
+		Handler:            &execHandler{serve: serve, daemon: daemon, accounts: f.accounts, keys: f.accountKeys, sched: f.sched, log: f.log},
 		Log:                f.log,
 	})
 	if err != nil {
@@ -553,7 +558,9 @@ Host nixfarm
     # Nix checks the host key from the builders line under the name "nixfarm":
     HostKeyAlias nixfarm
 
-3. Use it as a builder, in nix.conf ("builders = ...") or on the command line.
+3. Use it as a builder, in nix.conf ("builders = ...", and "builders-use-substitutes
+   = true" so the farm fetches from its upstream caches what they have rather than
+   your machine uploading it) or on the command line.
    ssh-ng:// is the daemon protocol; ssh:// the older serve protocol. Both work:
 
 ssh-ng://nixfarm %s - %d 1 - - %s
@@ -575,12 +582,13 @@ ssh://nixfarm %s - %d 1 - - %s
 		hostKeyB64)
 	fmt.Fprintf(w, `
 The farm signs with this key the outputs whose paths it checked itself (remote-
-store builds of .drv files it verified, and content-addressed outputs). To trust them
-(for example when copying them into a store that requires signatures), add
-to the client's nix.conf:
+store builds of .drv files it verified, and content-addressed outputs) and what it
+fetched from upstream caches. To trust them (for example when copying them into a
+store that requires signatures), add to the client's nix.conf:
 
    extra-trusted-public-keys = %s
 `, f.signingKey)
+	f.printCacheInstructions(w, host)
 	if f.agentLn != nil {
 		_, port, _ := net.SplitHostPort(f.agentLn.Addr().String())
 		fmt.Fprintf(w, `

@@ -13,7 +13,9 @@ package signature
 import (
 	"bytes"
 	"crypto/ed25519"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
 	"fmt"
 	"strconv"
@@ -170,4 +172,13 @@ func Fingerprint(path storepath.Path, narHash nixhash.Hash, narSize uint64, refs
 		b.WriteString(string(r))
 	}
 	return b.String()
+}
+
+// Derive returns the key named name whose seed is HMAC-SHA256 of label
+// under k's seed: a key of its own for each label, which whoever holds k
+// can make again and nobody else can. The farm derives one per account.
+func (k SecretKey) Derive(name, label string) SecretKey {
+	mac := hmac.New(sha256.New, k.Key.Seed())
+	mac.Write([]byte(label))
+	return SecretKey{Name: name, Key: ed25519.NewKeyFromSeed(mac.Sum(nil))}
 }

@@ -290,3 +290,23 @@ func TestVerifyRejectsMalformed(t *testing.T) {
 		t.Error("a public key without key bytes accepts")
 	}
 }
+
+// A derived key is the same for the same label, another for another
+// label or another master key, and signs like any key.
+func TestDerive(t *testing.T) {
+	master, _, _ := signature.Generate("farm-1")
+	other, _, _ := signature.Generate("farm-1")
+	a := master.Derive("farm-alice-1", "account\x00alice")
+	if again := master.Derive("farm-alice-1", "account\x00alice"); again.String() != a.String() {
+		t.Fatal("deriving twice gave two keys")
+	}
+	if b := master.Derive("farm-bob-1", "account\x00bob"); string(b.Key) == string(a.Key) {
+		t.Fatal("two labels gave one key")
+	}
+	if o := other.Derive("farm-alice-1", "account\x00alice"); string(o.Key) == string(a.Key) {
+		t.Fatal("two masters gave one key")
+	}
+	if a.Name != "farm-alice-1" || !a.Public().Verify("fp", a.Sign("fp")) || master.Public().Verify("fp", a.Sign("fp")) {
+		t.Fatal("the derived key does not sign as itself")
+	}
+}

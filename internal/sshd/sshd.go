@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -326,13 +327,14 @@ func (s *Server) handleSession(ctx context.Context, log *slog.Logger, sc *ssh.Se
 				RemoteAddr:  sc.RemoteAddr(),
 				Command:     m.Command,
 				Env:         env,
-				Stdin:       ch,
-				Stdout:      ch,
+				Stdin:       &counting{r: ch},
+				Stdout:      &counting{w: ch},
 				Stderr:      ch.Stderr(),
 			}
 			start := time.Now()
 			status := s.cfg.Handler.Exec(ctx, sess)
-			log.Debug("exec finished", "command", m.Command, "status", status, "duration", time.Since(start))
+			log.Debug("exec finished", "command", m.Command, "status", status, "duration", time.Since(start),
+				"bytes_in", sess.Stdin.(*counting).n.Load(), "bytes_out", sess.Stdout.(*counting).n.Load())
 			s.exit(ch, status)
 			return
 		case "shell", "subsystem":
@@ -349,4 +351,24 @@ func (s *Server) handleSession(ctx context.Context, log *slog.Logger, sc *ssh.Se
 func (s *Server) exit(ch ssh.Channel, status uint32) {
 	ch.SendRequest("exit-status", false, ssh.Marshal(exitStatusMsg{status}))
 	ch.CloseWrite()
+}
+
+// counting counts the bytes a session reads from or writes to its
+// client, for the log.
+type counting struct {
+	r io.Reader
+	w io.Writer
+	n atomic.Int64
+}
+
+func (c *counting) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+func (c *counting) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n.Add(int64(n))
+	return n, err
 }

@@ -48,6 +48,12 @@ type Local struct {
 	// Key, if set, signs the paths the farm built and vouches for
 	// (PathInfo.Sign) when they are registered. Set it before use.
 	Key *signature.SecretKey
+	// AccountKey, if set, returns the key that signs, in an account's
+	// view, the outputs the farm built for it whose paths it could not
+	// check (a BasicDerivation names any path it likes): the account's
+	// own key, which vouches for nothing to anyone else. Set it before
+	// use.
+	AccountKey func(account string) *signature.SecretKey
 
 	inMu     sync.Mutex
 	incoming map[incomingKey]*incoming // see Expect
@@ -57,6 +63,45 @@ type Local struct {
 	// its blob only when no other add is about to name it.
 	commitMu   sync.Mutex
 	committing map[string]int
+
+	// stmts are the hot queries, prepared once (by query text): parsing
+	// SQL is most of a point lookup's cost.
+	stmts sync.Map
+}
+
+// query runs a query through a statement prepared once (see queryRow).
+func (s *Local) query(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	st, err := s.prepared(ctx, query)
+	if err != nil {
+		return s.db.QueryContext(ctx, query, args...)
+	}
+	return st.QueryContext(ctx, args...)
+}
+
+// prepared returns the statement of query, prepared once.
+func (s *Local) prepared(ctx context.Context, query string) (*sql.Stmt, error) {
+	if st, ok := s.stmts.Load(query); ok {
+		return st.(*sql.Stmt), nil
+	}
+	st, err := s.db.PrepareContext(context.WithoutCancel(ctx), query)
+	if err != nil {
+		return nil, err
+	}
+	if prev, loaded := s.stmts.LoadOrStore(query, st); loaded {
+		st.Close()
+		return prev.(*sql.Stmt), nil
+	}
+	return st, nil
+}
+
+// queryRow runs a point query through a statement prepared once. A
+// statement that cannot be prepared falls back to the plain query.
+func (s *Local) queryRow(ctx context.Context, query string, args ...any) *sql.Row {
+	st, err := s.prepared(ctx, query)
+	if err != nil {
+		return s.db.QueryRowContext(ctx, query, args...)
+	}
+	return st.QueryRowContext(ctx, args...)
 }
 
 // NewLocal returns a store over an open database and a blob store. Call
@@ -299,6 +344,8 @@ func (s *Local) register(ctx context.Context, v *View, info *PathInfo, how strin
 	var viewSigs string
 	if !info.Ultimate {
 		viewSigs = strings.Join(validSigs(info.Sigs), " ")
+	} else if !info.Sign {
+		viewSigs = s.accountSig(v.account, info.Path, info.NarHash, info.NarSize, info.References)
 	}
 	if _, err := tx.ExecContext(ctx, `INSERT INTO views (account, path, object, sigs, deriver, how, added)
 		VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(account, path) DO NOTHING`,
@@ -350,4 +397,16 @@ func scanPaths(rows *sql.Rows) ([]storepath.Path, error) {
 		out = append(out, storepath.Path(p))
 	}
 	return out, rows.Err()
+}
+
+// accountSig signs a path with the account's own key ("" if none).
+func (s *Local) accountSig(account string, p storepath.Path, narHash nixhash.Hash, narSize uint64, refs []storepath.Path) string {
+	if s.AccountKey == nil {
+		return ""
+	}
+	k := s.AccountKey(account)
+	if k == nil {
+		return ""
+	}
+	return k.Sign(signature.Fingerprint(p, narHash, narSize, refs))
 }

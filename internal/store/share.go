@@ -128,9 +128,21 @@ func (v *View) AdoptBuild(ctx context.Context, key string, outputs map[string]st
 	}
 	now := v.s.now().Unix()
 	for name, p := range outputs {
+		// The account's own key signs what was built for it, as if the
+		// farm had built it for this account (the key is the same).
+		var hash, refsText string
+		var size int64
+		if err := tx.QueryRowContext(ctx, `SELECT nar_hash, nar_size, refs FROM objects WHERE id = ?`, ids[name]).Scan(&hash, &size, &refsText); err != nil {
+			return false, fmt.Errorf("sharing build %s: %w", key, err)
+		}
+		info, err := parseObject(p, hash, size, refsText)
+		if err != nil {
+			return false, fmt.Errorf("sharing build %s: %w", key, err)
+		}
+		sig := v.s.accountSig(v.account, p, info.NarHash, info.NarSize, info.References)
 		res, err := tx.ExecContext(ctx, `INSERT INTO views (account, path, object, sigs, deriver, how, added)
-			SELECT ?, ?, object, '', deriver, 'shared', ? FROM shares WHERE build_key = ? AND output = ?
-			ON CONFLICT(account, path) DO NOTHING`, v.account, string(p), now, key, name)
+			SELECT ?, ?, object, ?, deriver, 'shared', ? FROM shares WHERE build_key = ? AND output = ?
+			ON CONFLICT(account, path) DO NOTHING`, v.account, string(p), sig, now, key, name)
 		if err != nil {
 			return false, fmt.Errorf("sharing build %s: %w", key, err)
 		}

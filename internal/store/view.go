@@ -73,6 +73,9 @@ const infoColumns = `o.id, v.path, o.nar_hash, o.nar_size, o.refs, v.deriver, o.
 	CASE WHEN v.how = 'upload' THEN '' ELSE o.sigs END, v.sigs,
 	o.ultimate AND v.how != 'upload', v.added, o.account, o.worker`
 
+// infoQuery is one path's info in one view (account, path).
+const infoQuery = `SELECT ` + infoColumns + ` FROM views v JOIN objects o ON o.id = v.object WHERE v.account = ? AND v.path = ?`
+
 type scanner interface{ Scan(dest ...any) error }
 
 func scanInfo(row scanner) (int64, *PathInfo, error) {
@@ -121,11 +124,18 @@ func (v *View) QueryPathInfo(ctx context.Context, p storepath.Path) (*PathInfo, 
 
 // registeredInfo returns the info of a registered path, or ErrNotFound.
 func (v *View) registeredInfo(ctx context.Context, p storepath.Path) (*PathInfo, error) {
-	if err := v.adoptSigned(ctx, []storepath.Path{p}); err != nil {
-		return nil, err
+	query := func() (*PathInfo, error) {
+		_, info, err := scanInfo(v.s.queryRow(ctx, infoQuery, v.account, string(p)))
+		return info, err
 	}
-	_, info, err := scanInfo(v.s.db.QueryRowContext(ctx, `SELECT `+infoColumns+`
-		FROM views v JOIN objects o ON o.id = v.object WHERE v.account = ? AND v.path = ?`, v.account, string(p)))
+	info, err := query()
+	if errors.Is(err, sql.ErrNoRows) && len(v.trusted) > 0 {
+		// Not in the view yet; perhaps signed by a key it trusts.
+		if err := v.adoptSigned(ctx, []storepath.Path{p}); err != nil {
+			return nil, err
+		}
+		info, err = query()
+	}
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, p)
 	}
@@ -144,8 +154,30 @@ func (v *View) QueryPathFromHashPart(ctx context.Context, hashPart string) (stor
 	// "<dir>/<hash>." ('.' follows '-').
 	prefix := storepath.Dir + "/" + hashPart
 	var p string
-	err := v.s.db.QueryRowContext(ctx, `SELECT path FROM views WHERE account = ? AND path > ? AND path < ? LIMIT 1`,
-		v.account, prefix+"-", prefix+".").Scan(&p)
+	query := func() error {
+		return v.s.queryRow(ctx, `SELECT path FROM views WHERE account = ? AND path > ? AND path < ? LIMIT 1`,
+			v.account, prefix+"-", prefix+".").Scan(&p)
+	}
+	err := query()
+	if errors.Is(err, sql.ErrNoRows) && len(v.trusted) > 0 {
+		// A path the view lacks may be signed by a key it trusts (a binary
+		// cache client asks by hash part).
+		var cands []storepath.Path
+		rows, qerr := v.s.db.QueryContext(ctx, `SELECT DISTINCT path FROM objects WHERE path > ? AND path < ? LIMIT ?`,
+			prefix+"-", prefix+".", maxSignedVersions)
+		if qerr != nil {
+			return "", fmt.Errorf("querying hash part %s: %w", hashPart, qerr)
+		}
+		if cands, qerr = scanPaths(rows); qerr != nil {
+			return "", fmt.Errorf("querying hash part %s: %w", hashPart, qerr)
+		}
+		if len(cands) > 0 {
+			if err := v.adoptSigned(ctx, cands); err != nil {
+				return "", err
+			}
+			err = query()
+		}
+	}
 	if errors.Is(err, sql.ErrNoRows) {
 		return "", fmt.Errorf("%w: no path has hash part %q", ErrNotFound, hashPart)
 	}
@@ -168,8 +200,7 @@ func (v *View) validPaths(ctx context.Context, ps []storepath.Path) ([]storepath
 	if len(ps) == 0 {
 		return nil, nil
 	}
-	rows, err := v.s.db.QueryContext(ctx,
-		`SELECT path FROM views WHERE account = ? AND path IN (SELECT value FROM json_each(?))`, v.account, jsonList(ps))
+	rows, err := v.s.query(ctx, `SELECT path FROM views WHERE account = ? AND path IN (SELECT value FROM json_each(?))`, v.account, jsonList(ps))
 	if err != nil {
 		return nil, fmt.Errorf("querying valid paths: %w", err)
 	}

@@ -272,6 +272,40 @@ func TestBuiltPathsAreSigned(t *testing.T) {
 	if got, _ := s.QueryPathInfo(ctx, q); len(got.Sigs) != 0 {
 		t.Errorf("an upload carries %v", got.Sigs)
 	}
+
+	// With account keys, an unverified output is signed by the key of the
+	// account it was built for, in that account's view only.
+	keys := map[string]*signature.SecretKey{}
+	s.AccountKey = func(account string) *signature.SecretKey {
+		if keys[account] == nil {
+			k := sk.Derive("farm-"+account+"-1", "account\x00"+account)
+			keys[account] = &k
+		}
+		return keys[account]
+	}
+	u := path("unverified2", 'x')
+	n = fileNar(t, "another output of a BasicDerivation")
+	if err := s.AddToStore(ctx, &store.PathInfo{Path: u, NarHash: nixhash.SHA256Of(n), NarSize: uint64(len(n)), Ultimate: true}, bytes.NewReader(n)); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = s.QueryPathInfo(ctx, u)
+	fp = signature.Fingerprint(u, got.NarHash, got.NarSize, got.References)
+	alicePub := s.AccountKey("alice").Public()
+	if len(got.Sigs) != 1 || !alicePub.Verify(fp, got.Sigs[0]) {
+		t.Errorf("an unverified output carries %v, want alice's signature alone", got.Sigs)
+	}
+	// Bob, given the same output by an identical build, gets his own.
+	bob := s.Local.For("bob").(*store.View)
+	if err := s.Store.(store.Sharer).RecordBuild(ctx, "key-1", map[string]*store.PathInfo{"out": got}, "local"); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := bob.AdoptBuild(ctx, "key-1", map[string]storepath.Path{"out": u}); !ok || err != nil {
+		t.Fatalf("bob adopting: %v %v", ok, err)
+	}
+	bobs, _ := bob.QueryPathInfo(ctx, u)
+	if len(bobs.Sigs) != 1 || !s.AccountKey("bob").Public().Verify(fp, bobs.Sigs[0]) || alicePub.Verify(fp, bobs.Sigs[0]) {
+		t.Errorf("bob's shared output carries %v, want bob's signature alone", bobs.Sigs)
+	}
 }
 
 // An account that trusts a key sees what the farm holds signed by it,
@@ -295,6 +329,15 @@ func TestSignedPathsAreVisibleToWhoTrustsTheKey(t *testing.T) {
 	sign(other, add(t, bob, unsigned, "signed by a key alice does not trust"))
 	bob.AddSignatures(ctx, dep, []string{"cache-1:" + strings.Repeat("A", 88)}) // a forgery beside it changes nothing
 
+	// Asked by hash part first (as a binary cache client asks), dave, who
+	// trusts the key, finds it.
+	dave := s.Local.For("dave").(*store.View).WithTrustedKeys([]signature.PublicKey{pk})
+	if got, err := dave.QueryPathFromHashPart(ctx, top.HashPart()); err != nil || got != top {
+		t.Errorf("by hash part, dave gets %q, %v", got, err)
+	}
+	if _, err := s.Local.For("carol").QueryPathFromHashPart(ctx, top.HashPart()); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("by hash part, carol, who trusts nobody, finds bob's signed path: %v", err)
+	}
 	alice := s.Local.For("alice").(*store.View).WithTrustedKeys([]signature.PublicKey{pk})
 	if _, err := s.Local.For("carol").QueryPathInfo(ctx, top); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("carol, who trusts nobody, sees bob's signed path: %v", err)

@@ -287,10 +287,10 @@ func (s *Substituter) fetchFrom(ctx context.Context, c *upstream, ni *narinfo.Na
 		}
 	}()
 	if err := checkNarURL(ni.URL); err != nil {
-		return err
+		return &Refusal{err}
 	}
 	if err := checkCompression(ni.Compression); err != nil {
-		return err
+		return &Refusal{err}
 	}
 	if prog != nil {
 		done := prog.Copying(p, c.url)

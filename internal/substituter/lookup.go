@@ -112,10 +112,10 @@ func (s *Substituter) lookup(ctx context.Context, c *upstream, p storepath.Path,
 		switch {
 		case errors.Is(err, errMiss):
 		case err != nil:
-			e.bad = fmt.Errorf("narinfo of %s from %s: %w", p, c.url, err)
+			e.bad = refusal("narinfo of %s from %s: %w", p, c.url, err)
 		default:
 			if err := s.verify(ni, p); err != nil {
-				e.bad = fmt.Errorf("narinfo of %s from %s: %w", p, c.url, err)
+				e.bad = refusal("narinfo of %s from %s: %w", p, c.url, err)
 			} else {
 				e.ni, e.expires = ni, now.Add(s.cfg.HitTTL)
 			}

@@ -111,10 +111,10 @@ func (ns *narStream) Read(p []byte) (int, error) {
 	n, err := ns.dec.Read(p)
 	ns.left -= uint64(n)
 	if err == io.EOF && ns.left > 0 {
-		return n, fmt.Errorf("%w: NAR ends after %d bytes, NarSize is %d", io.ErrUnexpectedEOF, ns.ni.NarSize-ns.left, ns.ni.NarSize)
+		return n, refusal("%w: NAR ends after %d bytes, NarSize is %d", io.ErrUnexpectedEOF, ns.ni.NarSize-ns.left, ns.ni.NarSize)
 	}
 	if err != nil && err != io.EOF {
-		return n, fmt.Errorf("%s: %w", ns.ni.Compression, err)
+		return n, refusal("%s: %w", ns.ni.Compression, err)
 	}
 	if ns.left == 0 {
 		if err := ns.finish(); err != nil {
@@ -131,7 +131,7 @@ func (ns *narStream) finish() error {
 	for {
 		n, err := ns.dec.Read(one[:])
 		if n > 0 {
-			return fmt.Errorf("%w (%d bytes)", errOversize, ns.ni.NarSize)
+			return refusal("%w (%d bytes)", errOversize, ns.ni.NarSize)
 		}
 		if err == io.EOF {
 			break
@@ -164,9 +164,9 @@ func (c *countReader) Read(p []byte) (int, error) {
 		n, err := io.ReadFull(c.r, one[:])
 		if n > 0 {
 			if c.given {
-				return 0, fmt.Errorf("file is larger than its FileSize %d", c.limit)
+				return 0, refusal("file is larger than its FileSize %d", c.limit)
 			}
-			return 0, fmt.Errorf("file is larger than %d bytes, too large for its NarSize", c.limit)
+			return 0, refusal("file is larger than %d bytes, too large for its NarSize", c.limit)
 		}
 		if err == io.ErrUnexpectedEOF || err == io.EOF {
 			return 0, io.EOF
@@ -188,13 +188,13 @@ func (c *countReader) Read(p []byte) (int, error) {
 // check compares what was read with FileSize and FileHash.
 func (c *countReader) check(ni *narinfo.NarInfo) error {
 	if ni.FileSize != 0 && c.n != ni.FileSize {
-		return fmt.Errorf("file size mismatch: FileSize is %d, got %d bytes", ni.FileSize, c.n)
+		return refusal("file size mismatch: FileSize is %d, got %d bytes", ni.FileSize, c.n)
 	}
 	if c.h != nil {
 		got := c.h.Sum(nil)
 		want := ni.FileHash.Digest
 		if string(got) != string(want) {
-			return fmt.Errorf("file hash mismatch: FileHash is %s", ni.FileHash)
+			return refusal("file hash mismatch: FileHash is %s", ni.FileHash)
 		}
 	}
 	return nil

@@ -86,6 +86,22 @@ type Config struct {
 	HTTP *http.Client
 }
 
+// Refusal is an upstream path the farm would not take: its narinfo or
+// NAR is not what it must be (unsigned, signed by no trusted key, a hash
+// or size that does not match, an unsafe URL…). Its message names the
+// path, the cache and what was wrong, and is fit for clients
+// (publicerr).
+type Refusal struct{ Err error }
+
+func (r *Refusal) Error() string { return r.Err.Error() }
+func (r *Refusal) Unwrap() error { return r.Err }
+
+// Public reports that the message is fit for clients.
+func (r *Refusal) Public() bool { return true }
+
+// refusal wraps err as a Refusal.
+func refusal(format string, args ...any) error { return &Refusal{fmt.Errorf(format, args...)} }
+
 // Progress hears about substitution (build.Progress, which the
 // coordinator and the protocols share). Calls may come from several
 // goroutines.

@@ -1,0 +1,49 @@
+package account
+
+import (
+	"strings"
+	"sync"
+
+	"github.com/nixfarm/nixfarm/internal/signature"
+)
+
+// Each account has a signing key of its own, derived from the farm's:
+// it signs, in the account's view, the outputs the farm built for it
+// from derivations the farm could not check (a BasicDerivation sent by a
+// remote builder's client names whatever output paths it likes, so the
+// farm's own key must not vouch for them). The account's key vouches
+// only for what the account itself asked for, so an account can trust
+// its own key on every machine it uses (`nixfarm whoami` shows it)
+// without trusting anyone else's builds.
+
+// SigningKeyName names account's key in signatures ("nixfarm-alice-1").
+// The name is a label; characters Nix uses as separators become '-'.
+func SigningKeyName(account string) string {
+	return "nixfarm-" + strings.Map(func(r rune) rune {
+		if r == ':' || r == ' ' || r == ',' || r == ';' {
+			return '-'
+		}
+		return r
+	}, account) + "-1"
+}
+
+// SigningKey derives account's signing key from the farm's.
+func SigningKey(farm signature.SecretKey, account string) signature.SecretKey {
+	return farm.Derive(SigningKeyName(account), "nixfarm account signing key\x00"+account)
+}
+
+// SigningKeys derives accounts' keys once each.
+type SigningKeys struct {
+	Farm signature.SecretKey
+	keys sync.Map // account → *signature.SecretKey
+}
+
+// For returns account's key.
+func (k *SigningKeys) For(account string) *signature.SecretKey {
+	if v, ok := k.keys.Load(account); ok {
+		return v.(*signature.SecretKey)
+	}
+	key := SigningKey(k.Farm, account)
+	v, _ := k.keys.LoadOrStore(account, &key)
+	return v.(*signature.SecretKey)
+}
