@@ -246,21 +246,17 @@ func (s *session) sendInputs(ctx context.Context, req *build.Request, closure []
 	if err != nil {
 		return err
 	}
-	for _, info := range sorted {
-		if err := s.sendOne(ctx, info); err != nil {
-			return err
-		}
-	}
-	return nil
+	return s.sendAll(ctx, sorted)
 }
 
-func (s *session) sendOne(ctx context.Context, info *store.PathInfo) error {
+// sendOne adds one path to the machine over client.
+func (s *session) sendOne(ctx context.Context, client *serveproto.Client, info *store.PathInfo) error {
 	rc, _, err := s.farm.NarFromPath(ctx, info.Path)
 	if err != nil {
 		return err
 	}
 	defer rc.Close()
-	return s.client.AddToStoreNar(info, rc)
+	return client.AddToStoreNar(info, rc)
 }
 
 // ErrWrongOutput is wrapped when what a worker says of an output does not
