@@ -197,19 +197,32 @@ func (c *Cache) narURL(hashPart string, info *store.PathInfo, f format) string {
 	return "nar/" + hashPart + "-" + info.NarHash.Nix32() + formats[f].ext
 }
 
-func (c *Cache) serveNarInfo(ctx context.Context, w http.ResponseWriter, r *http.Request, view store.Store, rt route) {
-	p, err := view.QueryPathFromHashPart(ctx, rt.hashPart)
-	if err != nil {
-		c.fail(ctx, w, r, err)
-		return
+// byHashPart is a view that finds a path's info by its hash part in one
+// lookup (store.View).
+type byHashPart interface {
+	QueryPathInfoFromHashPart(ctx context.Context, hashPart string) (*store.PathInfo, error)
+}
+
+// infoByHashPart returns the info of the path with a hash part.
+func infoByHashPart(ctx context.Context, view store.Store, hashPart string) (*store.PathInfo, error) {
+	if v, ok := view.(byHashPart); ok {
+		return v.QueryPathInfoFromHashPart(ctx, hashPart)
 	}
-	info, err := view.QueryPathInfo(ctx, p)
+	p, err := view.QueryPathFromHashPart(ctx, hashPart)
+	if err != nil {
+		return nil, err
+	}
+	return view.QueryPathInfo(ctx, p)
+}
+
+func (c *Cache) serveNarInfo(ctx context.Context, w http.ResponseWriter, r *http.Request, view store.Store, rt route) {
+	info, err := infoByHashPart(ctx, view, rt.hashPart)
 	if err != nil {
 		c.fail(ctx, w, r, err)
 		return
 	}
 	ni := narinfo.NarInfo{
-		StorePath:   p,
+		StorePath:   info.Path,
 		URL:         c.narURL(rt.hashPart, info, c.format),
 		Compression: formats[c.format].compression,
 		NarHash:     info.NarHash,

@@ -76,6 +76,11 @@ const infoColumns = `o.id, v.path, o.nar_hash, o.nar_size, o.refs, v.deriver, o.
 // infoQuery is one path's info in one view (account, path).
 const infoQuery = `SELECT ` + infoColumns + ` FROM views v JOIN objects o ON o.id = v.object WHERE v.account = ? AND v.path = ?`
 
+// infoByHashPartQuery is the info of the path with a hash part in one
+// view (account, the bounds of the paths with that hash part).
+const infoByHashPartQuery = `SELECT ` + infoColumns + ` FROM views v JOIN objects o ON o.id = v.object
+	WHERE v.account = ? AND v.path > ? AND v.path < ? LIMIT 1`
+
 type scanner interface{ Scan(dest ...any) error }
 
 func scanInfo(row scanner) (int64, *PathInfo, error) {
@@ -185,6 +190,29 @@ func (v *View) QueryPathFromHashPart(ctx context.Context, hashPart string) (stor
 		return "", fmt.Errorf("querying hash part %s: %w", hashPart, err)
 	}
 	return storepath.Path(p), nil
+}
+
+// QueryPathInfoFromHashPart is QueryPathFromHashPart and QueryPathInfo
+// in one query, for the binary cache's narinfos: a path the view holds is
+// one point lookup.
+func (v *View) QueryPathInfoFromHashPart(ctx context.Context, hashPart string) (*PathInfo, error) {
+	if len(hashPart) != storepath.HashLen {
+		return nil, fmt.Errorf("%w: no path has hash part %q", ErrNotFound, hashPart)
+	}
+	prefix := storepath.Dir + "/" + hashPart
+	_, info, err := scanInfo(v.s.queryRow(ctx, infoByHashPartQuery, v.account, prefix+"-", prefix+"."))
+	if errors.Is(err, sql.ErrNoRows) {
+		// Being copied in, or visible by a trusted signature.
+		p, err := v.QueryPathFromHashPart(ctx, hashPart)
+		if err != nil {
+			return nil, err
+		}
+		return v.QueryPathInfo(ctx, p)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("querying hash part %s: %w", hashPart, err)
+	}
+	return info, nil
 }
 
 // ValidPaths implements Store.

@@ -397,3 +397,34 @@ func TestIdenticalUploadRevealsNothing(t *testing.T) {
 		t.Errorf("alice's own info: %+v", got)
 	}
 }
+
+// The binary cache's one-lookup narinfo query answers like
+// QueryPathFromHashPart and QueryPathInfo together: the view's own paths,
+// paths seen by a trusted signature, and nothing of other accounts'.
+func TestInfoFromHashPart(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	sk, pk, _ := signature.Generate("cache-1")
+	mine := path("mine", 'm')
+	add(t, s, mine, "alice's")
+	bob := s.Local.For("bob")
+	theirs := path("theirs", 't')
+	add(t, bob, theirs, "bob's")
+	signed := path("signed", 's')
+	si := add(t, bob, signed, "bob's, signed")
+	bob.AddSignatures(ctx, signed, []string{sk.Sign(signature.Fingerprint(signed, si.NarHash, si.NarSize, nil))})
+
+	alice := s.Local.For("alice").(*store.View).WithTrustedKeys([]signature.PublicKey{pk})
+	if info, err := alice.QueryPathInfoFromHashPart(ctx, mine.HashPart()); err != nil || info.Path != mine {
+		t.Errorf("her own path: %v %v", info, err)
+	}
+	if _, err := alice.QueryPathInfoFromHashPart(ctx, theirs.HashPart()); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("bob's path: %v", err)
+	}
+	if info, err := alice.QueryPathInfoFromHashPart(ctx, signed.HashPart()); err != nil || info.Path != signed || len(info.Sigs) != 1 {
+		t.Errorf("bob's signed path: %+v %v", info, err)
+	}
+	if _, err := alice.QueryPathInfoFromHashPart(ctx, "short"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("a malformed hash part: %v", err)
+	}
+}
