@@ -8,6 +8,8 @@ require (
 	github.com/ulikunitz/xz v0.5.17
 )
 
+require github.com/xi2/xz v0.0.0-20171230120015-48954b6210f8
+
 require (
 	github.com/dustin/go-humanize v1.1.0 // indirect
 	github.com/google/uuid v1.6.0 // indirect

@@ -249,6 +249,13 @@ func (c *Cache) serveNar(ctx context.Context, w http.ResponseWriter, r *http.Req
 		c.servePlainNar(ctx, w, r, view, p, rt)
 		return
 	}
+	if rt.format != c.format {
+		// Only the compression the narinfos offer: making copies in
+		// every format on request would let anyone burn CPU and evict
+		// everyone's copies.
+		http.NotFound(w, r)
+		return
+	}
 	info, err := view.QueryPathInfo(ctx, p)
 	if err != nil {
 		c.fail(ctx, w, r, err)
@@ -267,15 +274,12 @@ func (c *Cache) serveNar(ctx context.Context, w http.ResponseWriter, r *http.Req
 		return
 	}
 	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		c.fail(ctx, w, r, fmt.Errorf("stat of a compressed copy: %w", err))
-		return
-	}
 	h := w.Header()
 	h.Set("Content-Type", NarContentType)
 	h.Set("ETag", `"`+key+`"`)
-	http.ServeContent(w, r, "", st.ModTime(), f)
+	// The copy is shared by every account with these bytes: its file's
+	// time would tell when another account asked for them first.
+	http.ServeContent(w, r, "", info.RegistrationTime, f)
 }
 
 func (c *Cache) servePlainNar(ctx context.Context, w http.ResponseWriter, r *http.Request, view store.Store, p storepath.Path, rt route) {

@@ -10,7 +10,7 @@ import (
 	"strings"
 
 	"github.com/klauspost/compress/zstd"
-	"github.com/ulikunitz/xz"
+	"github.com/xi2/xz"
 
 	"github.com/nixfarm/nixfarm/internal/narinfo"
 )
@@ -62,6 +62,9 @@ type narStream struct {
 	left     uint64 // NAR bytes still expected
 }
 
+// xzDictMax is the largest xz dictionary a NAR may need: xz -9's.
+const xzDictMax = 64 << 20
+
 func newNarStream(file io.Reader, ni *narinfo.NarInfo) (*narStream, error) {
 	limit := ni.FileSize
 	if limit == 0 {
@@ -80,9 +83,13 @@ func newNarStream(file io.Reader, ni *narinfo.NarInfo) (*narStream, error) {
 	case "none":
 		ns.dec = cr
 	case "xz":
-		r, err := xz.NewReader(cr)
+		// github.com/xi2/xz (XZ Embedded) refuses a dictionary over
+		// xzDictMax, which the stream itself declares: ulikunitz/xz
+		// allocates whatever a block header asks for (up to 4 GiB), and
+		// a NAR's compressed file is not covered by its signature.
+		r, err := xz.NewReader(cr, xzDictMax)
 		if err != nil {
-			return nil, fmt.Errorf("xz: %w", err)
+			return nil, refusal("xz: %w", err)
 		}
 		ns.dec = r
 	case "zstd":

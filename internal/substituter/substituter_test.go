@@ -1,11 +1,16 @@
 package substituter
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
+	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -17,6 +22,7 @@ import (
 	"github.com/nixfarm/nixfarm/internal/nixhash"
 	"github.com/nixfarm/nixfarm/internal/signature"
 	"github.com/nixfarm/nixfarm/internal/storepath"
+	"github.com/nixfarm/nixfarm/internal/testutil"
 )
 
 // TestSubstituteClosure substitutes a four-level closure, one compression
@@ -220,7 +226,10 @@ func TestOversizeStopsAtOnce(t *testing.T) {
 	}
 }
 
-// TestUnsignedCA checks that a content-addressed path needs no signature.
+// TestUnsignedCA checks that a content-addressed path needs a signature
+// too (unlike in Nix): its narinfo's sizes would otherwise bound nothing
+// until the whole NAR is in. Signed, it is taken, and its contents must
+// match its path.
 func TestUnsignedCA(t *testing.T) {
 	u := newTestCache(t, "ca")
 	data := "fixed output"
@@ -229,22 +238,70 @@ func TestUnsignedCA(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	u.add(spec{path: p, contents: data, unsigned: true, mutate: func(ni *narinfo.NarInfo) { ni.CA = "fixed:sha256:" + h.Nix32() }})
+	ca := func(ni *narinfo.NarInfo) { ni.CA = "fixed:sha256:" + h.Nix32() }
+	u.add(spec{path: p, contents: data, unsigned: true, mutate: ca})
 	s, st, _ := newSub(t, Config{URLs: []string{u.url()}})
-	if got, err := s.Substitute(context.Background(), []storepath.Path{p}, nil); err != nil || len(got) != 1 {
-		t.Fatalf("Substitute: %v, %v", got, err)
+	if got, err := s.Substitute(context.Background(), []storepath.Path{p}, nil); err == nil || !strings.Contains(err.Error(), "not signed") || len(got) != 0 {
+		t.Fatalf("Substitute of an unsigned CA path: %v, %v", got, err)
 	}
-	mustValid(t, st, true, p)
+	mustValid(t, st, false, p)
+	// Signed, by a trusted key: taken.
+	u2 := newTestCache(t, "ca2")
+	u2.add(spec{path: p, contents: data, mutate: ca})
+	s2, st2, _ := newSub(t, Config{URLs: []string{u2.url()}, Keys: []signature.PublicKey{u2.pub()}})
+	if got, err := s2.Substitute(context.Background(), []storepath.Path{p}, nil); err != nil || len(got) != 1 {
+		t.Fatalf("Substitute of a signed CA path: %v, %v", got, err)
+	}
+	mustValid(t, st2, true, p)
 	// A CA path whose contents do not match its path is refused by the store.
 	q, err := storepath.MakeFixedOutput("liar", false, h, nil, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	u.add(spec{path: q, contents: "not the fixed output", unsigned: true, mutate: func(ni *narinfo.NarInfo) { ni.CA = "fixed:sha256:" + h.Nix32() }})
-	if got, err := s.Substitute(context.Background(), []storepath.Path{q}, nil); err == nil || len(got) != 0 {
+	u2.add(spec{path: q, contents: "not the fixed output", mutate: ca})
+	if got, err := s2.Substitute(context.Background(), []storepath.Path{q}, nil); err == nil || len(got) != 0 {
 		t.Fatalf("Substitute of a lying CA path: %v, %v", got, err)
 	}
-	mustValid(t, st, false, q)
+	mustValid(t, st2, false, q)
+}
+
+// TestXZDictionaryBomb: an xz file whose block header declares a 4 GiB
+// dictionary (the file is not covered by the narinfo's signature) is
+// refused before anything is allocated for it.
+func TestXZDictionaryBomb(t *testing.T) {
+	data := testutil.FileNar("small")
+	file := compress(t, "xz", data)
+	// The block header follows the 12-byte stream header: its size byte,
+	// flags, then the LZMA2 filter (0x21, one property byte: the
+	// dictionary size), padding, and a CRC32 of the header.
+	size := (int(file[12]) + 1) * 4
+	hdr := file[12 : 12+size]
+	i := bytes.Index(hdr, []byte{0x21, 0x01})
+	if i < 0 {
+		t.Fatalf("no LZMA2 filter in the block header % x", hdr)
+	}
+	hdr[i+2] = 40 // 4 GiB
+	binary.LittleEndian.PutUint32(hdr[size-4:], crc32.ChecksumIEEE(hdr[:size-4]))
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	ni := &narinfo.NarInfo{Compression: "xz", NarSize: uint64(len(data)), FileSize: uint64(len(file))}
+	ns, err := newNarStream(bytes.NewReader(file), ni)
+	if err == nil {
+		defer ns.Close()
+		_, err = io.ReadAll(ns)
+	}
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	if err == nil || !strings.Contains(err.Error(), "dictionary") {
+		t.Fatalf("decoding a 4 GiB dictionary: %v", err)
+	}
+	var r *Refusal
+	if !errors.As(err, &r) {
+		t.Errorf("the error is not a Refusal: %v", err)
+	}
+	if grew := int64(after.Sys) - int64(before.Sys); grew > 256<<20 {
+		t.Errorf("memory grew by %d MiB", grew>>20)
+	}
 }
 
 // TestMissingReference checks that a path whose reference no cache has is
