@@ -65,8 +65,9 @@ type cachedKeys struct {
 }
 
 type cachedLimits struct {
-	limits Limits
-	at     time.Time
+	limits  Limits
+	created int64 // the account's creation time, 0 if it is not in the table
+	at      time.Time
 }
 
 // New returns a service over an open state database (see package db), with

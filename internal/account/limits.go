@@ -250,35 +250,49 @@ func (s *Service) SetLimits(ctx context.Context, name string, set map[Limit]*int
 // that long to apply. If the database cannot be read, the defaults apply
 // and the failure is logged.
 func (s *Service) Limits(ctx context.Context, name string) Limits {
+	return s.cached(ctx, name).limits
+}
+
+// Created returns when the account was created (Unix seconds), or 0 for
+// an account only in the authorized_keys file. Like Limits, it is read
+// at most every few seconds.
+func (s *Service) Created(ctx context.Context, name string) int64 {
+	return s.cached(ctx, name).created
+}
+
+// cached returns an account's row, read again once it is older than ttl.
+func (s *Service) cached(ctx context.Context, name string) cachedLimits {
 	now := s.now()
 	s.mu.Lock()
 	c, ok := s.cache[name]
 	s.mu.Unlock()
 	if ok && now.Sub(c.at) < s.ttl {
-		return c.limits
+		return c
 	}
 	vals := make([]sql.NullInt64, numLimits)
-	dest := make([]any, numLimits)
+	var created int64
+	dest := []any{&created}
 	for i := range vals {
-		dest[i] = &vals[i]
+		dest = append(dest, &vals[i])
 	}
 	l := Limits{Values: s.defaults}
-	err := s.db.QueryRowContext(ctx, `SELECT `+limitColumns()+` FROM accounts WHERE name = ?`, name).Scan(dest...)
+	err := s.db.QueryRowContext(ctx, `SELECT created, `+limitColumns()+` FROM accounts WHERE name = ?`, name).Scan(dest...)
 	switch {
 	case err == nil:
 		l = s.limitsFrom(vals)
 	case errors.Is(err, sql.ErrNoRows):
 	default:
 		s.log.Error("reading an account's limits; the defaults apply", "account", name, "err", err)
-		return l
+		return cachedLimits{limits: l}
 	}
+	c = cachedLimits{l, created, now}
 	s.mu.Lock()
 	if len(s.cache) > 10000 {
 		clear(s.cache)
 	}
-	s.cache[name] = cachedLimits{l, now}
+	s.cache[name] = c
 	s.mu.Unlock()
-	return l
+	return c
 }
 
 func (s *Service) forget(name string) {

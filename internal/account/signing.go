@@ -1,6 +1,8 @@
 package account
 
 import (
+	"context"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -27,23 +29,36 @@ func SigningKeyName(account string) string {
 	}, account) + "-1"
 }
 
-// SigningKey derives account's signing key from the farm's.
-func SigningKey(farm signature.SecretKey, account string) signature.SecretKey {
-	return farm.Derive(SigningKeyName(account), "nixfarm account signing key\x00"+account)
+// SigningKey derives account's signing key from the farm's. created is
+// when the account was created (Service.Created; 0 for an account only
+// in authorized_keys), so an account removed and made again under the
+// same name, perhaps for someone else, gets another key.
+func SigningKey(farm signature.SecretKey, account string, created int64) signature.SecretKey {
+	label := "nixfarm account signing key\x00" + account
+	if created != 0 {
+		label += "\x00" + strconv.FormatInt(created, 10)
+	}
+	return farm.Derive(SigningKeyName(account), label)
 }
 
 // SigningKeys derives accounts' keys once each.
 type SigningKeys struct {
-	Farm signature.SecretKey
-	keys sync.Map // account → *signature.SecretKey
+	Farm     signature.SecretKey
+	Accounts *Service // when accounts were created; nil: never
+	keys     sync.Map // "account\x00created" → *signature.SecretKey
 }
 
 // For returns account's key.
 func (k *SigningKeys) For(account string) *signature.SecretKey {
-	if v, ok := k.keys.Load(account); ok {
+	var created int64
+	if k.Accounts != nil {
+		created = k.Accounts.Created(context.Background(), account)
+	}
+	id := account + "\x00" + strconv.FormatInt(created, 10)
+	if v, ok := k.keys.Load(id); ok {
 		return v.(*signature.SecretKey)
 	}
-	key := SigningKey(k.Farm, account)
-	v, _ := k.keys.LoadOrStore(account, &key)
+	key := SigningKey(k.Farm, account, created)
+	v, _ := k.keys.LoadOrStore(id, &key)
 	return v.(*signature.SecretKey)
 }

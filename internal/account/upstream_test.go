@@ -4,7 +4,9 @@ import (
 	"context"
 	"slices"
 	"testing"
+	"time"
 
+	"github.com/nixfarm/nixfarm/internal/account"
 	"github.com/nixfarm/nixfarm/internal/signature"
 )
 
@@ -71,5 +73,39 @@ func TestUpstreamTrust(t *testing.T) {
 	}
 	if err := s.Untrust(ctx, "alice", "not-a-key"); err == nil {
 		t.Fatal("untrusting a malformed key succeeded")
+	}
+}
+
+// An account's signing key is its own, and another once the account is
+// removed and made again under the same name.
+func TestSigningKeys(t *testing.T) {
+	ctx := context.Background()
+	s := newService(t)
+	farm, _, _ := signature.Generate("nixfarm-1")
+	keys := &account.SigningKeys{Farm: farm, Accounts: s}
+	carol := keys.For("carol") // only in authorized_keys
+	if carol.Name != "nixfarm-carol-1" || carol.String() != keys.For("carol").String() {
+		t.Fatalf("carol's key %s", carol.Name)
+	}
+	if err := s.Add(ctx, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	first := keys.For("alice").String()
+	a, _ := s.Get(ctx, "alice")
+	if cli := account.SigningKey(farm, "alice", a.Created.Unix()); cli.String() != first {
+		t.Errorf("the CLI derives another key than the server")
+	}
+	if first == keys.For("bob").String() {
+		t.Fatal("two accounts share a key")
+	}
+	if _, err := s.Remove(ctx, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	account.SetNow(s, func() time.Time { return time.Now().Add(time.Hour) })
+	if err := s.Add(ctx, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	if keys.For("alice").String() == first {
+		t.Error("alice, removed and added again, has her old key")
 	}
 }

@@ -214,8 +214,6 @@ func (f *Farm) init(ctx context.Context) error {
 		return err
 	}
 	f.store.Key = &key
-	f.accountKeys = &account.SigningKeys{Farm: key}
-	f.store.AccountKey = f.accountKeys.For
 	if f.apiToken, err = loadOrCreateAPIToken(filepath.Join(cfg.StateDir, "api-token")); err != nil {
 		return err
 	}
@@ -238,6 +236,8 @@ func (f *Farm) init(ctx context.Context) error {
 		limits = *cfg.Limits
 	}
 	f.accounts = account.New(f.db, limits, f.log)
+	f.accountKeys = &account.SigningKeys{Farm: key, Accounts: f.accounts}
+	f.store.AccountKey = f.accountKeys.For
 	f.uploads = &account.Views{Store: f.store, Accounts: f.accounts, Size: account.UploadSize}
 	f.outputs = &account.Views{Store: f.store, Accounts: f.accounts, Size: account.OutputSize}
 	schedCfg := cfg.Scheduler
