@@ -53,7 +53,11 @@ type Config struct {
 	MaxDirBytes int64
 	Compression string // "zstd" (default), "xz" or "none": what narinfos point at
 	Priority    int    // nix-cache-info Priority (default 30)
-	Log         *slog.Logger
+	// Generation, if set, changes whenever anything in the store does
+	// (store.Local.Generation): rendered narinfos are kept for as long as
+	// it stays the same (narinfos.go).
+	Generation func() uint64
+	Log        *slog.Logger
 }
 
 // Authenticator names the account of a request.
@@ -80,6 +84,7 @@ type Cache struct {
 	cacheInfo  string
 	copies     *copies
 	compressor compressor
+	narInfos   narInfos
 }
 
 // New checks cfg, creates cfg.Dir if needed and takes stock of the
@@ -151,7 +156,7 @@ func (c *Cache) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	switch rt.kind {
 	case narInfo:
-		c.serveNarInfo(ctx, w, r, view, rt)
+		c.serveNarInfo(ctx, w, r, account, view, rt)
 	case narFile:
 		c.serveNar(ctx, w, r, view, rt)
 	case buildLog:
@@ -215,7 +220,18 @@ func infoByHashPart(ctx context.Context, view store.Store, hashPart string) (*st
 	return view.QueryPathInfo(ctx, p)
 }
 
-func (c *Cache) serveNarInfo(ctx context.Context, w http.ResponseWriter, r *http.Request, view store.Store, rt route) {
+func (c *Cache) serveNarInfo(ctx context.Context, w http.ResponseWriter, r *http.Request, account string, view store.Store, rt route) {
+	var gen uint64
+	key := narInfoKey{account, rt.hashPart}
+	if c.cfg.Generation != nil {
+		// Taken before the store is read, so a change committed meanwhile
+		// makes this rendering stale rather than current.
+		gen = c.cfg.Generation()
+		if body, ok := c.narInfos.get(key, gen); ok {
+			writeNarInfo(w, body)
+			return
+		}
+	}
 	info, err := infoByHashPart(ctx, view, rt.hashPart)
 	if err != nil {
 		c.fail(ctx, w, r, err)
@@ -233,6 +249,13 @@ func (c *Cache) serveNarInfo(ctx context.Context, w http.ResponseWriter, r *http
 		CA:          info.CA,
 	}
 	body := ni.String()
+	if c.cfg.Generation != nil {
+		c.narInfos.put(key, gen, body)
+	}
+	writeNarInfo(w, body)
+}
+
+func writeNarInfo(w http.ResponseWriter, body string) {
 	h := w.Header()
 	h.Set("Content-Type", narinfo.ContentType)
 	h.Set("Content-Length", strconv.Itoa(len(body)))

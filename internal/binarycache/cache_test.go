@@ -79,6 +79,9 @@ func newFixture(t testing.TB, configure func(*binarycache.Config)) *fixture {
 		Logs: f.logs,
 		Dir:  f.dir,
 		Log:  slog.New(slog.NewTextHandler(f.logBuffer, nil)),
+		// As the farm has it: rendered narinfos kept while the store
+		// stays the same.
+		Generation: st.Local.Generation,
 	}
 	if configure != nil {
 		configure(&cfg)

@@ -78,6 +78,7 @@ func (f *Farm) binaryCache() (http.Handler, error) {
 		Logs:        buildLogs{f.coord},
 		Dir:         filepath.Join(f.cfg.StateDir, "cache"),
 		Compression: f.cfg.CacheCompression,
+		Generation:  f.store.Generation,
 		Log:         f.log,
 	})
 }

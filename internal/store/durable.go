@@ -341,5 +341,9 @@ func (s *Local) unregisterBlob(ctx context.Context, key, narHash string) ([]stor
 			return nil, fmt.Errorf("unregistering the paths of damaged NAR %s: %w", key, err)
 		}
 	}
-	return paths, tx.Commit()
+	if err := tx.Commit(); err != nil {
+		return nil, err
+	}
+	s.changed()
+	return paths, nil
 }

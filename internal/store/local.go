@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nixfarm/nixfarm/internal/blob"
@@ -67,7 +68,19 @@ type Local struct {
 	// stmts are the hot queries, prepared once (by query text): parsing
 	// SQL is most of a point lookup's cost.
 	stmts sync.Map
+
+	// gen counts the changes to views and objects (Generation).
+	gen atomic.Uint64
 }
+
+// Generation changes whenever any view or object does: what was read
+// from the store while it stayed the same is still true. It is bumped
+// after each change commits, so a reader that takes it before reading
+// never pairs new data with an old generation.
+func (s *Local) Generation() uint64 { return s.gen.Load() }
+
+// changed bumps the generation after a change has committed.
+func (s *Local) changed() { s.gen.Add(1) }
 
 // query runs a query through a statement prepared once (see queryRow).
 func (s *Local) query(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
@@ -355,6 +368,7 @@ func (s *Local) register(ctx context.Context, v *View, info *PathInfo, how strin
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("registering %s: %w", info.Path, err)
 	}
+	s.changed()
 	if created {
 		s.syncBehind(id, blobKey(info.NarHash))
 	}

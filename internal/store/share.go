@@ -152,7 +152,11 @@ func (v *View) AdoptBuild(ctx context.Context, key string, outputs map[string]st
 			return false, nil
 		}
 	}
-	return true, tx.Commit()
+	if err := tx.Commit(); err != nil {
+		return false, err
+	}
+	v.s.changed()
+	return true, nil
 }
 
 // ForgetWorker stops sharing what worker built: builds it ran are no

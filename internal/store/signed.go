@@ -125,7 +125,11 @@ func (v *View) adoptSigned(ctx context.Context, ps []storepath.Path) error {
 			return fmt.Errorf("adopting signed paths: %w", err)
 		}
 	}
-	return tx.Commit()
+	if err := tx.Commit(); err != nil {
+		return err
+	}
+	v.s.changed()
+	return nil
 }
 
 // signedObject finds an object of path p carrying a valid signature by a

@@ -458,5 +458,9 @@ func (v *View) AddSignatures(ctx context.Context, p storepath.Path, sigs []strin
 		strings.Join(merged, " "), v.account, string(p)); err != nil {
 		return fmt.Errorf("adding signatures to %s: %w", p, err)
 	}
-	return tx.Commit()
+	if err := tx.Commit(); err != nil {
+		return err
+	}
+	v.s.changed()
+	return nil
 }
