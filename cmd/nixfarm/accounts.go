@@ -166,11 +166,7 @@ func accountsCmd(args []string, stdout, stderr io.Writer) int {
 		// The account's own signing key, from the farm's (if it has one yet).
 		if data, err := os.ReadFile(filepath.Join(*stateDir, "signing-key")); err == nil {
 			if farm, err := signature.ParseSecretKey(strings.TrimSpace(string(data))); err == nil {
-				var created int64
-				if a, err := svc.Get(context.Background(), pos[0]); err == nil {
-					created = a.Created.Unix()
-				}
-				k := account.SigningKey(farm, pos[0], created)
+				k := account.SigningKey(farm, pos[0], svc.Removals(context.Background(), pos[0]))
 				fmt.Fprintf(stdout, "signing key (signs what the farm builds for it as a remote builder):\n  %s\n", k.Public())
 			}
 		}

@@ -65,9 +65,9 @@ type cachedKeys struct {
 }
 
 type cachedLimits struct {
-	limits  Limits
-	created int64 // the account's creation time, 0 if it is not in the table
-	at      time.Time
+	limits   Limits
+	removals int64 // how many times the name was removed (account_removals)
+	at       time.Time
 }
 
 // New returns a service over an open state database (see package db), with
@@ -131,6 +131,10 @@ func (s *Service) Remove(ctx context.Context, name string) (int, error) {
 	}
 	if n, _ := res.RowsAffected(); n == 0 {
 		return 0, unknown(name)
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO account_removals (name, removals) VALUES (?, 1)
+		ON CONFLICT(name) DO UPDATE SET removals = removals + 1`, name); err != nil {
+		return 0, fmt.Errorf("removing account %s: %w", name, err)
 	}
 	if err := tx.Commit(); err != nil {
 		return 0, fmt.Errorf("removing account %s: %w", name, err)

@@ -253,11 +253,10 @@ func (s *Service) Limits(ctx context.Context, name string) Limits {
 	return s.cached(ctx, name).limits
 }
 
-// Created returns when the account was created (Unix seconds), or 0 for
-// an account only in the authorized_keys file. Like Limits, it is read
-// at most every few seconds.
-func (s *Service) Created(ctx context.Context, name string) int64 {
-	return s.cached(ctx, name).created
+// Removals returns how many times an account of this name was removed
+// (0 for most). Like Limits, it is read at most every few seconds.
+func (s *Service) Removals(ctx context.Context, name string) int64 {
+	return s.cached(ctx, name).removals
 }
 
 // cached returns an account's row, read again once it is older than ttl.
@@ -270,13 +269,12 @@ func (s *Service) cached(ctx context.Context, name string) cachedLimits {
 		return c
 	}
 	vals := make([]sql.NullInt64, numLimits)
-	var created int64
-	dest := []any{&created}
+	dest := make([]any, numLimits)
 	for i := range vals {
-		dest = append(dest, &vals[i])
+		dest[i] = &vals[i]
 	}
 	l := Limits{Values: s.defaults}
-	err := s.db.QueryRowContext(ctx, `SELECT created, `+limitColumns()+` FROM accounts WHERE name = ?`, name).Scan(dest...)
+	err := s.db.QueryRowContext(ctx, `SELECT `+limitColumns()+` FROM accounts WHERE name = ?`, name).Scan(dest...)
 	switch {
 	case err == nil:
 		l = s.limitsFrom(vals)
@@ -285,7 +283,11 @@ func (s *Service) cached(ctx context.Context, name string) cachedLimits {
 		s.log.Error("reading an account's limits; the defaults apply", "account", name, "err", err)
 		return cachedLimits{limits: l}
 	}
-	c = cachedLimits{l, created, now}
+	var removals int64
+	if err := s.db.QueryRowContext(ctx, `SELECT removals FROM account_removals WHERE name = ?`, name).Scan(&removals); err != nil && !errors.Is(err, sql.ErrNoRows) {
+		s.log.Error("reading an account's removals", "account", name, "err", err)
+	}
+	c = cachedLimits{l, removals, now}
 	s.mu.Lock()
 	if len(s.cache) > 10000 {
 		clear(s.cache)

@@ -29,14 +29,15 @@ func SigningKeyName(account string) string {
 	}, account) + "-1"
 }
 
-// SigningKey derives account's signing key from the farm's. created is
-// when the account was created (Service.Created; 0 for an account only
-// in authorized_keys), so an account removed and made again under the
-// same name, perhaps for someone else, gets another key.
-func SigningKey(farm signature.SecretKey, account string, created int64) signature.SecretKey {
+// SigningKey derives account's signing key from the farm's. removals is
+// how many times an account of that name was removed (Service.Removals):
+// one made again under an old name, perhaps for someone else, gets a key
+// of its own, while an account keeps its key when it moves from
+// authorized_keys into the accounts table.
+func SigningKey(farm signature.SecretKey, account string, removals int64) signature.SecretKey {
 	label := "nixfarm account signing key\x00" + account
-	if created != 0 {
-		label += "\x00" + strconv.FormatInt(created, 10)
+	if removals != 0 {
+		label += "\x00" + strconv.FormatInt(removals, 10)
 	}
 	return farm.Derive(SigningKeyName(account), label)
 }
@@ -45,20 +46,20 @@ func SigningKey(farm signature.SecretKey, account string, created int64) signatu
 type SigningKeys struct {
 	Farm     signature.SecretKey
 	Accounts *Service // when accounts were created; nil: never
-	keys     sync.Map // "account\x00created" → *signature.SecretKey
+	keys     sync.Map // "account\x00removals" → *signature.SecretKey
 }
 
 // For returns account's key.
 func (k *SigningKeys) For(account string) *signature.SecretKey {
-	var created int64
+	var removals int64
 	if k.Accounts != nil {
-		created = k.Accounts.Created(context.Background(), account)
+		removals = k.Accounts.Removals(context.Background(), account)
 	}
-	id := account + "\x00" + strconv.FormatInt(created, 10)
+	id := account + "\x00" + strconv.FormatInt(removals, 10)
 	if v, ok := k.keys.Load(id); ok {
 		return v.(*signature.SecretKey)
 	}
-	key := SigningKey(k.Farm, account, created)
+	key := SigningKey(k.Farm, account, removals)
 	v, _ := k.keys.LoadOrStore(id, &key)
 	return v.(*signature.SecretKey)
 }

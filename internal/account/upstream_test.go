@@ -4,7 +4,6 @@ import (
 	"context"
 	"slices"
 	"testing"
-	"time"
 
 	"github.com/nixfarm/nixfarm/internal/account"
 	"github.com/nixfarm/nixfarm/internal/signature"
@@ -76,8 +75,9 @@ func TestUpstreamTrust(t *testing.T) {
 	}
 }
 
-// An account's signing key is its own, and another once the account is
-// removed and made again under the same name.
+// An account's signing key is its own; it stays when the account moves
+// from authorized_keys into the accounts table, and changes once the
+// account is removed and made again under the same name.
 func TestSigningKeys(t *testing.T) {
 	ctx := context.Background()
 	s := newService(t)
@@ -87,12 +87,14 @@ func TestSigningKeys(t *testing.T) {
 	if carol.Name != "nixfarm-carol-1" || carol.String() != keys.For("carol").String() {
 		t.Fatalf("carol's key %s", carol.Name)
 	}
+	first := keys.For("alice").String()
 	if err := s.Add(ctx, "alice"); err != nil {
 		t.Fatal(err)
 	}
-	first := keys.For("alice").String()
-	a, _ := s.Get(ctx, "alice")
-	if cli := account.SigningKey(farm, "alice", a.Created.Unix()); cli.String() != first {
+	if keys.For("alice").String() != first {
+		t.Error("alice's key changed when she was added to the accounts table")
+	}
+	if cli := account.SigningKey(farm, "alice", s.Removals(ctx, "alice")); cli.String() != first {
 		t.Errorf("the CLI derives another key than the server")
 	}
 	if first == keys.For("bob").String() {
@@ -101,11 +103,14 @@ func TestSigningKeys(t *testing.T) {
 	if _, err := s.Remove(ctx, "alice"); err != nil {
 		t.Fatal(err)
 	}
-	account.SetNow(s, func() time.Time { return time.Now().Add(time.Hour) })
 	if err := s.Add(ctx, "alice"); err != nil {
 		t.Fatal(err)
 	}
-	if keys.For("alice").String() == first {
+	second := keys.For("alice").String()
+	if second == first {
 		t.Error("alice, removed and added again, has her old key")
+	}
+	if cli := account.SigningKey(farm, "alice", s.Removals(ctx, "alice")); cli.String() != second {
+		t.Errorf("after a removal the CLI derives another key than the server")
 	}
 }

@@ -182,6 +182,13 @@ var migrations = []string{
 		label TEXT NOT NULL DEFAULT ''
 	) WITHOUT ROWID;
 	CREATE INDEX cache_tokens_account ON cache_tokens(account);`,
+	// 8: how many times each account name was removed, so that an account
+	// made again under an old name gets a signing key of its own
+	// (account/signing.go).
+	`CREATE TABLE account_removals (
+		name TEXT PRIMARY KEY,
+		removals INTEGER NOT NULL
+	) WITHOUT ROWID;`,
 }
 
 const maxConns = 8
