@@ -6,12 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/nixfarm/nixfarm/internal/build"
 	"github.com/nixfarm/nixfarm/internal/derivation"
 	"github.com/nixfarm/nixfarm/internal/nar"
+	"github.com/nixfarm/nixfarm/internal/narinfo"
 	"github.com/nixfarm/nixfarm/internal/nixhash"
 	"github.com/nixfarm/nixfarm/internal/store"
 	"github.com/nixfarm/nixfarm/internal/storepath"
@@ -534,27 +536,91 @@ func (c *Client) BuildPathsWithResults(paths []build.DerivedPath) ([]*build.Resu
 
 // QueryMissing asks what the daemon would build for paths.
 func (c *Client) QueryMissing(paths []build.DerivedPath) (willBuild, unknown []storepath.Path, err error) {
+	m, err := c.QueryMissingAll(paths)
+	if err != nil {
+		return nil, nil, err
+	}
+	return m.WillBuild, m.Unknown, nil
+}
+
+// QueryMissingAll is QueryMissing with what would be substituted and
+// its sizes.
+func (c *Client) QueryMissingAll(paths []build.DerivedPath) (*build.Missing, error) {
 	c.w.Uint64(uint64(OpQueryMissing))
 	if err := c.writeDerivedPaths(c.w, paths); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	if err := c.processStderr(nil); err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", OpQueryMissing, err)
+		return nil, fmt.Errorf("%s: %w", OpQueryMissing, err)
 	}
-	if willBuild, err = c.readPaths(); err != nil {
-		return nil, nil, err
+	m := &build.Missing{}
+	var err error
+	if m.WillBuild, err = c.readPaths(); err != nil {
+		return nil, err
 	}
-	if _, err = c.readPaths(); err != nil { // willSubstitute
-		return nil, nil, err
+	if m.WillSubstitute, err = c.readPaths(); err != nil {
+		return nil, err
 	}
-	if unknown, err = c.readPaths(); err != nil {
-		return nil, nil, err
+	if m.Unknown, err = c.readPaths(); err != nil {
+		return nil, err
 	}
-	if _, err = c.r.Uint64(); err != nil {
-		return nil, nil, err
+	if m.DownloadSize, err = c.r.Uint64(); err != nil {
+		return nil, err
 	}
-	_, err = c.r.Uint64()
-	return willBuild, unknown, err
+	m.NarSize, err = c.r.Uint64()
+	return m, err
+}
+
+// QuerySubstitutablePathInfos asks what the daemon's substituters say of
+// paths: for each one they have, its deriver, references and sizes (as
+// narinfo.NarInfo's fields; protocol 1.22 and later).
+func (c *Client) QuerySubstitutablePathInfos(paths []storepath.Path) (map[storepath.Path]*narinfo.NarInfo, error) {
+	// A map of path to content address (none here), sorted as Nix sends
+	// it.
+	sorted := storepath.Sorted(slices.Clone(paths))
+	sorted = slices.Compact(sorted)
+	err := c.call(OpQuerySubstitutablePathInfos, func(w *wire.Writer) {
+		w.Uint64(uint64(len(sorted)))
+		for _, p := range sorted {
+			w.String(string(p))
+			w.String("")
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	n, err := c.r.Uint64()
+	if err != nil {
+		return nil, err
+	}
+	if n > uint64(len(paths)) {
+		return nil, fmt.Errorf("%w: %d substitutable infos for %d paths", ErrProtocol, n, len(paths))
+	}
+	out := make(map[storepath.Path]*narinfo.NarInfo, n)
+	for range n {
+		var fields [2]string
+		for i := range fields {
+			if fields[i], err = c.r.String(wire.MaxPathLen); err != nil {
+				return nil, err
+			}
+		}
+		p, err := storepath.Parse(fields[0])
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrProtocol, err)
+		}
+		ni := &narinfo.NarInfo{StorePath: p, Deriver: storepath.Path(fields[1])}
+		if ni.References, err = c.readPaths(); err != nil {
+			return nil, err
+		}
+		if ni.FileSize, err = c.r.Uint64(); err != nil {
+			return nil, err
+		}
+		if ni.NarSize, err = c.r.Uint64(); err != nil {
+			return nil, err
+		}
+		out[p] = ni
+	}
+	return out, nil
 }
 
 // QueryDerivationOutputMap lists a derivation's outputs and known paths.
