@@ -102,10 +102,16 @@ func (f *Farm) printCacheInstructions(w io.Writer, host string) {
 	if f.httpLn == nil {
 		return
 	}
-	_, port, _ := net.SplitHostPort(f.httpLn.Addr().String())
+	h, port, _ := net.SplitHostPort(f.httpLn.Addr().String())
+	where := "put TLS in front of it to\nserve it beyond this machine"
+	if ip := net.ParseIP(h); ip != nil && ip.IsLoopback() {
+		// Listening on loopback only (the default): name that address.
+		host = h
+		where = "this machine only: --http-listen\n:2280 serves it to others, best behind TLS"
+	}
 	fmt.Fprintf(w, `
-The farm's store is a binary cache at http://%[1]s:%[2]s/ (put TLS in front of it to
-serve it beyond this machine). Each account reads its own paths with a token:
+The farm's store is a binary cache at http://%[1]s:%[2]s/ (%[5]s). Each account
+reads its own paths with a token:
 
    nixfarm accounts token alice --host %[1]s --state-dir %[3]s
 
@@ -114,5 +120,5 @@ and, on alice's machines, in nix.conf (her key is in "ssh nixfarm nixfarm whoami
    extra-substituters = http://%[1]s:%[2]s
    extra-trusted-public-keys = %[4]s nixfarm-alice-1:...
    netrc-file = /etc/nix/netrc    # the line "nixfarm accounts token" prints
-`, host, port, f.cfg.StateDir, f.signingKey)
+`, host, port, f.cfg.StateDir, f.signingKey, where)
 }
