@@ -2,14 +2,12 @@ package account
 
 import (
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
 	"crypto/subtle"
 	"database/sql"
-	"encoding/base64"
-	"encoding/hex"
 	"errors"
 	"fmt"
+
+	"github.com/nixfarm/nixfarm/internal/credentials"
 )
 
 // ErrBadToken is returned for a binary cache token that names no account.
@@ -19,32 +17,23 @@ var ErrBadToken = errors.New("unknown or revoked cache token")
 // characters.
 const maxTokenLen = 256
 
-func tokenHash(token string) string {
-	sum := sha256.Sum256([]byte(token))
-	return hex.EncodeToString(sum[:])
-}
+func tokenHash(token string) string { return credentials.Hash(token) }
 
 // IssueToken makes a new binary cache token for an existing account: 32
 // random bytes, base64url without padding. Only its SHA-256 is kept, so
 // the token is shown once; an account may hold several.
 func (s *Service) IssueToken(ctx context.Context, name string) (string, error) {
-	var raw [32]byte
-	if _, err := rand.Read(raw[:]); err != nil {
-		return "", fmt.Errorf("making a token: %w", err)
+	token, err := credentials.NewSecret()
+	if err != nil {
+		return "", err
 	}
-	token := base64.RawURLEncoding.EncodeToString(raw[:])
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return "", fmt.Errorf("issuing a token for %s: %w", name, err)
 	}
 	defer tx.Rollback()
-	var one int
-	err = tx.QueryRowContext(ctx, `SELECT 1 FROM accounts WHERE name = ?`, name).Scan(&one)
-	if errors.Is(err, sql.ErrNoRows) {
-		return "", unknown(name)
-	}
-	if err != nil {
-		return "", fmt.Errorf("issuing a token for %s: %w", name, err)
+	if err := exists(ctx, tx, name); err != nil {
+		return "", err
 	}
 	if _, err := tx.ExecContext(ctx, `INSERT INTO cache_tokens (hash, account, created) VALUES (?, ?, ?)`,
 		tokenHash(token), name, s.now().Unix()); err != nil {

@@ -89,7 +89,18 @@ func New(db *sql.DB, now func() time.Time) *Store {
 	return &Store{db: db, now: now}
 }
 
-func hash(secret string) string {
+// NewSecret returns a new secret, 32 random bytes as base64url without
+// padding: a worker credential here, and an account's cache token.
+func NewSecret() (string, error) {
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("making a secret: %w", err)
+	}
+	return base64.RawURLEncoding.EncodeToString(b[:]), nil
+}
+
+// Hash is what the state database keeps of a secret: its SHA-256, hex.
+func Hash(secret string) string {
 	sum := sha256.Sum256([]byte(secret))
 	return hex.EncodeToString(sum[:])
 }
@@ -100,11 +111,10 @@ func (s *Store) Issue(ctx context.Context, name string) (string, error) {
 	if err := ValidName(name); err != nil {
 		return "", err
 	}
-	var b [32]byte
-	if _, err := rand.Read(b[:]); err != nil {
+	secret, err := NewSecret()
+	if err != nil {
 		return "", err
 	}
-	secret := base64.RawURLEncoding.EncodeToString(b[:])
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return "", fmt.Errorf("issuing a credential for %s: %w", name, err)
@@ -118,7 +128,7 @@ func (s *Store) Issue(ctx context.Context, name string) (string, error) {
 		return "", fmt.Errorf("%w: %s (revoke it first to issue a new one)", ErrExists, name)
 	}
 	if _, err := tx.ExecContext(ctx, `INSERT INTO worker_credentials (name, secret_hash, created_at) VALUES (?, ?, ?)`,
-		name, hash(secret), s.now().UnixMilli()); err != nil {
+		name, Hash(secret), s.now().UnixMilli()); err != nil {
 		return "", fmt.Errorf("issuing a credential for %s: %w", name, err)
 	}
 	if err := tx.Commit(); err != nil {
@@ -133,7 +143,7 @@ func (s *Store) Verify(ctx context.Context, name, secret string) (int64, error) 
 	if err := ValidName(name); err != nil {
 		return 0, err
 	}
-	want := hash(secret)
+	want := Hash(secret)
 	var (
 		id         int64
 		owner, got string
