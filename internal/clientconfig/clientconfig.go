@@ -1,0 +1,121 @@
+// Package clientconfig works out what a Nix client needs to build through
+// a farm (`nixfarm client-config`): the farm's SSH host key, fetched and
+// shown by fingerprint; what its worker pool offers (systems, features,
+// free slots); and, from those, the machines line, the ssh config block
+// for the user who runs the builds, and NixOS / nix-darwin snippets.
+package clientconfig
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/nixfarm/nixfarm/internal/scheduler"
+)
+
+// errGotKey ends the handshake once the host key is known: nothing more
+// is needed, and no credential is offered.
+var errGotKey = errors.New("host key received")
+
+// FetchHostKey connects to the farm's SSH endpoint at addr and returns
+// its host key, without authenticating: the key comes in the key
+// exchange, before any credential would be offered.
+func FetchHostKey(ctx context.Context, addr string) (ssh.PublicKey, error) {
+	d := net.Dialer{Timeout: 10 * time.Second}
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("connecting to the farm at %s: %w", addr, err)
+	}
+	defer conn.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	} else {
+		conn.SetDeadline(time.Now().Add(20 * time.Second))
+	}
+	var key ssh.PublicKey
+	cfg := &ssh.ClientConfig{
+		User: "nixfarm",
+		HostKeyCallback: func(_ string, _ net.Addr, k ssh.PublicKey) error {
+			key = k
+			return errGotKey
+		},
+		// The algorithm the farm's key uses (ed25519) first.
+		HostKeyAlgorithms: []string{ssh.KeyAlgoED25519, ssh.KeyAlgoECDSA256, ssh.KeyAlgoRSASHA512, ssh.KeyAlgoRSASHA256},
+	}
+	_, _, _, err = ssh.NewClientConn(conn, addr, cfg)
+	if key != nil {
+		return key, nil
+	}
+	if err == nil {
+		err = errors.New("no host key offered")
+	}
+	return nil, fmt.Errorf("reading the farm's host key at %s (is it nixfarm's SSH port?): %w", addr, err)
+}
+
+// HostKeyLine is a host key as the machines file's 8th field wants it:
+// base64 of its authorized_keys line.
+func HostKeyLine(k ssh.PublicKey) string {
+	line := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(k)))
+	return base64.StdEncoding.EncodeToString([]byte(line))
+}
+
+// Pool is what a farm's workers offer together.
+type Pool struct {
+	Systems  []string // every system some worker builds for, sorted
+	Features []string // every feature some worker supports, sorted
+	// Mandatory are features every worker requires; empty unless all do.
+	Mandatory []string
+	// Slots is how many builds the workers run at once in all; Free, how
+	// many of those are free now.
+	Slots, Free int
+	Workers     int
+}
+
+// PoolOf sums up a worker listing (the farm's /api/v1/workers).
+func PoolOf(workers []scheduler.WorkerInfo) Pool {
+	var p Pool
+	systems, features := map[string]bool{}, map[string]bool{}
+	var mandatory map[string]bool
+	for _, w := range workers {
+		if w.State == "quarantined" {
+			continue
+		}
+		p.Workers++
+		for _, s := range w.Capabilities.Systems {
+			systems[s] = true
+		}
+		for _, f := range w.Capabilities.SupportedFeatures {
+			features[f] = true
+		}
+		m := map[string]bool{}
+		for _, f := range w.Capabilities.MandatoryFeatures {
+			features[f] = true
+			if mandatory == nil || mandatory[f] {
+				m[f] = true
+			}
+		}
+		mandatory = m
+		p.Slots += w.Capabilities.MaxJobs
+		p.Free += max(0, w.Capabilities.MaxJobs-len(w.Running))
+	}
+	p.Systems = sortedKeys(systems)
+	p.Features = sortedKeys(features)
+	p.Mandatory = sortedKeys(mandatory)
+	return p
+}
+
+func sortedKeys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
