@@ -16,7 +16,6 @@ import (
 	"slices"
 	"strings"
 	"syscall"
-	"text/tabwriter"
 	"time"
 
 	"github.com/nixfarm/nixfarm/internal/agent"
@@ -190,31 +189,8 @@ func workersCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "nixfarm workers: %v\n", err)
 		return 1
 	}
-	tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tKIND\tSTATE\tSYSTEMS\tFEATURES\tMANDATORY\tRUNNING\tBUILT\tLAST HEARTBEAT")
-	for _, w := range list.Workers {
-		running := fmt.Sprintf("%d/%d", len(w.Running), w.Capabilities.MaxJobs)
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", w.Name, w.Kind, w.State,
-			strings.Join(w.Capabilities.Systems, ","), dash(w.Capabilities.SupportedFeatures), dash(w.Capabilities.MandatoryFeatures),
-			running, w.Built, ago(w.LastHeartbeat, w.Kind))
-	}
-	tw.Flush()
-	fmt.Fprintf(stdout, "%d workers, %d builds queued\n", len(list.Workers), list.Queued)
+	scheduler.WriteWorkers(stdout, list.Workers, list.Queued, time.Now())
 	return 0
-}
-
-func dash(ss []string) string {
-	if len(ss) == 0 {
-		return "-"
-	}
-	return strings.Join(ss, ",")
-}
-
-func ago(t time.Time, kind string) string {
-	if kind != "agent" {
-		return "-"
-	}
-	return time.Since(t).Round(time.Second).String() + " ago"
 }
 
 // parseFlags parses flags; ok is false when the command should exit with

@@ -178,12 +178,12 @@ func (c *conn) handshake() error {
 	c.clientVersion = clientVersion
 	if major(clientVersion) != major(Version) || minor(clientVersion) < 10 {
 		// Too old to understand an error frame: just end the connection.
-		return fmt.Errorf("%w: client speaks protocol %s; nixfarm needs 1.21 (Nix 2.3) or newer", ErrProtocol, versionString(clientVersion))
+		return fmt.Errorf("%w: client speaks protocol %s; nixfarm needs 1.21 (Nix 2.3) or newer: upgrade this client's Nix (nix --version shows it)", ErrProtocol, versionString(clientVersion))
 	}
 	c.ver = min(clientVersion, Version)
 	c.out.ver = c.ver
 	if clientVersion < MinVersion {
-		return fmt.Errorf("%w: client speaks protocol %s; nixfarm needs 1.21 (Nix 2.3) or newer", ErrProtocol, versionString(clientVersion))
+		return fmt.Errorf("%w: client speaks protocol %s; nixfarm needs 1.21 (Nix 2.3) or newer: upgrade this client's Nix (nix --version shows it)", ErrProtocol, versionString(clientVersion))
 	}
 	if minor(c.ver) >= 38 {
 		// Both sides name the features they support; the connection uses

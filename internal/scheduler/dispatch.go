@@ -143,13 +143,14 @@ func (s *Scheduler) unbuildableMessageLocked(j *job) string {
 		b.WriteString(" (no special features)")
 	}
 	if len(s.sorted) == 0 {
-		b.WriteString(", and the farm has no workers at all")
+		b.WriteString(", and the farm has no workers at all. Ask the farm's operator to start one (nixfarm serve --local-worker, or nixfarm worker on another machine)")
 		return b.String()
 	}
 	fmt.Fprintf(&b, ". The farm's %d workers are:", len(s.sorted))
 	for _, w := range s.sorted {
 		fmt.Fprintf(&b, "\n  %s (%s)", w.Name, w.Caps)
 	}
+	b.WriteString("\nTo fix it: list in your builders line (machines file) only the systems and features the farm's workers offer, so Nix builds the rest elsewhere, or ask the farm's operator for such a worker. `nixfarm doctor --drv DRV` checks a derivation against the farm")
 	return b.String()
 }
 

@@ -84,7 +84,7 @@ func (s *Server) Serve(ctx context.Context, in io.Reader, out io.Writer, sess *S
 		return fmt.Errorf("%w: reading client version: %w", ErrProtocol, err)
 	}
 	if major(clientVersion) != major(Version) || clientVersion < MinVersion {
-		return fmt.Errorf("%w: client speaks serve protocol %d.%d; nixfarm supports 2.5 to 2.7 (Nix 2.3 or newer)",
+		return fmt.Errorf("%w: client speaks serve protocol %d.%d; nixfarm supports 2.5 to 2.7: upgrade this client's Nix to 2.3 or newer (nix --version shows it)",
 			ErrProtocol, clientVersion>>8, minor(clientVersion))
 	}
 	c := &serveConn{s: s, st: s.Store.For(sess.Account), r: r, w: w, sess: sess, ver: min(clientVersion, Version)}

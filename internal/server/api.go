@@ -29,7 +29,7 @@ func (f *Farm) api(cache http.Handler) http.Handler {
 	mux.HandleFunc("GET /api/v1/workers", func(w http.ResponseWriter, r *http.Request) {
 		workers := f.sched.Workers()
 		if !f.apiAuthorized(r) {
-			workers = anonymous(workers)
+			workers = scheduler.Anonymous(workers)
 		}
 		writeJSON(w, map[string]any{"workers": workers, "queued": f.sched.Queued()})
 	})
@@ -37,20 +37,6 @@ func (f *Farm) api(cache http.Handler) http.Handler {
 		w.Write([]byte("ok\n"))
 	})
 	return mux
-}
-
-// anonymous strips the derivations and accounts from a worker listing.
-func anonymous(workers []scheduler.WorkerInfo) []scheduler.WorkerInfo {
-	out := make([]scheduler.WorkerInfo, len(workers))
-	for i, w := range workers {
-		running := make([]scheduler.RunningBuild, len(w.Running))
-		for j, b := range w.Running {
-			running[j] = scheduler.RunningBuild{Attempt: b.Attempt}
-		}
-		w.Running = running
-		out[i] = w
-	}
-	return out
 }
 
 // apiAuthorized reports whether r carries the farm's API token.

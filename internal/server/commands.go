@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"path"
 	"strings"
+	"time"
 
 	"github.com/nixfarm/nixfarm/internal/account"
 	"github.com/nixfarm/nixfarm/internal/daemonproto"
@@ -22,7 +23,7 @@ type command struct {
 	kind  commandKind
 	write bool
 	store string // --store argument, accepted and ignored
-	json  bool   // nixfarm whoami --json
+	json  bool   // nixfarm whoami --json, nixfarm workers --json
 }
 
 type commandKind int
@@ -31,13 +32,15 @@ const (
 	cmdServe commandKind = iota + 1
 	cmdDaemon
 	cmdWhoami
+	cmdWorkers
 )
 
 // parseCommand matches an exec request exactly against the commands stock
 // Nix sends: `nix-store --serve [--write] [--store URI]` for ssh:// and
 // `nix-daemon --stdio [--store URI]` for ssh-ng://. The program may be given
 // as a path (remote-program=/run/current-system/sw/bin/nix-store). Also
-// `nixfarm whoami [--json]`, for people.
+// `nixfarm whoami [--json]` and `nixfarm workers [--json]`, for people
+// and for nixfarm client-config and doctor.
 func parseCommand(line string) (command, error) {
 	words, err := splitWords(line)
 	if err != nil {
@@ -52,6 +55,10 @@ func parseCommand(line string) (command, error) {
 			return command{kind: cmdWhoami}, nil
 		case len(words) == 3 && words[1] == "whoami" && words[2] == "--json":
 			return command{kind: cmdWhoami, json: true}, nil
+		case len(words) == 2 && words[1] == "workers":
+			return command{kind: cmdWorkers}, nil
+		case len(words) == 3 && words[1] == "workers" && words[2] == "--json":
+			return command{kind: cmdWorkers, json: true}, nil
 		}
 		return command{}, fmt.Errorf("unknown nixfarm command %q", strings.Join(words[1:], " "))
 	}
@@ -159,7 +166,8 @@ var _ sshd.Handler = (*execHandler)(nil)
 const supportedCommands = "nixfarm: this endpoint runs only what Nix sends for remote builds:\n" +
 	"nixfarm:   nix-store --serve [--write]    (ssh:// builders and stores)\n" +
 	"nixfarm:   nix-daemon --stdio             (ssh-ng:// builders and stores)\n" +
-	"nixfarm:   nixfarm whoami [--json]        (your account, key, limits and usage)\n"
+	"nixfarm:   nixfarm whoami [--json]        (your account, key, limits and usage)\n" +
+	"nixfarm:   nixfarm workers [--json]       (the farm's workers: systems, features, slots)\n"
 
 // Exec implements sshd.Handler.
 func (h *execHandler) Exec(ctx context.Context, s *sshd.Session) uint32 {
@@ -176,6 +184,8 @@ func (h *execHandler) Exec(ctx context.Context, s *sshd.Session) uint32 {
 		err = h.serve.Serve(ctx, s.Stdin, s.Stdout, &serveproto.Session{Account: s.Account, Write: c.write, Stderr: s.Stderr})
 	case cmdWhoami:
 		err = h.whoami(ctx, s, c.json)
+	case cmdWorkers:
+		err = h.workers(s, c.json)
 	}
 	if err != nil {
 		// Only a public message reaches the client; anything else is
@@ -212,4 +222,20 @@ func (h *execHandler) whoami(ctx context.Context, s *sshd.Session, asJSON bool) 
 		return enc.Encode(st)
 	}
 	return st.WriteText(s.Stdout)
+}
+
+// workers writes the farm's workers as anyone may see them: systems,
+// features, slots and states, but not whose builds they run.
+func (h *execHandler) workers(s *sshd.Session, asJSON bool) error {
+	if h.sched == nil {
+		return errors.New("this farm has no scheduler")
+	}
+	list, queued := scheduler.Anonymous(h.sched.Workers()), h.sched.Queued()
+	if asJSON {
+		enc := json.NewEncoder(s.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(map[string]any{"workers": list, "queued": queued})
+	}
+	scheduler.WriteWorkers(s.Stdout, list, queued, time.Now())
+	return nil
 }

@@ -32,12 +32,18 @@ func TestParseCommand(t *testing.T) {
 			t.Errorf("%q: %+v %v", line, c, err)
 		}
 	}
+	for line, asJSON := range map[string]bool{"nixfarm workers": false, "nixfarm workers --json": true} {
+		if c, err := parseCommand(line); err != nil || c.kind != cmdWorkers || c.json != asJSON {
+			t.Errorf("%q: %+v %v", line, c, err)
+		}
+	}
 	bad := []string{
 		"", "ls", "nix-store", "nix-store --serve --write; rm -rf /", "nix-store --serve --write && ls",
 		"nix-store --query --references /", "nix-store --serve --serve", "nix-store --serve --store",
 		"nix-daemon", "nix-daemon --stdio --write", "sh -c 'nix-store --serve'", "nix-store --serve 'unterminated",
 		"nix-store --serve $(id)", "nix-store-evil --serve", "nix-store --serve --write `id`",
 		"nixfarm", "nixfarm whoami --json --json", "nixfarm whoami x", "nixfarm serve", "/usr/bin/nixfarm whoami",
+		"nixfarm workers add x", "nixfarm workers --json --json",
 	}
 	for _, line := range bad {
 		if c, err := parseCommand(line); err == nil {

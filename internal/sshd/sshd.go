@@ -139,8 +139,10 @@ func (s *Server) checkKey(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permis
 		return nil, &ssh.BannerError{
 			Err: fmt.Errorf("key %s is not authorized", fp),
 			Message: fmt.Sprintf("nixfarm: your key %s (%s) is not authorized on this farm.\n"+
-				"nixfarm: ask the farm's operator to add your public key to your account\n"+
-				"nixfarm: (nixfarm keys add --account NAME KEYFILE, or its authorized_keys file).\n", fp, key.Type()),
+				"nixfarm: ask the farm's operator to add it to your account (NAME), on the farm's host:\n"+
+				"nixfarm:   echo '%s' | nixfarm keys add --account NAME -\n"+
+				"nixfarm: If you meant another key: the key is the build user's (root's, when nix-daemon builds);\n"+
+				"nixfarm: `nixfarm doctor` shows which one it uses.\n", fp, key.Type(), strings.TrimSpace(string(ssh.MarshalAuthorizedKey(key)))),
 		}
 	}
 	if err := s.gate.AccountFull(account); err != nil {

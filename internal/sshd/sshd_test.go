@@ -169,6 +169,11 @@ func TestUnknownKeyIsToldWhy(t *testing.T) {
 	if !strings.Contains(banner.String(), "not authorized") || !strings.Contains(banner.String(), fp) {
 		t.Errorf("banner %q does not name the key %s", banner.String(), fp)
 	}
+	// It names the fix: the operator's exact command, with the key.
+	keyLine := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(stranger.PublicKey())))
+	if !strings.Contains(banner.String(), "echo '"+keyLine+"' | nixfarm keys add --account NAME -") {
+		t.Errorf("banner %q does not give the command that adds the key", banner.String())
+	}
 	// Adding the key takes effect without a restart.
 	f, _ := os.OpenFile(keysFile, os.O_APPEND|os.O_WRONLY, 0)
 	f.WriteString(authLine(stranger, "newcomer"))
