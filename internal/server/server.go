@@ -371,7 +371,8 @@ func (f *Farm) planBuildUsers(ctx context.Context, nc worker.NixConfig, transpor
 func (f *Farm) sandboxLocalWorker(ctx context.Context, transport *worker.Local) error {
 	root := os.Geteuid() == 0
 	_, daemon := worker.MachineStore(f.cfg.LocalStore, root)
-	if err := worker.NewSandboxCheck("", root, daemon).Run(ctx); err != nil {
+	check := worker.NewSandboxCheck("", root, daemon)
+	if err := check.Run(ctx); err != nil {
 		return fmt.Errorf("the built-in worker must build in Nix's sandbox: %w", err)
 	}
 	if transport.Options == nil {
@@ -380,7 +381,11 @@ func (f *Farm) sandboxLocalWorker(ctx context.Context, transport *worker.Local) 
 	for k, v := range worker.SandboxSettings() {
 		transport.Options[k] = v
 	}
-	f.log.Info("built-in worker: sandbox on", "store", f.cfg.LocalStore, "daemon", daemon)
+	shell := worker.SandboxShell(check.SandboxPaths, "/bin/busybox", "/usr/bin/busybox")
+	if shell != "" {
+		transport.Options["extra-sandbox-paths"] = shell
+	}
+	f.log.Info("built-in worker: sandbox on", "store", f.cfg.LocalStore, "daemon", daemon, "sandbox_shell", shell)
 	return nil
 }
 

@@ -2,11 +2,13 @@ package worker
 
 import (
 	"context"
+	"debug/elf"
 	"encoding/json"
 	"fmt"
 	"os/exec"
 	"os/user"
 	"slices"
+	"strings"
 )
 
 // SandboxSettings are the Nix settings under which the built-in worker's
@@ -31,6 +33,9 @@ type SandboxCheck struct {
 	// the machine's nix-daemon. User is who nixfarm runs as.
 	Root, Daemon bool
 	User         string
+
+	// SandboxPaths is Nix's sandbox-paths, as Run found it.
+	SandboxPaths []string
 }
 
 // NewSandboxCheck returns the check for this machine.
@@ -63,6 +68,9 @@ func (c *SandboxCheck) Run(ctx context.Context) error {
 	with, err := c.config(ctx, args...)
 	if err != nil {
 		return err
+	}
+	for _, p := range asList(with["sandbox-paths"]) {
+		c.SandboxPaths = append(c.SandboxPaths, p)
 	}
 	if with["sandbox"] != true || with["sandbox-fallback"] != false {
 		return fmt.Errorf("this Nix does not take --option sandbox true --option sandbox-fallback false (it reports sandbox = %v, sandbox-fallback = %v)", with["sandbox"], with["sandbox-fallback"])
@@ -109,4 +117,58 @@ func (c *SandboxCheck) config(ctx context.Context, args ...string) (map[string]a
 func trusted(list any, user string) bool {
 	names, _ := list.([]any)
 	return user != "" && (slices.Contains(names, any(user)) || slices.Contains(names, any("*")))
+}
+
+func asList(v any) []string {
+	var out []string
+	switch v := v.(type) {
+	case []any:
+		for _, x := range v {
+			if s, ok := x.(string); ok {
+				out = append(out, s)
+			}
+		}
+	case string: // older Nix: one space-separated string
+		out = strings.Fields(v)
+	}
+	return out
+}
+
+// SandboxShell returns the sandbox-paths entry that gives builds a
+// /bin/sh, as NixOS's Nix does (its busybox, built in as the sandbox
+// shell): the first candidate that is a statically linked executable, if
+// sandbox-paths does not already provide /bin/sh. Derivations written for
+// NixOS builders, and nixfarm doctor's test build, use builder = "/bin/sh".
+// Debian's Nix has no sandbox shell; busybox-static's /bin/busybox is one.
+func SandboxShell(sandboxPaths []string, candidates ...string) string {
+	for _, p := range sandboxPaths {
+		if target, _, _ := strings.Cut(strings.TrimSuffix(p, "?"), "="); target == "/bin/sh" {
+			return ""
+		}
+	}
+	for _, c := range candidates {
+		if isStatic(c) {
+			return "/bin/sh=" + c
+		}
+	}
+	return ""
+}
+
+// isStatic reports whether path is an ELF executable with no program
+// interpreter, which runs in the sandbox without the host's libraries.
+func isStatic(path string) bool {
+	f, err := elf.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	if f.Type != elf.ET_EXEC && f.Type != elf.ET_DYN {
+		return false
+	}
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return false
+		}
+	}
+	return true
 }

@@ -81,3 +81,23 @@ func TestSandboxSettings(t *testing.T) {
 		t.Fatalf("%v", s)
 	}
 }
+
+func TestSandboxShell(t *testing.T) {
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		t.Skip("no /bin/busybox (busybox-static)")
+	}
+	if got := worker.SandboxShell(nil, "/nonexistent", "/bin/busybox"); got != "/bin/sh=/bin/busybox" {
+		t.Errorf("got %q", got)
+	}
+	// A dynamically linked shell would not run in the sandbox.
+	if got := worker.SandboxShell(nil, "/bin/bash"); got != "" {
+		t.Errorf("dynamic /bin/bash offered: %q", got)
+	}
+	// Nix already gives builds a /bin/sh: nothing is added.
+	if got := worker.SandboxShell([]string{"/bin/sh=/nix/store/x-busybox/bin/busybox"}, "/bin/busybox"); got != "" {
+		t.Errorf("got %q", got)
+	}
+	if got := worker.SandboxShell([]string{"/bin/sh?"}, "/bin/busybox"); got != "" {
+		t.Errorf("got %q", got)
+	}
+}
