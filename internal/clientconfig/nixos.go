@@ -100,10 +100,10 @@ func nixList(xs []string) string {
 	return "[ " + strings.Join(q, " ") + " ]"
 }
 
-// nixIndented quotes s as a Nix ''...'' string, each line indented by
-// indent (which Nix strips again). Every ' is written ''\' and every $ as
-// ''$: escaping only `''` and `${` is not enough, since a ' just before
-// an escape would join it into `'''` and end the escape early.
+// nixIndented quotes s as a Nix ”...” string, each line indented by
+// indent (which Nix strips again). Every ' is written ”\' and every $ as
+// ”$: escaping only `”` and `${` is not enough, since a ' just before
+// an escape would join it into `”'` and end the escape early.
 func nixIndented(s, indent string) string {
 	var b strings.Builder
 	b.WriteString("''\n")
