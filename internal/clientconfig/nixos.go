@@ -100,10 +100,17 @@ func nixList(xs []string) string {
 	return "[ " + strings.Join(q, " ") + " ]"
 }
 
-// nixIndented quotes s as a Nix ”...” string, each line indented by
-// indent (which Nix strips again). Every ' is written ”\' and every $ as
-// ”$: escaping only `”` and `${` is not enough, since a ' just before
-// an escape would join it into `”'` and end the escape early.
+// nixIndented quotes s as a Nix indented string (two single quotes
+// around it), each line indented by indent, which Nix strips again.
+// Every single quote and every dollar is escaped:
+//
+//	'  ->  ''\'
+//	$  ->  ''$
+//
+// Escaping only a doubled quote and a dollar-brace is not enough: a
+// quote just before such an escape joins it into three quotes, which
+// Nix reads as an escaped pair, and the dollar-brace that follows then
+// interpolates.
 func nixIndented(s, indent string) string {
 	var b strings.Builder
 	b.WriteString("''\n")
