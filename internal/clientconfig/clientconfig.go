@@ -2,7 +2,9 @@
 // a farm (`nixfarm client-config`): the farm's SSH host key, fetched and
 // shown by fingerprint; what its worker pool offers (systems, features,
 // free slots); and, from those, the machines line, the ssh config block
-// for the user who runs the builds, and NixOS / nix-darwin snippets.
+// for the user who runs the builds, and NixOS / nix-darwin snippets;
+// and writes them: managed blocks, backed up and replaced atomically
+// (Apply), and a new key (GenerateKey).
 package clientconfig
 
 import (
