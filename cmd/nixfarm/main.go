@@ -31,6 +31,9 @@ Usage:
                             issue, revoke and list the agents' credentials
   nixfarm accounts ...      add, list, show, remove accounts; set their limits
   nixfarm keys ...          add, list, remove the SSH keys of accounts
+  nixfarm client-config --farm HOST[:PORT] [--apply]
+                            set up this machine's Nix to build through a farm
+  nixfarm doctor [flags]    check that remote builds work here, and explain what does not
   nixfarm bench [flags]     compare nixfarm with stock Nix remote builds on this machine
   nixfarm version           print the version
   nixfarm help [command]    show a command's flags
@@ -60,6 +63,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return accountsCmd(args[1:], stdout, stderr)
 	case "keys":
 		return keysCmd(args[1:], os.Stdin, stdout, stderr)
+	case "client-config":
+		return clientConfigCmd(args[1:], stdout, stderr)
+	case "doctor":
+		return doctorCmd(args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "nixfarm", version)
 		return 0

@@ -121,3 +121,62 @@ func sortedKeys(m map[string]bool) []string {
 	slices.Sort(out)
 	return out
 }
+
+// ErrNotAuthorized is returned by AskFarm when the farm does not accept
+// the key; Banner holds what the farm said, which names the fix.
+var ErrNotAuthorized = errors.New("the farm does not accept this key")
+
+// FarmAnswer is what AskFarm got.
+type FarmAnswer struct {
+	Stdout []byte
+	Banner string // the farm's banner lines, e.g. why a key was refused
+}
+
+// AskFarm runs one nixfarm command (e.g. "nixfarm workers --json") on the
+// farm at addr as the holder of signer, accepting only hostKey.
+func AskFarm(ctx context.Context, addr string, hostKey ssh.PublicKey, signer ssh.Signer, command string) (*FarmAnswer, error) {
+	ans := &FarmAnswer{}
+	d := net.Dialer{Timeout: 10 * time.Second}
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("connecting to the farm at %s: %w", addr, err)
+	}
+	defer conn.Close()
+	deadline := time.Now().Add(30 * time.Second)
+	if dl, ok := ctx.Deadline(); ok {
+		deadline = dl
+	}
+	conn.SetDeadline(deadline)
+	cfg := &ssh.ClientConfig{
+		User:              "nixfarm",
+		Auth:              []ssh.AuthMethod{ssh.PublicKeys(signer)},
+		HostKeyCallback:   ssh.FixedHostKey(hostKey),
+		HostKeyAlgorithms: []string{hostKey.Type()},
+		BannerCallback: func(msg string) error {
+			ans.Banner += msg
+			return nil
+		},
+	}
+	c, chans, reqs, err := ssh.NewClientConn(conn, addr, cfg)
+	if err != nil {
+		if strings.Contains(err.Error(), "unable to authenticate") {
+			return ans, ErrNotAuthorized
+		}
+		return ans, fmt.Errorf("logging in to the farm at %s: %w", addr, err)
+	}
+	client := ssh.NewClient(c, chans, reqs)
+	defer client.Close()
+	sess, err := client.NewSession()
+	if err != nil {
+		return ans, fmt.Errorf("opening a session on the farm: %w", err)
+	}
+	defer sess.Close()
+	var stderr strings.Builder
+	sess.Stderr = &stderr
+	out, err := sess.Output(command)
+	ans.Stdout = out
+	if err != nil {
+		return ans, fmt.Errorf("the farm ran %q: %w: %s", command, err, strings.TrimSpace(stderr.String()))
+	}
+	return ans, nil
+}

@@ -126,7 +126,7 @@ func (d *doctor) checkDaemonSettings(ctx context.Context) bool {
 	case len(d.machines) == 0:
 		c.Status, c.Problem = Fail, "no builders are configured for "+c.ForUser
 		c.Why = "Nix builds everything on this machine, or, with max-jobs = 0, fails with \"unable to start any build; either increase '--max-jobs' or enable remote builds\""
-		c.Fix = d.clientConfigFix()
+		c.Fix = d.clientConfigFix() + " (it writes the builders line and the build user's ssh set-up" + map[bool]string{true: ", and restarts nix-daemon)", false: ")"}[d.daemon]
 	case !d.daemonCfg.boolean("builders-use-substitutes"):
 		c.Status, c.Problem = Warn, "builders-use-substitutes is false"
 		c.Why = "every input the farm could fetch from a binary cache itself is uploaded from this machine instead"
@@ -166,7 +166,7 @@ func (d *doctor) clientConfigFix() string {
 	if d.daemon {
 		sudo = "sudo "
 	}
-	return fmt.Sprintf("%snixfarm client-config --farm %s --apply (it writes the builders line and root's ssh set-up, and restarts the daemon)", sudo, d.farmArg())
+	return fmt.Sprintf("%snixfarm client-config --farm %s --apply", sudo, d.farmArg())
 }
 
 // userConfig is the user's own view of Nix's settings: nix.conf, their

@@ -15,9 +15,14 @@ import (
 // builder is /bin/sh, which NixOS's sandbox and nixfarm's workers
 // provide.
 func probeExpr(system string, nonce int64) string {
+	if !systemRE.MatchString(system) {
+		// A system name comes from the farm or a builders line: never
+		// let one become Nix code.
+		system = "invalid-system"
+	}
 	return fmt.Sprintf(`derivation {
   name = "nixfarm-doctor-probe";
-  system = %q;
+  system = "%s";
   builder = "/bin/sh";
   args = [ "-c" "echo nixfarm-doctor-ok > $out" ];
   nonce = "%d";
@@ -102,6 +107,12 @@ func (d *doctor) checkStoreBuild(ctx context.Context) {
 	if d.target == nil {
 		return
 	}
+	if d.target.machine == nil && d.target.port != "22" {
+		c.Status, c.AsUser = Skip, d.user.Name
+		c.Detail = fmt.Sprintf("a store URI cannot name port %s: remote-store mode needs an ssh Host alias for the farm (nixfarm client-config writes one)", d.target.port)
+		d.add(c)
+		return
+	}
 	as := d.user
 	note := ""
 	if d.user != d.builder && d.canActAs(d.builder) {
@@ -170,6 +181,8 @@ func (d *doctor) checkStoreBuild(ctx context.Context) {
 	}
 	d.add(c)
 }
+
+var systemRE = regexp.MustCompile(`^[A-Za-z0-9_.-]+$`)
 
 var keyCommand = regexp.MustCompile(`echo '[^']+' \| nixfarm keys add --account NAME -`)
 
