@@ -127,7 +127,9 @@ func (cc *clientConfig) run(ctx context.Context) error {
 
 	// 1. This client.
 	cc.sys = clientconfig.DetectSystem(cc.root, runtime.GOOS, os.Getenv)
-	if out, err := exec.Command("nix", "--version").Output(); err == nil {
+	if cc.root != "/" {
+		cc.nix = "Nix (under " + cc.root + ")"
+	} else if out, err := exec.Command("nix", "--version").Output(); err == nil {
 		if impl, err := clientconfig.ParseVersion(string(out)); err == nil {
 			cc.nix = impl.String()
 		}

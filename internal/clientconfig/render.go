@@ -48,7 +48,8 @@ func MachinesLine(c Client, p Pool) string {
 // SSHConfig is the block for the build user's ssh config. Keep-alives end
 // a dead connection within about a minute instead of leaving a build
 // hanging on it (NixOS/nix#15620); BatchMode makes a missing key or an
-// unknown host an error, never a prompt nobody sees.
+// unknown host an error, never a prompt nobody sees; ConnectTimeout ends
+// the wait on an address that never answers.
 func SSHConfig(c Client) string {
 	return fmt.Sprintf(`Host %s
     HostName %s
@@ -58,6 +59,7 @@ func SSHConfig(c Client) string {
     IdentitiesOnly yes
     HostKeyAlias %s
     BatchMode yes
+    ConnectTimeout 30
     ServerAliveInterval 15
     ServerAliveCountMax 4
 `, c.Alias, c.Host, c.Port, c.KeyFile, c.Alias)

@@ -174,7 +174,8 @@ func (d *doctor) checkAll(ctx context.Context) *Report {
 	}
 	d.report.Farm = d.target.describe()
 	keyOK := d.checkKey(ctx)
-	if d.checkReach(ctx) {
+	reached := d.checkReach(ctx)
+	if reached {
 		d.checkHostKey(ctx)
 		if keyOK && d.checkConnect(ctx) {
 			d.checkOffer(ctx)
@@ -183,7 +184,13 @@ func (d *doctor) checkAll(ctx context.Context) *Report {
 	if d.opts.Drv != "" {
 		d.checkDrv(ctx)
 	}
-	if !d.opts.NoBuild {
+	switch {
+	case d.opts.NoBuild:
+	case !reached:
+		// A build would only wait on the same address.
+		d.add(Check{ID: "build-remote", Title: "Test builds", Status: Skip, ForUser: d.user.Name,
+			Detail: "not tried: the farm does not answer (see above)"})
+	default:
 		d.checkRemoteBuild(ctx)
 		d.checkStoreBuild(ctx)
 	}

@@ -233,7 +233,7 @@ func findDaemon() *daemonProc {
 		return nil
 	}
 	ourRoot, _ := os.Stat("/")
-	boot := bootTime()
+	now, up := time.Now(), uptime()
 	type cand struct {
 		pid, ppid int
 		start     uint64
@@ -274,11 +274,14 @@ func findDaemon() *daemonProc {
 		}
 		found = append(found, c)
 	}
-	if len(found) != 1 || boot.IsZero() {
+	if len(found) != 1 || up < 0 {
 		return nil
 	}
 	c := found[0]
-	p := &daemonProc{PID: c.pid, Started: boot.Add(time.Duration(c.start) * time.Second / clockTicks)}
+	// Its age: the time since boot now, less the time since boot it
+	// started at; both to a hundredth of a second.
+	age := up - time.Duration(c.start)*time.Second/clockTicks
+	p := &daemonProc{PID: c.pid, Started: now.Add(-age)}
 	if data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(c.pid), "environ")); err == nil {
 		p.Env = map[string]string{}
 		for _, kv := range bytes.Split(data, []byte{0}) {
@@ -316,19 +319,21 @@ func parseStat(s string) (name string, ppid int, start uint64, ok bool) {
 	return name, p, st, true
 }
 
-func bootTime() time.Time {
-	data, err := os.ReadFile("/proc/stat")
+// uptime is the time since boot, from /proc/uptime (-1 if unknown).
+func uptime() time.Duration {
+	data, err := os.ReadFile("/proc/uptime")
 	if err != nil {
-		return time.Time{}
+		return -1
 	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "btime "); ok {
-			if n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64); err == nil {
-				return time.Unix(n, 0)
-			}
-		}
+	f := strings.Fields(string(data))
+	if len(f) == 0 {
+		return -1
 	}
-	return time.Time{}
+	secs, err := strconv.ParseFloat(f[0], 64)
+	if err != nil {
+		return -1
+	}
+	return time.Duration(secs * float64(time.Second))
 }
 
 // restartCommand is how to restart nix-daemon on this machine.
