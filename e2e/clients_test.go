@@ -160,12 +160,12 @@ func forClientsAndSchemes(t *testing.T, test func(t *testing.T, v *nixVersion, s
 // host's users and Nix's pool of build users (/nix/var/nix/userpool): the
 // client is another Nix on the same machine as the farm.
 //
-// One quirk: Nix 2.8, running as root, starts ssh from the root of its
-// mount namespace (restoreMountNamespace sets the namespace back, not the
-// root; later Nix restores both), so a 2.8 client's ssh is the host's
-// rather than the chroot's. Both are bookworm's OpenSSH 9.2, and every
-// file ssh reads is under the temporary directory, at the same path in
-// both.
+// The client's root is its mount namespace's root (the script pivots
+// into it rather than chrooting), which matters to Nix 2.8: running as
+// root, it starts ssh from the root of its mount namespace
+// (restoreMountNamespace sets the namespace back, which resets the root;
+// later Nix restores the root too). So every client's ssh is its own, and
+// reads the client's /root/.ssh, never the host's (TestClientRootIsNamespaceRoot).
 type client struct {
 	t     *testing.T
 	v     *nixVersion
@@ -189,7 +189,7 @@ func newClientOf(t *testing.T, v *nixVersion) *client {
 	dir := t.TempDir()
 	c := &client{t: t, v: v, store: "local", dir: dir}
 	// scripts/nix-client.sh makes the root and keeps it while this holder
-	// lives; it is ready once chrooted.
+	// lives; it is ready once inside.
 	holder := exec.Command("../scripts/nix-client.sh", "--upper", dir, v.suite, "/bin/sh", "-c", "echo ready; exec sleep infinity")
 	// The holder dies with the test binary, and its namespace with it.
 	holder.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

@@ -8,8 +8,12 @@
 # Inside, the host's temporary directory ($TMPDIR or /tmp) is at the same
 # path, and so are the host's users and Nix's pool of build users
 # (/nix/var/nix/userpool): the client is another Nix on this machine, as a
-# user's Nix would be. A chrooted process cannot create user namespaces,
-# so the client's own builds run without a sandbox (its nix.conf says so).
+# user's Nix would be. The client's own builds run without a sandbox (its
+# nix.conf says so).
+#
+# The root is the mount namespace's own (pivot_root), not a chroot inside
+# the host's root: a process that sets its mount namespace again (Nix 2.8
+# does, before it starts ssh) lands in the client's root, never the host's.
 #
 #   scripts/nix-client.sh sid nix --version
 #   scripts/nix-client.sh trixie                  an interactive shell
@@ -38,7 +42,7 @@ suite=$1
 shift
 [ $# -gt 0 ] || set -- /bin/bash
 
-[ "$(id -u)" = 0 ] || die "must run as root (mounts and chroot need it)"
+[ "$(id -u)" = 0 ] || die "must run as root (the mounts need it)"
 [[ $suite =~ ^[a-z]+$ ]] || die "unknown release '$suite'"
 dir=$(realpath -m "${NIXFARM_CLIENTS_DIR:-/var/cache/nixfarm/nix-clients}")
 lower=$dir/$suite
@@ -85,7 +89,17 @@ run=(unshare --mount --propagation private /bin/sh -ec '
 	done
 	mkdir -p "$root/nix/var/nix/userpool"
 	mount --bind /nix/var/nix/userpool "$root/nix/var/nix/userpool"
-	exec chroot "$root" /usr/bin/env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root "$@"
+	# The root becomes the namespace'"'"'s own, not a chroot: whatever enters
+	# the namespace (setns, nsenter --mount) lands in it, as Nix 2.8 does
+	# before it starts ssh. The host'"'"'s root goes, lazily, with every
+	# mount under it; what was mounted in the new root stays.
+	mkdir -p "$root/.nix-client-old-root"
+	cd "$root"
+	pivot_root . .nix-client-old-root
+	cd /
+	umount -l /.nix-client-old-root
+	rmdir /.nix-client-old-root
+	exec /usr/bin/env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root "$@"
 ' sh "$lower" "$upper" "$((${#binds[@]} + 1))" "$tmp" "${binds[@]}" "$@")
 
 if [ -n "$scratch" ]; then
