@@ -116,7 +116,15 @@ type clientConfig struct {
 
 func (cc *clientConfig) say(format string, a ...any) { fmt.Fprintf(cc.out, format+"\n", a...) }
 
-func (cc *clientConfig) real(p string) string { return filepath.Join(cc.root, p) }
+// real is where p, as the client sees it, is here: links are followed
+// under --root, never out of it.
+func (cc *clientConfig) real(p string) string {
+	r, err := clientconfig.RealPath(cc.root, p)
+	if err != nil {
+		return filepath.Join(cc.root, "/nonexistent", p) // refused: as if missing
+	}
+	return r
+}
 
 func (cc *clientConfig) run(ctx context.Context) error {
 	host, port := cc.farm, "22"
@@ -208,7 +216,7 @@ func (cc *clientConfig) run(ctx context.Context) error {
 		name = "NAME"
 	}
 	if authorized {
-		cc.say("The farm accepts the key %s: %d workers, systems %s, features %s, %d slots (%d free now).",
+		cc.say("The farm accepts the key %s: %d worker(s), systems %s, features %s, %d slots (%d free now).",
 			key, pool.Workers, strings.Join(pool.Systems, ","), dashed(pool.Features), pool.Slots, pool.Free)
 		if len(pool.Systems) == 0 {
 			return errors.New("the farm has no workers that take builds yet: ask its operator to start one, then run client-config again")

@@ -172,10 +172,10 @@ var ErrManagedByNix = errors.New("this file is managed by NixOS or nix-darwin (a
 // replaced atomically. A file whose content is already right is not
 // touched, so a second run changes nothing and makes no backup.
 func Apply(root string, edits []Edit, now time.Time) ([]Result, error) {
-	rootReal, err := filepath.EvalSymlinks(root)
-	if err != nil {
-		return nil, fmt.Errorf("root directory %s: %w", root, err)
+	if fi, err := os.Stat(root); err != nil || !fi.IsDir() {
+		return nil, fmt.Errorf("root directory %s: not a directory (%v)", root, err)
 	}
+	rootReal := filepath.Clean(root)
 	type pending struct {
 		edit       Edit
 		real       string
@@ -256,65 +256,65 @@ func Apply(root string, edits []Edit, now time.Time) ([]Result, error) {
 	return results, nil
 }
 
-// resolve is where writing to path under root really goes: symlinks
-// followed, refused if that is inside /nix/store or outside root.
-func resolve(root, path string) (string, error) {
+// resolve is where writing to path under root really goes, with links
+// followed as the client sees them: an absolute target is taken under
+// root, and ".." stops at root, as in a chroot, so nothing resolves
+// outside root. Nothing is resolved through the host's view of root
+// itself (root may be /proc/PID/root, whose target reads as "/"). A path
+// that leads into /nix/store is refused: NixOS and nix-darwin manage it.
+func resolve(root, path string) (string, error) { return RealPath(root, path) }
+
+// RealPath is where path, as a client with root as its "/" sees it, is
+// on this machine (see resolve).
+func RealPath(root, path string) (string, error) {
 	if !filepath.IsAbs(path) {
 		return "", fmt.Errorf("%s: not an absolute path", path)
 	}
-	p := filepath.Join(root, filepath.Clean(path))
-	var real string
-	for hops := 0; real == ""; hops++ {
-		if hops == 40 {
-			return "", fmt.Errorf("%s: too many levels of links", path)
+	parts := strings.Split(filepath.Clean(path), "/")
+	cur := "/" // resolved so far, as the client sees it
+	for hops := 0; len(parts) > 0; {
+		name := parts[0]
+		parts = parts[1:]
+		switch name {
+		case "", ".":
+			continue
+		case "..":
+			cur = filepath.Dir(cur)
+			continue
 		}
-		// The deepest part that exists decides; what is missing is created.
-		dir, rest := p, ""
-		for {
-			if _, err := os.Lstat(dir); err == nil {
-				break
-			} else if !errors.Is(err, fs.ErrNotExist) {
-				return "", fmt.Errorf("%s: %w", path, err)
-			}
-			rest = filepath.Join(filepath.Base(dir), rest)
-			dir = filepath.Dir(dir)
-		}
-		target, err := os.Readlink(dir)
-		if err != nil { // not a link: its parents exist, so they resolve
-			r, err := filepath.EvalSymlinks(dir)
-			if err != nil {
-				return "", fmt.Errorf("%s: following links: %w", path, err)
-			}
-			real = filepath.Join(r, rest)
+		next := filepath.Join(cur, name)
+		fi, err := os.Lstat(filepath.Join(root, next))
+		if errors.Is(err, fs.ErrNotExist) {
+			// What is missing is created.
+			cur = filepath.Join(append([]string{next}, parts...)...)
 			break
 		}
-		// A link, perhaps dangling (a link into the store under a root
-		// that stands for NixOS is still NixOS's file): follow it here.
-		if !filepath.IsAbs(target) {
-			target = filepath.Join(filepath.Dir(dir), target)
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", path, err)
 		}
-		if inStore(root, target) {
-			return "", fmt.Errorf("%s: %w", path, ErrManagedByNix)
+		if fi.Mode()&fs.ModeSymlink == 0 {
+			cur = next
+			continue
 		}
-		p = filepath.Join(target, rest)
+		if hops++; hops > 40 {
+			return "", fmt.Errorf("%s: too many levels of links", path)
+		}
+		target, err := os.Readlink(filepath.Join(root, next))
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", path, err)
+		}
+		if filepath.IsAbs(target) {
+			cur = "/"
+		}
+		parts = append(strings.Split(target, "/"), parts...)
 	}
-	if inStore(root, real) {
+	if inStore(cur) {
 		return "", fmt.Errorf("%s: %w", path, ErrManagedByNix)
 	}
-	if rel, err := filepath.Rel(root, real); err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
-		return "", fmt.Errorf("%s leads to %s, outside %s; refusing to write there", path, real, root)
-	}
-	return real, nil
+	return filepath.Join(root, cur), nil
 }
 
-func inStore(root, p string) bool {
-	for _, store := range []string{"/nix/store", filepath.Join(root, "nix/store")} {
-		if p == store || strings.HasPrefix(p, store+"/") {
-			return true
-		}
-	}
-	return false
-}
+func inStore(p string) bool { return p == "/nix/store" || strings.HasPrefix(p, "/nix/store/") }
 
 // clientPath is p as the client sees it (root stripped).
 func clientPath(root, p string) string {

@@ -243,8 +243,6 @@ func TestApplyRefuses(t *testing.T) {
 		want string
 	}{
 		{clientconfig.Edit{Path: "/etc/nix/nix.conf", Change: setTo("x")}, "managed by NixOS"},
-		{clientconfig.Edit{Path: "/etc/outside/nix.conf", Change: setTo("x")}, "outside"},
-		{clientconfig.Edit{Path: "/etc/ssh/up", Change: setTo("x")}, "outside"},
 		{clientconfig.Edit{Path: "etc/relative", Change: setTo("x")}, "not an absolute path"},
 		{clientconfig.Edit{Path: "/etc", Change: setTo("x")}, "not a regular file"},
 		{clientconfig.Edit{Path: "/etc/new", Change: func([]byte) ([]byte, error) { return nil, errors.New("no") }}, "editing /etc/new: no"},
@@ -257,8 +255,32 @@ func TestApplyRefuses(t *testing.T) {
 	if b, _ := os.ReadFile(filepath.Join(root, "etc/regular")); string(b) != "keep\n" {
 		t.Errorf("a refused run changed another file: %q", b)
 	}
+	// Links are followed as the client sees them: an absolute target, or
+	// one climbing past "/", stays under root, as in a chroot.
+	if _, err := clientconfig.Apply(root, []clientconfig.Edit{
+		{Path: "/etc/outside/nix.conf", Change: setTo("x")},
+		{Path: "/etc/ssh/up", Change: setTo("y")},
+	}, now); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(root, elsewhere, "nix.conf")); err != nil || string(b) != "x" {
+		t.Errorf("the absolute link was not followed under root: %q %v", b, err)
+	}
+	if b, err := os.ReadFile(filepath.Join(root, elsewhere, "x")); err != nil || string(b) != "y" {
+		t.Errorf("the climbing link was not followed under root: %q %v", b, err)
+	}
 	if ents, _ := os.ReadDir(elsewhere); len(ents) != 0 {
 		t.Errorf("wrote outside root: %v", ents)
+	}
+	// A root that is itself a link (as /proc/PID/root is) is used as
+	// given, never resolved into the host's view of it.
+	linked := filepath.Join(t.TempDir(), "root-link")
+	os.Symlink(root, linked)
+	if _, err := clientconfig.Apply(linked, []clientconfig.Edit{{Path: "/etc/regular", Change: setTo("via link\n")}}, now); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(root, "etc/regular")); string(b) != "via link\n" {
+		t.Errorf("writing through a linked root: %q", b)
 	}
 	// A link inside root is written through, and stays a link.
 	if _, err := clientconfig.Apply(root, []clientconfig.Edit{{Path: "/root/.ssh/config", Change: setTo("Host b\n")}}, now); err != nil {

@@ -105,7 +105,10 @@ func (d *doctor) checkDaemonSettings(ctx context.Context) bool {
 	}
 	confFile := filepath.Join(confDir, "nix.conf")
 	if d.daemon && d.proc != nil {
-		if fi, err := os.Stat(confFile); err == nil && fi.ModTime().After(d.proc.Started) {
+		// A second's grace: the daemon's start is known to a hundredth of a
+		// second, and a set-up tool writes nix.conf and restarts the
+		// daemon in the same moment.
+		if fi, err := os.Stat(confFile); err == nil && fi.ModTime().After(d.proc.Started.Add(time.Second)) {
 			c.Status = Fail
 			c.Problem = fmt.Sprintf("%s changed at %s, after nix-daemon (pid %d) started at %s",
 				confFile, fi.ModTime().Format("15:04:05"), d.proc.PID, d.proc.Started.Format("15:04:05"))
@@ -217,6 +220,13 @@ func (d *doctor) checkTrust(ctx context.Context) {
 			machines = ms
 		}
 	default:
+		if len(machines) == 0 {
+			// Check the farm the user meant, even though the daemon
+			// will not use it.
+			if ms, err := worker.ParseMachines(mine, d.daemonCfg.str("system")); err == nil {
+				machines = ms
+			}
+		}
 		c.Status = Fail
 		c.Problem = fmt.Sprintf("your builders setting (%s, from %s) differs from nix-daemon's (%s), and %s is not a trusted user",
 			orNone(mine), d.builderSources(), orNone(theirs), d.user.Name)
@@ -271,6 +281,9 @@ type target struct {
 	host    string          // where it connects
 	port    string
 	sshOpt  map[string][]string // ssh -G, as the build user
+	// unsure: ssh -G ran as doctor's user, not the build user, and did
+	// not resolve the alias; where it leads is unknown.
+	unsure bool
 }
 
 func (t *target) describe() string {
@@ -353,6 +366,7 @@ func (d *doctor) resolve(ctx context.Context, alias, port string) *target {
 	if v := t.sshOpt["hostname"]; len(v) > 0 {
 		t.host = v[0]
 	}
+	t.unsure = a != d.builder && t.host == hostOnly(alias) && port == ""
 	if v := t.sshOpt["port"]; len(v) > 0 {
 		t.port = v[0]
 	}
@@ -385,6 +399,12 @@ func expandHome(p string, a *account) string {
 func (d *doctor) checkReach(ctx context.Context) bool {
 	addr := net.JoinHostPort(d.target.host, d.target.port)
 	c := Check{ID: "reach", Title: "The farm answers at " + addr, ForUser: d.builder.Name}
+	if d.target.unsure {
+		c.Title = "The farm answers"
+		c.Status = Skip
+		c.Detail = fmt.Sprintf("where %s leads is in %s's ssh config, which doctor, running as %s, cannot read: run sudo nixfarm doctor, or nixfarm doctor --farm HOST:PORT", d.target.alias, d.builder.Name, d.self.Name)
+		return d.add(c)
+	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	start := d.opts.Now()

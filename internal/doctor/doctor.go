@@ -175,7 +175,7 @@ func (d *doctor) checkAll(ctx context.Context) *Report {
 	d.report.Farm = d.target.describe()
 	keyOK := d.checkKey(ctx)
 	reached := d.checkReach(ctx)
-	if reached {
+	if reached && !d.target.unsure {
 		d.checkHostKey(ctx)
 		if keyOK && d.checkConnect(ctx) {
 			d.checkOffer(ctx)

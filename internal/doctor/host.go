@@ -251,7 +251,7 @@ func findDaemon() *daemonProc {
 			continue
 		}
 		name, ppid, start, ok := parseStat(string(stat))
-		if !ok {
+		if !ok || zombie(string(stat)) {
 			continue
 		}
 		comm[pid] = name
@@ -274,6 +274,18 @@ func findDaemon() *daemonProc {
 		}
 		found = append(found, c)
 	}
+	if len(found) > 1 {
+		// A connection's process outlives a restarted daemon until its
+		// client is done; the daemon itself holds the listening socket.
+		listening := listeningSockets()
+		var holders []cand
+		for _, c := range found {
+			if holdsSocket(c.pid, listening) {
+				holders = append(holders, c)
+			}
+		}
+		found = holders
+	}
 	if len(found) != 1 || up < 0 {
 		return nil
 	}
@@ -291,6 +303,49 @@ func findDaemon() *daemonProc {
 		}
 	}
 	return p
+}
+
+// zombie reports whether a /proc/PID/stat line is of a process that has
+// ended (Z) or is ending (X).
+func zombie(stat string) bool {
+	i := strings.LastIndexByte(stat, ')')
+	f := strings.Fields(stat[i+1:])
+	return len(f) > 0 && (f[0] == "Z" || f[0] == "X")
+}
+
+// listeningSockets are the inodes of the listening Unix sockets named
+// like nix-daemon's, from /proc/net/unix.
+func listeningSockets() map[string]bool {
+	data, err := os.ReadFile("/proc/net/unix")
+	if err != nil {
+		return nil
+	}
+	out := map[string]bool{}
+	for _, line := range strings.Split(string(data), "\n")[1:] {
+		f := strings.Fields(line)
+		// Num RefCount Protocol Flags Type St Inode Path; Flags 00010000
+		// is __SO_ACCEPTCON: listening.
+		if len(f) >= 8 && f[3] == "00010000" && strings.HasSuffix(f[7], "daemon-socket/socket") {
+			out[f[6]] = true
+		}
+	}
+	return out
+}
+
+// holdsSocket reports whether process pid has one of the sockets open.
+func holdsSocket(pid int, inodes map[string]bool) bool {
+	dir := filepath.Join("/proc", strconv.Itoa(pid), "fd")
+	fds, err := os.ReadDir(dir)
+	if err != nil {
+		return false
+	}
+	for _, fd := range fds {
+		target, err := os.Readlink(filepath.Join(dir, fd.Name()))
+		if inode, ok := strings.CutPrefix(target, "socket:["); err == nil && ok && inodes[strings.TrimSuffix(inode, "]")] {
+			return true
+		}
+	}
+	return false
 }
 
 // clockTicks is USER_HZ, the unit of /proc/PID/stat's times: 100 on

@@ -36,7 +36,7 @@ func (d *doctor) checkOffer(ctx context.Context) bool {
 	d.workers = list.Workers
 	p := clientconfig.PoolOf(list.Workers)
 	d.pool = &p
-	c.Detail = fmt.Sprintf("%d workers: systems %s; features %s; %d of %d slots free", p.Workers, orNone(strings.Join(p.Systems, ",")),
+	c.Detail = fmt.Sprintf("%s: systems %s; features %s; %d of %d slots free", plural(p.Workers, "worker"), orNone(strings.Join(p.Systems, ",")),
 		orNone(strings.Join(p.Features, ",")), p.Free, p.Slots)
 	if p.Workers == 0 {
 		c.Status = Fail
@@ -186,4 +186,11 @@ func (d *doctor) checkDrv(ctx context.Context) {
 		}
 	}
 	d.add(c)
+}
+
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }

@@ -121,8 +121,8 @@ func (d *doctor) checkStoreBuild(ctx context.Context) {
 		t := d.resolve(ctx, d.target.alias, "")
 		if len(userKeys(d.user)) == 0 || (t.host == hostOnly(d.target.alias) && t.host != d.target.host) {
 			as = d.builder
-			note = fmt.Sprintf("%s has no ssh set-up for %s (a key and a Host block), so this ran as %s; remote-store mode as %s needs them in %s's own ~/.ssh (nixfarm client-config --farm %s, run as %s, prints them)",
-				d.user.Name, d.target.alias, as.Name, d.user.Name, d.user.Name, d.farmArg(), d.user.Name)
+			note = fmt.Sprintf("%s has no ssh set-up for %s (a key and a Host block), so this ran as %s: remote-store mode as %s needs them in %s's own ~/.ssh",
+				d.user.Name, d.target.alias, as.Name, d.user.Name, d.user.Name)
 		}
 	}
 	c.AsUser = as.Name
@@ -177,7 +177,7 @@ func (d *doctor) checkStoreBuild(ctx context.Context) {
 	if note != "" {
 		c.Status, c.Problem = Warn, note
 		c.Why = "remote-store mode runs ssh as the user who runs nix, not as root"
-		c.Fix = fmt.Sprintf("as %s: nixfarm client-config --farm %s", d.user.Name, d.farmArg())
+		c.Fix = fmt.Sprintf("as %s: ssh-keygen -t ed25519 -N '' -f ~/.ssh/nixfarm_ed25519; have the farm's operator add ~/.ssh/nixfarm_ed25519.pub to your account; and copy root's \"Host %s\" block into ~/.ssh/config, with IdentityFile ~/.ssh/nixfarm_ed25519", d.user.Name, d.target.alias)
 	}
 	d.add(c)
 }
@@ -212,9 +212,13 @@ func (d *doctor) diagnose(stderr string) (problem, why, fix string) {
 			"ssh refuses to connect, and nix-daemon has no terminal to ask on",
 			fmt.Sprintf("put the farm's host key on the builders line (8th field): %s", d.clientConfigFix())
 	case strings.Contains(stderr, "Permission denied"):
-		return fmt.Sprintf("the farm refused %s's login: no key it offered was accepted", who),
-			"without a login there is no build",
-			fmt.Sprintf("make sure %s has a key without a passphrase that the farm knows (see the key check above)", who)
+		problem = fmt.Sprintf("the farm refused %s's login: no key ssh offered was accepted", who)
+		fix = fmt.Sprintf("make sure %s has a key without a passphrase that the farm knows (see the key check above)", who)
+		if d.keyLine != "" {
+			problem = fmt.Sprintf("the farm does not know %s's key (%s), or ssh did not offer it", who, d.keyFile)
+			fix = fmt.Sprintf("ask the farm's operator to add it to your account, on the farm's host: echo '%s' | nixfarm keys add --account NAME -; if they did, check that %s.pub (if any) matches it", d.keyLine, d.keyFile)
+		}
+		return problem, "the farm identifies accounts by SSH key: an unknown key gets no account, and Nix shows only \"cannot connect\"", fix
 	case strings.Contains(stderr, "Connection refused"):
 		return "nothing listens at the farm's address", "the farm is not running there, or the port is wrong",
 			"start the farm, or correct HostName/Port in the build user's ssh config"
