@@ -83,10 +83,10 @@ func TestDiagnose(t *testing.T) {
 	banner := "nixfarm: your key SHA256:abc (ssh-ed25519) is not authorized on this farm.\nnixfarm:   echo 'ssh-ed25519 AAAAX c' | nixfarm keys add --account NAME -\n"
 	cases := map[string]string{
 		banner: "echo 'ssh-ed25519 AAAAX c' | nixfarm keys add --account NAME -",
-		"Host key verification failed.\r\nerror: cannot connect": "8th field",
-		"ssh: connect to host 127.0.0.1 port 2222: Connection refused":                   "start the farm",
-		"error: unable to start any build; either increase '--max-jobs'":                 "client-config",
-		"error: a 'aarch64-linux' with features {} is required to build 'x', but I am a": "--max-jobs 0",
+		"Host key verification failed.\r\nerror: cannot connect":                                        "8th field",
+		"ssh: connect to host 127.0.0.1 port 2222: Connection refused":                                  "start the farm",
+		"error: unable to start any build; either increase '--max-jobs'":                                "client-config",
+		"error: a 'aarch64-linux' with features {} is required to build 'x', but I am a":                "--max-jobs 0",
 		"warning: ignoring the client-specified setting 'builders', because it is a restricted setting": "nix.conf",
 	}
 	for stderr, fix := range cases {
