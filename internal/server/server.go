@@ -543,6 +543,14 @@ func (f *Farm) PrintInstructions(w io.Writer) {
 Host key: %s
           %s
 
+The quick way: on the client (with nixfarm installed there), as root when
+builds go through nix-daemon:
+
+     nixfarm client-config --farm %s --apply    # key, builders line, ssh config
+     nixfarm doctor                              # checks every step, with test builds
+
+Or by hand:
+
 1. On the client, as the user that runs builds (root, when builds go through
    nix-daemon), create a key and authorize it here, naming its account:
 
@@ -579,6 +587,7 @@ ssh://nixfarm %s - %d 1 - - %s
    nix build --store 'ssh-ng://nixfarm?base64-ssh-public-host-key=%s' --eval-store auto ...
 `,
 		ssh.FingerprintSHA256(f.hostKey), line[:len(line)-1],
+		net.JoinHostPort(host, port),
 		f.cfg.StateDir, f.cfg.StateDir, f.cfg.AuthorizedKeys,
 		host, port,
 		nixSystem(), jobs, hostKeyB64,
