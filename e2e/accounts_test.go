@@ -127,7 +127,7 @@ func TestAccountLimits(t *testing.T) {
 		big := c.addFile("big-upload", 6<<20)
 		for _, scheme := range []string{"ssh-ng", "ssh"} {
 			_, stderr, err := c.nixErr(carol, "copy", "--store", c.store, "--to", carol.storeURIFor(scheme), big)
-			want := fmt.Sprintf("upload of %s refused: 6 MiB is over the account's upload limit (max-upload-size = 4 MiB)", big)
+			want := fmt.Sprintf("upload of %s refused: 6 MiB is over the account's upload limit (max-upload-size = 4 MiB); the farm's operator can raise it: nixfarm accounts set-limits ACCOUNT --max-upload-size N", big)
 			if err == nil || !strings.Contains(stderr, want) {
 				t.Errorf("nix copy over %s of a path over the limit: %v\n%s", scheme, err, stderr)
 			}
@@ -170,7 +170,7 @@ func TestAccountLimits(t *testing.T) {
 		go func() { done <- c.build(carol, "ssh-ng", waiter) }()
 		waitUntil(t, f, "the waiter is queued", func() bool { return whoamiJSON(t, carol).Usage.Queued == 1 })
 		r := c.build(carol, "ssh-ng", refused)
-		if r.err == nil || !strings.Contains(r.stderr, "refused: the account has 1 builds queued already, its limit (max-queued-builds = 1)") {
+		if r.err == nil || !strings.Contains(r.stderr, "refused: the account has 1 builds queued already, its limit (max-queued-builds = 1); wait for some to finish, or ask the farm's operator to raise it: nixfarm accounts set-limits ACCOUNT --max-queued-builds N") {
 			t.Errorf("a build over the queue cap: %v\n%s", r.err, r.stderr)
 		}
 		killMarked(t, marker)

@@ -221,7 +221,7 @@ func testUnbuildable(t *testing.T, v *nixVersion) {
 	if r.err == nil {
 		t.Fatal("a riscv64-linux build succeeded")
 	}
-	for _, want := range []string{"nixfarm has no worker that can build", "'riscv64-linux' machine", "{kvm}", "local (x86_64-linux"} {
+	for _, want := range []string{"nixfarm has no worker that can build", "'riscv64-linux' machine", "{kvm}", "local (x86_64-linux", "To fix it: list in your builders line", "nixfarm doctor --drv"} {
 		if !strings.Contains(r.stderr, want) {
 			t.Errorf("client output lacks %q:\n%s", want, r.stderr)
 		}

@@ -54,7 +54,7 @@ func testNoWorkerFailsClearly(t *testing.T, v *nixVersion, scheme string) {
 	if r.err == nil {
 		t.Fatal("built without a worker")
 	}
-	for _, want := range []string{"nixfarm has no worker that can build", "'x86_64-linux' machine", "no workers at all"} {
+	for _, want := range []string{"nixfarm has no worker that can build", "'x86_64-linux' machine", "no workers at all", "Ask the farm's operator to start one"} {
 		if !strings.Contains(r.stderr, want) {
 			t.Errorf("client output lacks %q:\n%s", want, r.stderr)
 		}

@@ -80,6 +80,10 @@ func testUnknownKeyRefused(t *testing.T, v *nixVersion) {
 		if !strings.Contains(r.stderr, "is not authorized") || !strings.Contains(r.stderr, fp) {
 			t.Errorf("nix-build over %s does not say the key is not authorized:\n%s", scheme, r.stderr)
 		}
+		// And the fix: the operator's command, with the key in it.
+		if fix := "echo '" + strings.TrimSpace(string(ssh.MarshalAuthorizedKey(pub))) + "' | nixfarm keys add --account NAME -"; !strings.Contains(r.stderr, fix) {
+			t.Errorf("nix-build over %s does not show how to add the key (%s):\n%s", scheme, fix, r.stderr)
+		}
 	}
 	r := c.exec(&stranger, "nix", "store", "ping", "--store", stranger.storeURI())
 	if r.err == nil || !strings.Contains(r.stderr, "is not authorized") || !strings.Contains(r.stderr, fp) {

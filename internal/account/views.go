@@ -130,7 +130,8 @@ func (l *limitedView) refuse(p storepath.Path, why string, which Limit, value in
 	if l.views.Size == OutputSize {
 		what = "output " + string(p)
 	}
-	return &build.LimitError{Msg: fmt.Sprintf("%s refused: %s (%s = %s)", what, why, which.Name(), which.Format(value))}
+	return &build.LimitError{Msg: fmt.Sprintf("%s refused: %s (%s = %s); the farm's operator can raise it: nixfarm accounts set-limits ACCOUNT --%s N",
+		what, why, which.Name(), which.Format(value), which.Name())}
 }
 
 // StoredBytes returns the NAR bytes of every path in account's view.

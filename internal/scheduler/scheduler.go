@@ -315,7 +315,7 @@ func (s *Scheduler) Submit(ctx context.Context, req *build.Request, done func(*b
 	s.setCapsLocked(req.Account, caps)
 	if a := s.accounts[req.Account]; caps.MaxQueued > 0 && a != nil && a.queued >= caps.MaxQueued {
 		s.mu.Unlock()
-		msg := fmt.Sprintf("build of '%s' refused: the account has %d builds queued already, its limit (max-queued-builds = %d)",
+		msg := fmt.Sprintf("build of '%s' refused: the account has %d builds queued already, its limit (max-queued-builds = %d); wait for some to finish, or ask the farm's operator to raise it: nixfarm accounts set-limits ACCOUNT --max-queued-builds N",
 			req.DrvPath, caps.MaxQueued, caps.MaxQueued)
 		s.cfg.Log.Info("build refused", "drv", req.DrvPath, "account", req.Account, "reason", msg)
 		now := time.Now()
