@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
@@ -146,7 +147,17 @@ func configured(t *testing.T, f *farm, v *nixVersion) (*client, *nixDaemon) {
 		t.Errorf("client-config's command does not carry the new key:\n%s", first)
 	}
 	authorize(t, f.keysFile, key, "alice")
-	second := c.clientConfig(f)
+	// The operator gave the fingerprint: a farm with another key is refused.
+	hostKeyLine, _ := base64.StdEncoding.DecodeString(f.hostKeyB64)
+	hostKey, _, _, _, err := ssh.ParseAuthorizedKey(hostKeyLine)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(nixfarmBin, "client-config", "--farm", f.addr(), "--root", c.root, "--apply", "--host-key", "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "refusing it") {
+		t.Errorf("client-config took a host key other than --host-key's: %v\n%s", err, out)
+	}
+	second := c.clientConfig(f, "--host-key", ssh.FingerprintSHA256(hostKey))
 	if !strings.Contains(second, "The farm accepts the key") || !strings.Contains(second, "updated /etc/nix/nix.conf") {
 		t.Fatalf("the second client-config did not take the farm's pool:\n%s", second)
 	}

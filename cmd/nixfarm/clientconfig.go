@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"os"
 	"os/exec"
@@ -54,6 +55,7 @@ func clientConfigCmd(args []string, stdout, stderr io.Writer) int {
 	keyFile := fs.String("key", "", "the private key to use (default: the build user's ~/.ssh/nixfarm_ed25519, made if no usable key exists)")
 	scheme := fs.String("scheme", "ssh-ng", "the builders line's protocol: ssh-ng (nix-daemon's) or ssh (nix-store --serve)")
 	maxJobs := fs.Int("max-jobs", 0, "builds sent to the farm at once (default: the slots of its workers)")
+	hostKeyFP := fs.String("host-key", "", "the farm's host key fingerprint (SHA256:...) as its operator gave it: anything else is refused (default: trust what the farm shows, and print its fingerprint to compare)")
 	apply := fs.Bool("apply", false, "write the files and restart nix-daemon, instead of printing what to do")
 	root := fs.String("root", "/", "apply to the system under this directory (for tests and images); nothing is restarted")
 	fs.Usage = func() { fmt.Fprint(stderr, clientConfigUsage); fs.PrintDefaults() }
@@ -72,7 +74,11 @@ func clientConfigCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "nixfarm client-config: --scheme must be ssh-ng or ssh, not %q\n", *scheme)
 		return 2
 	}
-	cc := &clientConfig{farm: *farm, alias: *alias, account: *acct, keyFile: *keyFile, scheme: *scheme,
+	if *hostKeyFP != "" && !strings.HasPrefix(*hostKeyFP, "SHA256:") {
+		fmt.Fprintf(stderr, "nixfarm client-config: --host-key %q: give the fingerprint as SHA256:... (nixfarm serve prints it)\n", *hostKeyFP)
+		return 2
+	}
+	cc := &clientConfig{hostKeyFP: *hostKeyFP, farm: *farm, alias: *alias, account: *acct, keyFile: *keyFile, scheme: *scheme,
 		maxJobs: *maxJobs, apply: *apply, root: *root, out: stdout}
 	if err := cc.run(context.Background()); err != nil {
 		fmt.Fprintf(stderr, "nixfarm client-config: %v\n", err)
@@ -102,6 +108,7 @@ func validFarm(farm string) error {
 
 type clientConfig struct {
 	farm, alias, account, keyFile, scheme string
+	hostKeyFP                             string
 	maxJobs                               int
 	apply                                 bool
 	root                                  string
@@ -175,7 +182,14 @@ func (cc *clientConfig) run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("%w\nIs the farm running there? `nixfarm doctor --farm %s` explains more", err, cc.farm)
 	}
-	cc.say("The farm at %s has host key %s %s.\n  Compare it with the fingerprint the farm's operator sees (nixfarm serve prints it when it starts).", addr, hk.Type(), ssh.FingerprintSHA256(hk))
+	if cc.hostKeyFP != "" {
+		if got := ssh.FingerprintSHA256(hk); got != cc.hostKeyFP {
+			return fmt.Errorf("the farm at %s presents host key %s, not %s (--host-key): refusing it; a man in the middle, or a key that changed (ask the farm's operator)", addr, got, cc.hostKeyFP)
+		}
+		cc.say("The farm at %s has host key %s %s, as --host-key says.", addr, hk.Type(), ssh.FingerprintSHA256(hk))
+	} else {
+		cc.say("The farm at %s has host key %s %s.\n  Compare it with the fingerprint the farm's operator sees (nixfarm serve prints it when it starts), or pass it as --host-key.", addr, hk.Type(), ssh.FingerprintSHA256(hk))
+	}
 
 	// 3. The build user's key.
 	key, signer, made, err := cc.key()
@@ -315,6 +329,10 @@ func (cc *clientConfig) key() (string, ssh.Signer, string, error) {
 		case clientconfig.KeyPassphrase:
 			refused = append(refused, p+" has a passphrase, which nix-daemon cannot type")
 		case clientconfig.KeyUnreadable:
+			if errors.Is(err, fs.ErrPermission) {
+				return "", nil, "", fmt.Errorf("cannot read %s as %s: run client-config with sudo (nix-daemon runs ssh as %s, so its key and files are the ones to set up)",
+					p, currentUser(), cc.buildUser.Username)
+			}
 			refused = append(refused, fmt.Sprintf("%s cannot be used (%v)", p, err))
 		}
 	}
@@ -349,6 +367,13 @@ func (cc *clientConfig) key() (string, ssh.Signer, string, error) {
 	return newKey, signer, "", nil
 }
 
+func currentUser() string {
+	if u, err := user.Current(); err == nil {
+		return u.Username
+	}
+	return "this user"
+}
+
 func sudo(daemon bool) string {
 	if daemon && os.Geteuid() != 0 {
 		return "sudo "
@@ -374,10 +399,12 @@ func (cc *clientConfig) files(c clientconfig.Client, pool clientconfig.Pool, aut
 	nixBlock := "builders = " + clientconfig.MachinesLine(c, pool) + "\nbuilders-use-substitutes = true\n"
 	sshBlock := clientconfig.SSHConfigBlock(c)
 	known := c.Alias + " " + strings.TrimSpace(string(mustDecodeHostKey(c.HostKey)))
+	// nix.conf last: if anything before it fails, no builders line names
+	// an alias the ssh config does not have yet.
 	edits := []clientconfig.Edit{
-		{Path: nixConf, Mode: 0o644, Owner: cc.owner, Change: func(old []byte) ([]byte, error) { return clientconfig.WithBlock(old, nixBlock, false) }},
-		{Path: filepath.Join(sshDir, "config"), Mode: 0o600, Owner: cc.owner, Change: func(old []byte) ([]byte, error) { return clientconfig.WithBlock(old, sshBlock, true) }},
 		{Path: filepath.Join(sshDir, "known_hosts"), Mode: 0o600, Owner: cc.owner, Change: func(old []byte) ([]byte, error) { return clientconfig.WithLine(old, known), nil }},
+		{Path: filepath.Join(sshDir, "config"), Mode: 0o600, Owner: cc.owner, Change: func(old []byte) ([]byte, error) { return clientconfig.WithBlock(old, sshBlock, true) }},
+		{Path: nixConf, Mode: 0o644, Owner: cc.owner, Change: func(old []byte) ([]byte, error) { return clientconfig.WithBlock(old, nixBlock, false) }},
 	}
 	if !cc.apply {
 		cc.say("\nAdd to %s:\n\n%s\nAdd to %s (at the top):\n\n%s\nAdd to %s:\n\n%s\n", nixConf, indent(nixBlock), filepath.Join(sshDir, "config"), indent(sshBlock), filepath.Join(sshDir, "known_hosts"), indent(known+"\n"))

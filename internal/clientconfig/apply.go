@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -285,7 +286,11 @@ func RealPath(root, path string) (string, error) {
 		next := filepath.Join(cur, name)
 		fi, err := os.Lstat(filepath.Join(root, next))
 		if errors.Is(err, fs.ErrNotExist) {
-			// What is missing is created.
+			// What is missing is created; a ".." below it could only
+			// lead back up past links nobody checked, so it is refused.
+			if slices.Contains(parts, "..") {
+				return "", fmt.Errorf("%s: a link leads through %s, which does not exist, and back up with \"..\"; refusing to follow it", path, next)
+			}
 			cur = filepath.Join(append([]string{next}, parts...)...)
 			break
 		}

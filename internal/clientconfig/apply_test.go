@@ -272,6 +272,18 @@ func TestApplyRefuses(t *testing.T) {
 	if ents, _ := os.ReadDir(elsewhere); len(ents) != 0 {
 		t.Errorf("wrote outside root: %v", ents)
 	}
+	// A link through a missing directory and back up with "..", then
+	// through another link, is refused (the kernel would not follow it,
+	// and joining the words would skip the second link's check).
+	os.MkdirAll(filepath.Join(root, "opt"), 0o755)
+	os.Symlink("x/../y", filepath.Join(root, "opt/nix"))
+	os.Symlink(elsewhere, filepath.Join(root, "opt/y"))
+	if _, err := clientconfig.Apply(root, []clientconfig.Edit{{Path: "/opt/nix/nix.conf", Change: setTo("z")}}, now); err == nil || !strings.Contains(err.Error(), "does not exist") {
+		t.Errorf("a link back up through a missing directory: %v", err)
+	}
+	if ents, _ := os.ReadDir(elsewhere); len(ents) != 0 {
+		t.Errorf("wrote outside root: %v", ents)
+	}
 	// A root that is itself a link (as /proc/PID/root is) is used as
 	// given, never resolved into the host's view of it.
 	linked := filepath.Join(t.TempDir(), "root-link")

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/nixfarm/nixfarm/internal/scheduler"
+	"github.com/nixfarm/nixfarm/internal/worker"
 )
 
 // errGotKey ends the handshake once the host key is known: nothing more
@@ -78,39 +79,110 @@ type Pool struct {
 	// many of those are free now.
 	Slots, Free int
 	Workers     int
+	// Groups are the workers by what they offer: one machines line
+	// each, so that the client never sends a build a combination that no
+	// single worker has (an aarch64 build needing the kvm only an x86_64
+	// worker has).
+	Groups []Group
+	// Refused counts workers left out for names a client cannot write
+	// safely (see worker.ValidName).
+	Refused int
 }
 
-// PoolOf sums up a worker listing (the farm's /api/v1/workers).
+// Group is workers that offer the same systems and features.
+type Group struct {
+	Systems, Features, Mandatory []string // sorted; Features has no mandatory one
+	Slots                        int
+}
+
+// PoolOf sums up a worker listing (the farm's /api/v1/workers, or
+// `nixfarm workers --json`). Quarantined workers are left out, and so is
+// any worker whose systems or features are not plain names: they come
+// from the farm, and end up in nix.conf.
 func PoolOf(workers []scheduler.WorkerInfo) Pool {
 	var p Pool
 	systems, features := map[string]bool{}, map[string]bool{}
 	var mandatory map[string]bool
+	groups := map[string]*Group{}
 	for _, w := range workers {
 		if w.State == "quarantined" {
 			continue
 		}
+		caps := w.Capabilities
+		if !plainNames(caps) {
+			p.Refused++
+			continue
+		}
 		p.Workers++
-		for _, s := range w.Capabilities.Systems {
+		for _, s := range caps.Systems {
 			systems[s] = true
 		}
-		for _, f := range w.Capabilities.SupportedFeatures {
+		for _, f := range caps.SupportedFeatures {
 			features[f] = true
 		}
 		m := map[string]bool{}
-		for _, f := range w.Capabilities.MandatoryFeatures {
+		for _, f := range caps.MandatoryFeatures {
 			features[f] = true
 			if mandatory == nil || mandatory[f] {
 				m[f] = true
 			}
 		}
 		mandatory = m
-		p.Slots += w.Capabilities.MaxJobs
-		p.Free += max(0, w.Capabilities.MaxJobs-len(w.Running))
+		p.Slots += caps.MaxJobs
+		p.Free += max(0, caps.MaxJobs-len(w.Running))
+
+		g := Group{Systems: sortedSet(caps.Systems), Mandatory: sortedSet(caps.MandatoryFeatures)}
+		g.Features = slices.DeleteFunc(sortedSet(caps.SupportedFeatures), func(f string) bool { return slices.Contains(g.Mandatory, f) })
+		key := strings.Join(g.Systems, ",") + " " + strings.Join(g.Features, ",") + " " + strings.Join(g.Mandatory, ",")
+		if groups[key] == nil {
+			groups[key] = &g
+		}
+		groups[key].Slots += caps.MaxJobs
 	}
 	p.Systems = sortedKeys(systems)
 	p.Features = sortedKeys(features)
 	p.Mandatory = sortedKeys(mandatory)
+	for _, key := range sortedKeys(mapKeys(groups)) {
+		p.Groups = append(p.Groups, *groups[key])
+	}
 	return p
+}
+
+// plainNames reports whether every system and feature is a name that
+// can go into nix.conf as it is.
+func plainNames(c worker.Capabilities) bool {
+	for _, list := range [][]string{c.Systems, c.SupportedFeatures, c.MandatoryFeatures} {
+		for _, n := range list {
+			if !worker.ValidName(n) {
+				return false
+			}
+		}
+	}
+	return len(c.Systems) > 0
+}
+
+// groups is the pool's groups, or, for a pool that has none (the farm
+// was not asked), one made of the pool's totals.
+func (p Pool) groups() []Group {
+	if len(p.Groups) > 0 {
+		return p.Groups
+	}
+	features := slices.DeleteFunc(slices.Clone(p.Features), func(f string) bool { return slices.Contains(p.Mandatory, f) })
+	return []Group{{Systems: p.Systems, Features: features, Mandatory: p.Mandatory, Slots: p.Slots}}
+}
+
+func sortedSet(xs []string) []string {
+	out := slices.Clone(xs)
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+func mapKeys[V any](m map[string]V) map[string]bool {
+	out := make(map[string]bool, len(m))
+	for k := range m {
+		out[k] = true
+	}
+	return out
 }
 
 func sortedKeys(m map[string]bool) []string {
@@ -159,7 +231,14 @@ func AskFarm(ctx context.Context, addr string, hostKey ssh.PublicKey, signer ssh
 	}
 	c, chans, reqs, err := ssh.NewClientConn(conn, addr, cfg)
 	if err != nil {
-		if strings.Contains(err.Error(), "unable to authenticate") {
+		switch {
+		case strings.Contains(ans.Banner, "is not authorized"):
+			return ans, ErrNotAuthorized
+		case ans.Banner != "":
+			// The farm refused for another reason (a limit, say), and
+			// said which: the key itself is fine.
+			return ans, fmt.Errorf("the farm at %s refused the login:\n%s", addr, Printable(strings.TrimSpace(ans.Banner)))
+		case strings.Contains(err.Error(), "unable to authenticate"):
 			return ans, ErrNotAuthorized
 		}
 		return ans, fmt.Errorf("logging in to the farm at %s: %w", addr, err)
@@ -179,4 +258,16 @@ func AskFarm(ctx context.Context, addr string, hostKey ssh.PublicKey, signer ssh
 		return ans, fmt.Errorf("the farm ran %q: %w: %s", command, err, strings.TrimSpace(stderr.String()))
 	}
 	return ans, nil
+}
+
+// Printable is s with every control character but newline and tab
+// replaced by '?': text a farm sent (banners, worker names, errors) must
+// not reach a terminal as escape sequences.
+func Printable(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r == '\n' || r == '\t' || (r >= 0x20 && r != 0x7f && (r < 0x80 || r >= 0xa0)) {
+			return r
+		}
+		return '?'
+	}, s)
 }

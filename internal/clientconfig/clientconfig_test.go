@@ -68,14 +68,17 @@ func TestPoolAndLines(t *testing.T) {
 			Running: make([]scheduler.RunningBuild, 3)},
 		{Name: "arm", State: "idle", Capabilities: worker.Capabilities{Systems: []string{"aarch64-linux"}, SupportedFeatures: []string{"big-parallel"}, MaxJobs: 2}},
 		{Name: "sick", State: "quarantined", Capabilities: worker.Capabilities{Systems: []string{"riscv64-linux"}, MaxJobs: 8}},
+		// A hostile agent's names would become lines of the client's nix.conf.
+		{Name: "evil", State: "idle", Capabilities: worker.Capabilities{Systems: []string{"x86_64-linux\npost-build-hook = /tmp/x"}, MaxJobs: 8}},
+		{Name: "evil2", State: "idle", Capabilities: worker.Capabilities{Systems: []string{"x86_64-linux"}, SupportedFeatures: []string{"kvm extra"}, MaxJobs: 8}},
 	}
 	p := clientconfig.PoolOf(workers)
 	if strings.Join(p.Systems, ",") != "aarch64-linux,i686-linux,x86_64-linux" || strings.Join(p.Features, ",") != "big-parallel,kvm" ||
-		p.Slots != 6 || p.Free != 3 || p.Workers != 2 || len(p.Mandatory) != 0 {
+		p.Slots != 6 || p.Free != 3 || p.Workers != 2 || len(p.Mandatory) != 0 || p.Refused != 2 {
 		t.Fatalf("pool %+v", p)
 	}
 	c := clientconfig.Client{Alias: "nixfarm", Host: "farm.example.org", Port: "2222", KeyFile: "/root/.ssh/nixfarm_ed25519", HostKey: "c3NoLWVk"}
-	if got, want := clientconfig.MachinesLine(c, p), "ssh-ng://nixfarm aarch64-linux,i686-linux,x86_64-linux /root/.ssh/nixfarm_ed25519 6 1 big-parallel,kvm - c3NoLWVk"; got != want {
+	if got, want := clientconfig.MachinesLine(c, p), "ssh-ng://nixfarm aarch64-linux /root/.ssh/nixfarm_ed25519 2 1 big-parallel - c3NoLWVk ; ssh-ng://nixfarm i686-linux,x86_64-linux /root/.ssh/nixfarm_ed25519 4 1 big-parallel,kvm - c3NoLWVk"; got != want {
 		t.Errorf("machines line\n got %s\nwant %s", got, want)
 	}
 	block := clientconfig.SSHConfig(c)
@@ -83,5 +86,15 @@ func TestPoolAndLines(t *testing.T) {
 		if !strings.Contains(block, want) {
 			t.Errorf("ssh config lacks %q:\n%s", want, block)
 		}
+	}
+}
+
+func TestPrintable(t *testing.T) {
+	// ESC, BEL, a C1 CSI, and a raw byte that is no UTF-8 at all (which
+	// becomes U+FFFD, printable and harmless).
+	in := "worker\x1b]0;owned\x07 x86_64-linux\u009b2J \x9b\nnext\tline é"
+	want := "worker?]0;owned? x86_64-linux?2J \ufffd\nnext\tline é"
+	if got := clientconfig.Printable(in); got != want {
+		t.Errorf("got %q, want %q", got, want)
 	}
 }

@@ -2,7 +2,6 @@ package clientconfig
 
 import (
 	"fmt"
-	"slices"
 	"strings"
 )
 
@@ -33,33 +32,36 @@ func snippet(c Client, p Pool, how, note string) string {
 	b.WriteString("# " + how + "\n")
 	b.WriteString(note)
 	b.WriteString("nix.distributedBuilds = true;\n")
-	b.WriteString("nix.buildMachines = [\n  {\n")
+	b.WriteString("nix.buildMachines = [\n")
 	attr := func(name, value string) { fmt.Fprintf(&b, "    %s = %s;\n", name, value) }
-	attr("hostName", nixString(c.Alias))
-	attr("protocol", nixString(c.scheme()))
-	attr("systems", nixList(p.Systems))
-	attr("maxJobs", fmt.Sprint(c.jobs(p)))
-	attr("speedFactor", fmt.Sprint(max(1, c.SpeedFac)))
-	// The modules add mandatoryFeatures to supportedFeatures themselves.
-	supported := slices.DeleteFunc(slices.Clone(p.Features), func(f string) bool { return slices.Contains(p.Mandatory, f) })
-	attr("supportedFeatures", nixList(supported))
-	attr("mandatoryFeatures", nixList(p.Mandatory))
-	attr("sshUser", nixString("nixfarm"))
-	attr("sshKey", nixString(c.KeyFile))
-	attr("publicHostKey", nixString(c.HostKey))
-	b.WriteString("  }\n];\n")
+	for _, g := range p.groups() {
+		b.WriteString("  {\n")
+		attr("hostName", nixString(c.Alias))
+		attr("protocol", nixString(c.scheme()))
+		attr("systems", nixList(g.Systems))
+		attr("maxJobs", fmt.Sprint(c.jobs(g)))
+		attr("speedFactor", fmt.Sprint(max(1, c.SpeedFac)))
+		// The modules add mandatoryFeatures to supportedFeatures themselves.
+		attr("supportedFeatures", nixList(g.Features))
+		attr("mandatoryFeatures", nixList(g.Mandatory))
+		attr("sshUser", nixString("nixfarm"))
+		attr("sshKey", nixString(c.KeyFile))
+		attr("publicHostKey", nixString(c.HostKey))
+		b.WriteString("  }\n")
+	}
+	b.WriteString("];\n")
 	b.WriteString("nix.settings.builders-use-substitutes = true;\n")
 	b.WriteString("programs.ssh.extraConfig = " + nixIndented(SSHConfig(c), "  ") + ";\n")
 	return b.String()
 }
 
-// jobs is the machines line's maximum of builds at once: the client's
-// choice, else every slot the pool has.
-func (c Client) jobs(p Pool) int {
+// jobs is a machines entry's maximum of builds at once: the client's
+// choice, else every slot its group of workers has.
+func (c Client) jobs(g Group) int {
 	if c.MaxJobs > 0 {
 		return c.MaxJobs
 	}
-	return max(1, p.Slots)
+	return max(1, g.Slots)
 }
 
 // nixString quotes s as a Nix "..." string. Every $ is escaped (so no

@@ -2,6 +2,7 @@ package clientconfig
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -26,9 +27,11 @@ func (c Client) scheme() string {
 	return c.Scheme
 }
 
-// MachinesLine is the builders/machines line for the pool: every system
-// and feature the farm offers, the host key in the 8th field, so that no
-// known_hosts entry is needed.
+// MachinesLine is the builders value for the pool: one machines entry
+// per group of workers that offer the same things, separated by " ; ",
+// each with the host key in the 8th field, so that no known_hosts entry
+// is needed. Each entry's jobs are its group's slots (or the client's
+// choice).
 func MachinesLine(c Client, p Pool) string {
 	field := func(xs []string) string {
 		if len(xs) == 0 {
@@ -36,13 +39,13 @@ func MachinesLine(c Client, p Pool) string {
 		}
 		return strings.Join(xs, ",")
 	}
-	jobs := c.MaxJobs
-	if jobs <= 0 {
-		jobs = max(1, p.Slots)
-	}
 	speed := max(1, c.SpeedFac)
-	return fmt.Sprintf("%s://%s %s %s %d %d %s %s %s", c.scheme(), c.Alias, field(p.Systems), c.KeyFile, jobs, speed,
-		field(p.Features), field(p.Mandatory), c.HostKey)
+	var entries []string
+	for _, g := range p.groups() {
+		entries = append(entries, fmt.Sprintf("%s://%s %s %s %d %d %s %s %s", c.scheme(), c.Alias, field(g.Systems), c.KeyFile, c.jobs(g), speed,
+			field(append(slices.Clone(g.Features), g.Mandatory...)), field(g.Mandatory), c.HostKey))
+	}
+	return strings.Join(entries, " ; ")
 }
 
 // SSHConfig is the block for the build user's ssh config. Keep-alives end

@@ -108,17 +108,21 @@ func (d *doctor) checkDaemonSettings(ctx context.Context) bool {
 		// A second's grace: the daemon's start is known to a hundredth of a
 		// second, and a set-up tool writes nix.conf and restarts the
 		// daemon in the same moment.
-		if fi, err := os.Stat(confFile); err == nil && fi.ModTime().After(d.proc.Started.Add(time.Second)) {
+		if file, mtime := newestConf(confFile); mtime.After(d.proc.Started.Add(time.Second)) {
 			c.Status = Fail
 			c.Problem = fmt.Sprintf("%s changed at %s, after nix-daemon (pid %d) started at %s",
-				confFile, fi.ModTime().Format("15:04:05"), d.proc.PID, d.proc.Started.Format("15:04:05"))
+				file, mtime.Format("15:04:05"), d.proc.PID, d.proc.Started.Format("15:04:05"))
 			c.Why = "nix-daemon reads nix.conf only when it starts: it still builds with the settings it read then, so what was added (builders, for one) is not used yet. The values above are the file's, not the running daemon's."
 			c.Fix = d.restartCommand()
 			d.machines, _ = worker.ParseMachines(builders, d.daemonCfg.str("system"))
 			return d.add(c)
 		}
-	} else if d.daemon && d.proc == nil && !d.root {
-		c.Detail += "\n(doctor cannot see which nix-daemon runs, so it cannot tell whether nix.conf changed since it started; sudo nixfarm doctor can)"
+	} else if d.daemon && d.proc == nil {
+		c.Detail += "\n(doctor did not find the running nix-daemon, so it cannot tell whether nix.conf changed after it started"
+		if !d.root {
+			c.Detail += "; sudo nixfarm doctor may"
+		}
+		c.Detail += ")"
 	}
 	d.machines, err = worker.ParseMachines(builders, d.daemonCfg.str("system"))
 	switch {
@@ -138,6 +142,33 @@ func (d *doctor) checkDaemonSettings(ctx context.Context) bool {
 		c.Status = OK
 	}
 	return d.add(c)
+}
+
+// newestConf is the most recently changed of nix.conf and the files it
+// includes (include and !include lines, relative to its directory), and
+// when that was.
+func newestConf(conf string) (string, time.Time) {
+	files := []string{conf}
+	if data, err := os.ReadFile(conf); err == nil {
+		for _, line := range strings.Split(string(data), "\n") {
+			f := strings.Fields(line)
+			if len(f) == 2 && (f[0] == "include" || f[0] == "!include") {
+				p := f[1]
+				if !filepath.IsAbs(p) {
+					p = filepath.Join(filepath.Dir(conf), p)
+				}
+				files = append(files, p)
+			}
+		}
+	}
+	var newest string
+	var at time.Time
+	for _, f := range files {
+		if fi, err := os.Stat(f); err == nil && fi.ModTime().After(at) {
+			newest, at = f, fi.ModTime()
+		}
+	}
+	return newest, at
 }
 
 func orNone(s string) string {

@@ -18,6 +18,8 @@ import (
 	"io"
 	"strings"
 	"time"
+
+	"github.com/nixfarm/nixfarm/internal/clientconfig"
 )
 
 // Status is a check's outcome.
@@ -91,7 +93,7 @@ func (r *Report) Write(w io.Writer) {
 		if c.Millis > 0 {
 			timing = fmt.Sprintf(" (%d ms)", c.Millis)
 		}
-		fmt.Fprintf(w, "[%s] %d. %s%s  [%s]\n", marks[c.Status], i+1, c.Title, timing, who)
+		fmt.Fprintf(w, "[%s] %d. %s%s  [%s]\n", marks[c.Status], i+1, clientconfig.Printable(c.Title), timing, who)
 		indent := func(label, text string) {
 			if text == "" {
 				return
@@ -103,10 +105,12 @@ func (r *Report) Write(w io.Writer) {
 				fmt.Fprintf(w, "       %s%s\n", pad, l)
 			}
 		}
-		indent("", c.Detail)
-		indent("what: ", c.Problem)
-		indent("why:  ", c.Why)
-		indent("fix:  ", c.Fix)
+		// Much of it comes from the farm or from Nix: no escape
+		// sequence reaches the terminal.
+		indent("", clientconfig.Printable(c.Detail))
+		indent("what: ", clientconfig.Printable(c.Problem))
+		indent("why:  ", clientconfig.Printable(c.Why))
+		indent("fix:  ", clientconfig.Printable(c.Fix))
 	}
 	fails, warns := 0, 0
 	for _, c := range r.Checks {

@@ -88,6 +88,9 @@ func TestDiagnose(t *testing.T) {
 		"error: unable to start any build; either increase '--max-jobs'":                                "client-config",
 		"error: a 'aarch64-linux' with features {} is required to build 'x', but I am a":                "--max-jobs 0",
 		"warning: ignoring the client-specified setting 'builders', because it is a restricted setting": "nix.conf",
+		// A limit, not an unknown key: the farm's own words, not "add the key".
+		"nixfarm: account alice has 8 connections open, its limit; close some, or ask the farm's operator to raise --max-connections-per-account.\nnixfarm@127.0.0.1: Permission denied (publickey).": "what the farm's message says",
+		"error: executing '/bin/sh': No such file or directory": "sandbox-paths",
 	}
 	for stderr, fix := range cases {
 		problem, why, got := d.diagnose(stderr)

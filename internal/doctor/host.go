@@ -11,6 +11,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -116,20 +117,50 @@ func (d *doctor) canActAs(a *account) bool { return d.root || a.UID == d.self.UI
 // doctor, otherwise a login-like one.
 func (d *doctor) envFor(a *account) []string {
 	if a.UID == d.self.UID {
-		return os.Environ()
+		env := slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "PATH=") })
+		return append(env, "PATH="+d.pathFor(a))
 	}
-	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + a.Home, "USER=" + a.Name, "LOGNAME=" + a.Name}
+	env := []string{"PATH=" + d.pathFor(a), "HOME=" + a.Home, "USER=" + a.Name, "LOGNAME=" + a.Name}
 	if d.daemon && a.UID != 0 {
 		env = append(env, "NIX_REMOTE=daemon")
 	}
 	return env
 }
 
+// pathFor is PATH for a's commands: doctor's own, then where Nix
+// installs put its commands, which sudo's secure_path and minimal
+// environments leave out.
+func (d *doctor) pathFor(a *account) string {
+	dirs := filepath.SplitList(os.Getenv("PATH"))
+	for _, dir := range []string{
+		filepath.Join(a.Home, ".nix-profile/bin"),
+		"/etc/profiles/per-user/" + a.Name + "/bin",
+		"/nix/var/nix/profiles/default/bin",
+		"/run/current-system/sw/bin",
+	} {
+		if !slices.Contains(dirs, dir) {
+			dirs = append(dirs, dir)
+		}
+	}
+	return strings.Join(dirs, string(filepath.ListSeparator))
+}
+
+// lookPath finds a program on a's PATH (pathFor), as a's shell would.
+func (d *doctor) lookPath(a *account, name string) string {
+	for _, dir := range filepath.SplitList(d.pathFor(a)) {
+		p := filepath.Join(dir, name)
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			return p
+		}
+	}
+	return name
+}
+
 // exec runs a program as a, with env, and returns its output.
 func (d *doctor) exec(ctx context.Context, a *account, env []string, name string, args ...string) (string, string, error) {
 	ctx, cancel := context.WithTimeout(ctx, d.opts.Timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, name, args...)
+	cmd := exec.CommandContext(ctx, d.lookPath(a, name), args...)
 	cmd.Env = env
 	cmd.Dir = "/"
 	if a.UID != d.self.UID {

@@ -12,6 +12,7 @@ import (
 	"github.com/nixfarm/nixfarm/internal/clientconfig"
 	"github.com/nixfarm/nixfarm/internal/derivation"
 	"github.com/nixfarm/nixfarm/internal/scheduler"
+	"github.com/nixfarm/nixfarm/internal/worker"
 )
 
 type workerInfo = scheduler.WorkerInfo
@@ -45,50 +46,92 @@ func (d *doctor) checkOffer(ctx context.Context) bool {
 		c.Fix = "ask the farm's operator to start a worker (nixfarm serve's built-in one, or nixfarm worker on another machine)"
 		return d.add(c)
 	}
-	m := d.target.machine
-	if m == nil {
+	entries := d.farmEntries()
+	if len(entries) == 0 {
 		c.Status = OK
 		return d.add(c)
 	}
+	var live []workerInfo
+	for _, w := range list.Workers {
+		if w.State != "quarantined" {
+			live = append(live, w)
+		}
+	}
+	// Each entry promises Nix every one of its systems with all of its
+	// features: some worker must have each such combination.
 	var problems []string
-	for _, s := range m.Systems {
-		if !slices.Contains(p.Systems, s) {
-			problems = append(problems, fmt.Sprintf("system %s", s))
+	for _, m := range entries {
+		feats := append(append([]string{}, m.SupportedFeatures...), m.MandatoryFeatures...)
+		for _, sys := range m.Systems {
+			if !slices.ContainsFunc(live, func(w workerInfo) bool { return offers(w, sys, feats) }) {
+				problems = append(problems, fmt.Sprintf("%s with features {%s}", sys, strings.Join(feats, ", ")))
+			}
 		}
+		c.Detail += fmt.Sprintf("\nthe builders line offers %s, features %s, %d jobs at once",
+			strings.Join(m.Systems, ","), orNone(strings.Join(feats, ",")), m.MaxJobs)
 	}
-	for _, f := range append(append([]string{}, m.SupportedFeatures...), m.MandatoryFeatures...) {
-		if !slices.Contains(p.Features, f) {
-			problems = append(problems, fmt.Sprintf("feature %s", f))
-		}
-	}
-	c.Detail += fmt.Sprintf("\nthe builders line offers systems %s, features %s, %d jobs at once",
-		strings.Join(m.Systems, ","), orNone(strings.Join(m.SupportedFeatures, ",")), m.MaxJobs)
 	if len(problems) > 0 {
 		c.Status = Fail
-		c.Problem = fmt.Sprintf("the builders line offers %s, which no farm worker has; the farm's workers:\n%s", strings.Join(problems, " and "), describeWorkers(list.Workers))
+		c.Problem = fmt.Sprintf("the builders line offers %s, which no farm worker has; the farm's workers:\n%s", strings.Join(problems, "; "), describeWorkers(list.Workers))
 		c.Why = "Nix sends such builds to the farm, which fails them with \"nixfarm has no worker that can build\" instead of building them elsewhere"
-		c.Fix = fmt.Sprintf("list only what the farm offers on the builders line (systems %s, features %s): %s", strings.Join(p.Systems, ","), orNone(strings.Join(p.Features, ",")), d.clientConfigFix())
+		c.Fix = fmt.Sprintf("list only what the farm's workers offer, one builders entry per kind of worker: %s", d.clientConfigFix())
 		return d.add(c)
 	}
+	// And the other way: a worker no entry covers is offered in vain.
 	var missing []string
-	for _, s := range p.Systems {
-		if !slices.Contains(m.Systems, s) {
-			missing = append(missing, s)
-		}
-	}
-	for _, f := range p.Features {
-		if !slices.Contains(m.SupportedFeatures, f) && !slices.Contains(m.MandatoryFeatures, f) {
-			missing = append(missing, f)
+	for _, w := range live {
+		caps := w.Capabilities
+		feats := append(append([]string{}, caps.SupportedFeatures...), caps.MandatoryFeatures...)
+		covered := slices.ContainsFunc(entries, func(m worker.Machine) bool {
+			mf := append(append([]string{}, m.SupportedFeatures...), m.MandatoryFeatures...)
+			return subset(caps.Systems, m.Systems) && subset(feats, mf)
+		})
+		if !covered {
+			missing = append(missing, fmt.Sprintf("%s (%s)", w.Name, caps))
 		}
 	}
 	c.Status = OK
 	if len(missing) > 0 {
 		c.Status = Warn
-		c.Problem = fmt.Sprintf("the farm also offers %s, which the builders line leaves out", strings.Join(missing, ", "))
+		c.Problem = fmt.Sprintf("the builders line does not offer all that these workers have: %s", strings.Join(missing, "; "))
 		c.Why = "Nix builds such derivations locally, or fails, rather than sending them to the farm"
 		c.Fix = d.clientConfigFix()
 	}
 	return d.add(c)
+}
+
+// offers reports whether worker w builds system with all of features.
+func offers(w workerInfo, system string, features []string) bool {
+	caps := w.Capabilities
+	all := append(append([]string{}, caps.SupportedFeatures...), caps.MandatoryFeatures...)
+	return slices.Contains(caps.Systems, system) && subset(features, all)
+}
+
+func subset(xs, of []string) bool {
+	for _, x := range xs {
+		if !slices.Contains(of, x) {
+			return false
+		}
+	}
+	return true
+}
+
+// farmEntries are the builders entries that lead to the farm: the
+// target's, and any other with the same host.
+func (d *doctor) farmEntries() []worker.Machine {
+	if d.target == nil || d.target.machine == nil {
+		return nil
+	}
+	var out []worker.Machine
+	for _, m := range d.machines {
+		if m.Host == d.target.machine.Host {
+			out = append(out, m)
+		}
+	}
+	if len(out) == 0 {
+		out = append(out, *d.target.machine)
+	}
+	return out
 }
 
 func describeWorkers(ws []workerInfo) string {
@@ -155,7 +198,10 @@ func (d *doctor) checkDrv(ctx context.Context) {
 			c.Detail = fmt.Sprintf("the farm takes it: %s can run it (%s)", strings.Join(can, ", "), wants)
 		}
 	}
-	if m := d.target.machine; m != nil && !takes(m.Systems, m.SupportedFeatures, m.MandatoryFeatures, system, features) {
+	if entries := d.farmEntries(); len(entries) > 0 && !slices.ContainsFunc(entries, func(m worker.Machine) bool {
+		return takes(m.Systems, m.SupportedFeatures, m.MandatoryFeatures, system, features)
+	}) {
+		m := entries[0]
 		problems = append(problems, fmt.Sprintf("the builders line (systems %s, features %s, mandatory %s) does not match it: Nix will not send it to the farm",
 			strings.Join(m.Systems, ","), orNone(strings.Join(m.SupportedFeatures, ",")), orNone(strings.Join(m.MandatoryFeatures, ","))))
 		whys = append(whys, "Nix builds it locally or fails with \"unable to start any build\"")

@@ -79,6 +79,9 @@ func (d *doctor) checkRemoteBuild(ctx context.Context) {
 	c.Millis = max(1, d.opts.Now().Sub(start).Milliseconds())
 	if err != nil {
 		c.Status = Fail
+		if strings.Contains(stderr, "executing '/bin/sh'") {
+			c.Status = Warn // the build did reach a worker
+		}
 		c.Problem, c.Why, c.Fix = d.diagnose(stderr)
 		said := "Nix said:\n" + lastLines(stderr, 8)
 		if c.Problem == "" {
@@ -182,6 +185,23 @@ func (d *doctor) checkStoreBuild(ctx context.Context) {
 	d.add(c)
 }
 
+// farmSaid is what the farm's banner said, other than that a key is
+// unknown: its "nixfarm: " lines.
+func farmSaid(stderr string) string {
+	var lines []string
+	for _, l := range strings.Split(stderr, "\n") {
+		l = strings.TrimSpace(l)
+		if strings.HasPrefix(l, "nixfarm: ") {
+			lines = append(lines, strings.TrimPrefix(l, "nixfarm: "))
+		}
+	}
+	said := strings.Join(lines, " ")
+	if strings.Contains(said, "is not authorized") {
+		return ""
+	}
+	return said
+}
+
 var systemRE = regexp.MustCompile(`^[A-Za-z0-9_.-]+$`)
 
 var keyCommand = regexp.MustCompile(`echo '[^']+' \| nixfarm keys add --account NAME -`)
@@ -207,6 +227,15 @@ func (d *doctor) diagnose(stderr string) (problem, why, fix string) {
 		}
 		return fmt.Sprintf("the farm does not know %s's key (%s)", who, key),
 			"the farm identifies accounts by SSH key: an unknown key gets no account, and Nix shows only \"cannot connect\"", fix
+	case farmSaid(stderr) != "":
+		// The farm refused the login for a reason of its own (a limit,
+		// say), and its banner names the fix.
+		return "the farm refused the login: " + farmSaid(stderr), "the farm did not accept the connection",
+			"do what the farm's message says"
+	case strings.Contains(stderr, "executing '/bin/sh'") || strings.Contains(stderr, "executing \"/bin/sh\""):
+		return "the build reached a farm worker, but its sandbox has no /bin/sh, which doctor's test build runs",
+			"remote building itself works; derivations that use /bin/sh (as on NixOS builders) fail on that worker",
+			"the farm's operator adds a static shell to that worker's sandbox: sandbox-paths = /bin/sh=/path/to/static/busybox in its nix.conf"
 	case strings.Contains(stderr, "Host key verification failed"), strings.Contains(stderr, "REMOTE HOST IDENTIFICATION HAS CHANGED"):
 		return "ssh does not know (or does not accept) the farm's host key",
 			"ssh refuses to connect, and nix-daemon has no terminal to ask on",

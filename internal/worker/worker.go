@@ -40,7 +40,35 @@ func (c Capabilities) Validate() error {
 	if c.SpeedFactor <= 0 {
 		return fmt.Errorf("speed factor is %g; it must be positive", c.SpeedFactor)
 	}
+	for _, list := range [][]string{c.Systems, c.SupportedFeatures, c.MandatoryFeatures} {
+		if len(list) > 64 {
+			return fmt.Errorf("%d systems or features; at most 64 are accepted", len(list))
+		}
+		for _, name := range list {
+			if !ValidName(name) {
+				return fmt.Errorf("system or feature %q: use at most 64 letters, digits and . _ + -", name)
+			}
+		}
+	}
 	return nil
+}
+
+// ValidName reports whether a system or feature name is one Nix and
+// nixfarm can pass on safely: clients write them into nix.conf and ssh
+// and Nix files (nixfarm client-config), where a space, a newline or a
+// quote would change what those files say.
+func ValidName(name string) bool {
+	if name == "" || len(name) > 64 {
+		return false
+	}
+	for _, r := range name {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '.', r == '_', r == '+', r == '-':
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // CanBuild applies Nix's rules (build-remote.cc): the system matches (or

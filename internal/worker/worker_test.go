@@ -34,7 +34,12 @@ func TestCanBuild(t *testing.T) {
 			t.Errorf("%s CanBuild(%s, %v) = %v", tc.caps, tc.system, tc.required, got)
 		}
 	}
-	for _, bad := range []worker.Capabilities{{MaxJobs: 1, SpeedFactor: 1}, {Systems: []string{"x"}, SpeedFactor: 1}, {Systems: []string{"x"}, MaxJobs: 1}} {
+	for _, bad := range []worker.Capabilities{{MaxJobs: 1, SpeedFactor: 1}, {Systems: []string{"x"}, SpeedFactor: 1}, {Systems: []string{"x"}, MaxJobs: 1},
+		// Names a client writes into nix.conf (nixfarm client-config).
+		{Systems: []string{"x86_64-linux\nextra-substituters = http://evil"}, MaxJobs: 1, SpeedFactor: 1},
+		{Systems: []string{"x86_64-linux"}, SupportedFeatures: []string{"kvm big"}, MaxJobs: 1, SpeedFactor: 1},
+		{Systems: []string{"x86_64-linux"}, MandatoryFeatures: []string{`a"b`}, MaxJobs: 1, SpeedFactor: 1},
+		{Systems: []string{""}, MaxJobs: 1, SpeedFactor: 1}} {
 		if bad.Validate() == nil {
 			t.Errorf("%+v validated", bad)
 		}
