@@ -108,6 +108,10 @@ func workerCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	slices.Sort(caps.SupportedFeatures)
 	settings := caps.Settings(native)
+	// Builds get a /bin/sh as on NixOS builders, if Nix gives them none.
+	if shell := worker.SandboxShell(nc.SandboxPaths, "/bin/busybox", "/usr/bin/busybox"); shell != "" {
+		settings["extra-sandbox-paths"] = shell
+	}
 	if *buildUsers != "" {
 		if nc.BuildUsersGroup == "" {
 			nc.BuildUsersGroup = "nixbld" // Nix's default, when Nix could not be asked

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+
+	"github.com/nixfarm/nixfarm/internal/worker"
 )
 
 func TestParseStat(t *testing.T) {
@@ -159,4 +161,29 @@ func FuzzParseSSHG(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestCompareOffer(t *testing.T) {
+	x86 := workerInfo{Name: "x86", State: "idle", Capabilities: worker.Capabilities{Systems: []string{"x86_64-linux"}, SupportedFeatures: []string{"kvm"}, MaxJobs: 4}}
+	arm := workerInfo{Name: "arm", State: "idle", Capabilities: worker.Capabilities{Systems: []string{"aarch64-linux"}, MaxJobs: 2}}
+	sick := workerInfo{Name: "sick", State: "quarantined", Capabilities: worker.Capabilities{Systems: []string{"riscv64-linux"}, MaxJobs: 2}}
+	entry := func(systems []string, features ...string) worker.Machine {
+		return worker.Machine{Capabilities: worker.Capabilities{Systems: systems, SupportedFeatures: features}}
+	}
+	// One entry per kind of worker, as client-config writes: all fine.
+	p, m := compareOffer([]worker.Machine{entry([]string{"x86_64-linux"}, "kvm"), entry([]string{"aarch64-linux"})}, []workerInfo{x86, arm, sick})
+	if len(p) != 0 || len(m) != 0 {
+		t.Errorf("per-kind entries: problems %v, missing %v", p, m)
+	}
+	// One entry for the union promises aarch64-linux with kvm, which no
+	// worker has.
+	p, _ = compareOffer([]worker.Machine{entry([]string{"x86_64-linux", "aarch64-linux"}, "kvm")}, []workerInfo{x86, arm})
+	if len(p) != 1 || !strings.Contains(p[0], "aarch64-linux with features {kvm}") {
+		t.Errorf("union entry: problems %v", p)
+	}
+	// A quarantined worker offers nothing; a worker no entry covers is missing.
+	p, m = compareOffer([]worker.Machine{entry([]string{"riscv64-linux"})}, []workerInfo{x86, sick})
+	if len(p) != 1 || len(m) != 1 || !strings.HasPrefix(m[0], "x86 ") {
+		t.Errorf("problems %v, missing %v", p, m)
+	}
 }

@@ -51,22 +51,9 @@ func (d *doctor) checkOffer(ctx context.Context) bool {
 		c.Status = OK
 		return d.add(c)
 	}
-	var live []workerInfo
-	for _, w := range list.Workers {
-		if w.State != "quarantined" {
-			live = append(live, w)
-		}
-	}
-	// Each entry promises Nix every one of its systems with all of its
-	// features: some worker must have each such combination.
-	var problems []string
+	problems, missing := compareOffer(entries, list.Workers)
 	for _, m := range entries {
 		feats := append(append([]string{}, m.SupportedFeatures...), m.MandatoryFeatures...)
-		for _, sys := range m.Systems {
-			if !slices.ContainsFunc(live, func(w workerInfo) bool { return offers(w, sys, feats) }) {
-				problems = append(problems, fmt.Sprintf("%s with features {%s}", sys, strings.Join(feats, ", ")))
-			}
-		}
 		c.Detail += fmt.Sprintf("\nthe builders line offers %s, features %s, %d jobs at once",
 			strings.Join(m.Systems, ","), orNone(strings.Join(feats, ",")), m.MaxJobs)
 	}
@@ -77,8 +64,35 @@ func (d *doctor) checkOffer(ctx context.Context) bool {
 		c.Fix = fmt.Sprintf("list only what the farm's workers offer, one builders entry per kind of worker: %s", d.clientConfigFix())
 		return d.add(c)
 	}
-	// And the other way: a worker no entry covers is offered in vain.
-	var missing []string
+	c.Status = OK
+	if len(missing) > 0 {
+		c.Status = Warn
+		c.Problem = fmt.Sprintf("the builders line does not offer all that these workers have: %s", strings.Join(missing, "; "))
+		c.Why = "Nix builds such derivations locally, or fails, rather than sending them to the farm"
+		c.Fix = d.clientConfigFix()
+	}
+	return d.add(c)
+}
+
+// compareOffer compares the builders entries for the farm with its
+// workers. problems are what an entry promises that no worker has: each
+// entry promises Nix every one of its systems with all of its features.
+// missing are workers no entry covers, offered to Nix in vain.
+func compareOffer(entries []worker.Machine, workers []workerInfo) (problems, missing []string) {
+	var live []workerInfo
+	for _, w := range workers {
+		if w.State != "quarantined" {
+			live = append(live, w)
+		}
+	}
+	for _, m := range entries {
+		feats := append(append([]string{}, m.SupportedFeatures...), m.MandatoryFeatures...)
+		for _, sys := range m.Systems {
+			if !slices.ContainsFunc(live, func(w workerInfo) bool { return offers(w, sys, feats) }) {
+				problems = append(problems, fmt.Sprintf("%s with features {%s}", sys, strings.Join(feats, ", ")))
+			}
+		}
+	}
 	for _, w := range live {
 		caps := w.Capabilities
 		feats := append(append([]string{}, caps.SupportedFeatures...), caps.MandatoryFeatures...)
@@ -90,14 +104,7 @@ func (d *doctor) checkOffer(ctx context.Context) bool {
 			missing = append(missing, fmt.Sprintf("%s (%s)", w.Name, caps))
 		}
 	}
-	c.Status = OK
-	if len(missing) > 0 {
-		c.Status = Warn
-		c.Problem = fmt.Sprintf("the builders line does not offer all that these workers have: %s", strings.Join(missing, "; "))
-		c.Why = "Nix builds such derivations locally, or fails, rather than sending them to the farm"
-		c.Fix = d.clientConfigFix()
-	}
-	return d.add(c)
+	return problems, missing
 }
 
 // offers reports whether worker w builds system with all of features.

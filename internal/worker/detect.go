@@ -17,6 +17,8 @@ type NixConfig struct {
 	SystemFeatures []string
 	// BuildUsersGroup is the group Nix builds as when run as root.
 	BuildUsersGroup string
+	// SandboxPaths is what Nix binds into its sandbox.
+	SandboxPaths []string
 }
 
 // DetectNix asks the local Nix (`nix show-config --json`) for its system,
@@ -40,6 +42,7 @@ func DetectNix(ctx context.Context, nixBin string) (NixConfig, error) {
 	json.Unmarshal(cfg["extra-platforms"].Value, &nc.ExtraPlatforms)
 	json.Unmarshal(cfg["system-features"].Value, &nc.SystemFeatures)
 	json.Unmarshal(cfg["build-users-group"].Value, &nc.BuildUsersGroup)
+	json.Unmarshal(cfg["sandbox-paths"].Value, &nc.SandboxPaths)
 	if nc.System == "" {
 		return NixConfig{}, fmt.Errorf("nix show-config names no system")
 	}
