@@ -85,13 +85,19 @@ func (r *doctorRun) mustFail(t *testing.T, id string, problem, fix []string) {
 // test user's builds (asUser: as the test user itself).
 func (c *client) doctor(asUser bool, args ...string) *doctorRun {
 	c.t.Helper()
+	return c.doctorEnv(asUser, nil, args...)
+}
+
+// doctorEnv is doctor with env added to the user's environment.
+func (c *client) doctorEnv(asUser bool, env []string, args ...string) *doctorRun {
+	c.t.Helper()
 	bin := c.installNixfarm()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	var cmd *exec.Cmd
 	args = append([]string{"doctor", "--json", "--timeout", "60s"}, args...)
 	if asUser {
-		cmd = c.userCommand(ctx, nil, bin, args...)
+		cmd = c.userCommand(ctx, env, bin, args...)
 	} else {
 		cmd = c.command(ctx, nil, bin, append(args, "--user", testUserName)...)
 	}
@@ -329,8 +335,8 @@ func TestDoctorDiagnoses(t *testing.T) {
 			c.setNixConf("max-jobs = 0\n")
 			c.startDaemon()
 			builders := c.rootSSH(f, "ssh-ng")
-			r := c.doctor(true, "--builders", builders)
-			r.mustFail(t, "trust", []string{"your builders setting", "--builders", "not a trusted user"}, []string{"/etc/nix/nix.conf", "trusted-users"})
+			r := c.doctorEnv(true, []string{"NIX_CONFIG=builders-use-substitutes = true"}, "--builders", builders)
+			r.mustFail(t, "trust", []string{"your builders setting", "--builders", "not a trusted user", "ignored too: builders-use-substitutes = true"}, []string{"/etc/nix/nix.conf", "trusted-users"})
 			if status, _, _ := r.check(t, "key"); status != "skip" {
 				t.Errorf("doctor, not root, claims to have checked root's key: %s", status)
 			}

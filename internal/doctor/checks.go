@@ -240,7 +240,20 @@ func (d *doctor) checkTrust(ctx context.Context) {
 		trust = "a trusted user"
 	}
 	machines := d.machines
+	// Other restricted settings the user sets differently, which an
+	// untrusted user's daemon ignores just as silently.
+	var ignored []string
+	for _, k := range []string{"builders-use-substitutes", "substituters", "trusted-public-keys"} {
+		if cfg.str(k) != d.daemonCfg.str(k) && !(k == "substituters" && subset(cfg.list(k), d.daemonCfg.list("trusted-substituters"))) {
+			ignored = append(ignored, fmt.Sprintf("%s = %s (the daemon has %s)", k, orNone(cfg.str(k)), orNone(d.daemonCfg.str(k))))
+		}
+	}
 	switch {
+	case mine == theirs && !d.trusted && len(ignored) > 0:
+		c.Status = Warn
+		c.Problem = fmt.Sprintf("%s is not a trusted user, so nix-daemon ignores these settings of yours: %s", d.user.Name, strings.Join(ignored, "; "))
+		c.Why = "your builds run with the daemon's values instead"
+		c.Fix = "set them in the daemon's nix.conf (" + d.restartCommand() + " after), or drop them from yours"
 	case mine == theirs:
 		c.Status = OK
 		c.Detail = fmt.Sprintf("%s is %s; your builders setting is the daemon's", d.user.Name, trust)
@@ -261,6 +274,9 @@ func (d *doctor) checkTrust(ctx context.Context) {
 		c.Status = Fail
 		c.Problem = fmt.Sprintf("your builders setting (%s, from %s) differs from nix-daemon's (%s), and %s is not a trusted user",
 			orNone(mine), d.builderSources(), orNone(theirs), d.user.Name)
+		if len(ignored) > 0 {
+			c.Problem += "; ignored too: " + strings.Join(ignored, "; ")
+		}
 		c.Why = "nix-daemon ignores builders, and every other restricted setting, from users it does not trust (older Nix says nothing; newer Nix prints \"ignoring the client-specified setting 'builders'\"): your builds use the daemon's builders"
 		c.Fix = fmt.Sprintf("put the builders line in the daemon's nix.conf instead: %s; or make %s a trusted user (trusted-users = root %s in /etc/nix/nix.conf, then %s), which gives %s root's power over the store",
 			d.clientConfigFix(), d.user.Name, d.user.Name, d.restartCommand(), d.user.Name)

@@ -46,6 +46,9 @@ func (d *doctor) checkOffer(ctx context.Context) bool {
 		c.Fix = "ask the farm's operator to start a worker (nixfarm serve's built-in one, or nixfarm worker on another machine)"
 		return d.add(c)
 	}
+	if local := d.daemonCfg.str("system"); local != "" && !slices.Contains(p.Systems, local) {
+		c.Detail += fmt.Sprintf("\nthe farm builds none of this machine's own system (%s): only builds for its systems go there", local)
+	}
 	entries := d.farmEntries()
 	if len(entries) == 0 {
 		c.Status = OK
