@@ -51,6 +51,9 @@ trap 'rm -f "$e2elog"' EXIT
 # CI=true: a missing tool fails the run instead of skipping the tests.
 if ! CI=true go test -count=1 -timeout 20m -v ./e2e >"$e2elog" 2>&1; then
 	grep -vE '^=== (RUN|PAUSE|CONT)' "$e2elog" | tail -n 200
+	# The failures' own messages, which a farm's log can push out of the tail.
+	echo "== the failing tests and their messages"
+	grep -E -- '^\s*--- FAIL|^\s+[A-Za-z0-9_]+_test\.go:[0-9]+:' "$e2elog" | head -n 100
 	echo "== end-to-end tests FAILED"
 	exit 1
 fi
