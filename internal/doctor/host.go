@@ -231,16 +231,24 @@ func parseConfig(out []byte) (nixConfig, error) {
 
 // showConfig asks Nix, as a with env, for its settings.
 func (d *doctor) showConfig(ctx context.Context, a *account, env []string, extra ...string) (nixConfig, error) {
-	sub := []string{"show-config"}
-	if d.nix.Major > 2 || d.nix.Minor >= 20 {
-		sub = []string{"config", "show"}
+	// `nix config show` from Nix 2.20 on; `nix show-config` before (and
+	// in Lix, whose versions say nothing of which it has): try both.
+	forms := [][]string{{"show-config"}, {"config", "show"}}
+	if d.nix.Name == "Nix" && (d.nix.Major > 2 || d.nix.Minor >= 20) {
+		forms[0], forms[1] = forms[1], forms[0]
 	}
-	args := append(append([]string{"--extra-experimental-features", "nix-command"}, sub...), "--json")
-	out, stderr, err := d.exec(ctx, a, env, "nix", append(args, extra...)...)
-	if err != nil {
-		return nil, fmt.Errorf("nix %s --json: %w: %s", strings.Join(sub, " "), err, lastLines(stderr, 3))
+	var firstErr error
+	for _, sub := range forms {
+		args := append(append([]string{"--extra-experimental-features", "nix-command"}, sub...), "--json")
+		out, stderr, err := d.exec(ctx, a, env, "nix", append(args, extra...)...)
+		if err == nil {
+			return parseConfig([]byte(out))
+		}
+		if firstErr == nil {
+			firstErr = fmt.Errorf("nix %s --json: %w: %s", strings.Join(sub, " "), err, lastLines(stderr, 3))
+		}
 	}
-	return parseConfig([]byte(out))
+	return nil, firstErr
 }
 
 // daemonProc is the running nix-daemon.
