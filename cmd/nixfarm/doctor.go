@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"time"
 
+	"github.com/nixfarm/nixfarm/internal/clientconfig"
 	"github.com/nixfarm/nixfarm/internal/doctor"
 )
 
@@ -45,7 +46,7 @@ func doctorCmd(args []string, stdout, stderr io.Writer) int {
 		return code
 	}
 	if opts.Farm != "" {
-		if err := validFarm(opts.Farm); err != nil {
+		if err := clientconfig.ValidFarm(opts.Farm); err != nil {
 			fmt.Fprintf(stderr, "nixfarm doctor: %v\n", err)
 			return 2
 		}
