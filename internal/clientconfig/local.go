@@ -23,7 +23,9 @@ func (i Implementation) String() string { return i.Name + " " + i.Version }
 
 // versionRE matches `nix --version`: "nix (Nix) 2.8.0",
 // "nix (Lix, like Nix) 2.91.1", "nix (Nix) 2.34.8pre".
-var versionRE = regexp.MustCompile(`^nix \((Nix|Lix)[^)]*\) (\d+)\.(\d+)(\S*)`)
+// The rest of the version is what release names use: "2.26.0pre20241201_1a2b3c",
+// "2.8.0-dirty"; not control characters, which \S would take.
+var versionRE = regexp.MustCompile(`^nix \((Nix|Lix)[^)]*\) (\d+)\.(\d+)([0-9A-Za-z.+~_-]*)`)
 
 // ParseVersion reads the first line of `nix --version`.
 func ParseVersion(out string) (Implementation, error) {
