@@ -29,6 +29,7 @@ Usage:
   nixfarm workers [flags]   list a farm's connected workers
   nixfarm workers add|revoke|list
                             issue, revoke and list the agents' credentials
+  nixfarm builds [flags]    list the farm's builds (--account, --status, --since, --json, ...)
   nixfarm accounts ...      add, list, show, remove accounts; set their limits
   nixfarm keys ...          add, list, remove the SSH keys of accounts
   nixfarm client-config --farm HOST[:PORT] [--apply]
@@ -59,6 +60,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return workersCmd(args[1:], stdout, stderr)
 	case "bench":
 		return benchCmd(args[1:], stdout, stderr)
+	case "builds":
+		return buildsCmd(args[1:], stdout, stderr)
 	case "accounts":
 		return accountsCmd(args[1:], stdout, stderr)
 	case "keys":
@@ -102,6 +105,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&cfg.Scheduler.MaxAttempts, "max-attempts", 3, "workers a build is tried on when workers are lost or fail to run it")
 	fs.DurationVar(&cfg.Scheduler.QuarantineFor, "quarantine", time.Minute, "how long a worker that failed 3 builds in a row gets no builds")
 	fs.BoolVar(&cfg.CancelOnDisconnect, "cancel-on-disconnect", false, "stop a build when every client waiting for it has gone (default: finish it and keep the result)")
+	fs.DurationVar(&cfg.BuildRetention, "build-retention", 90*24*time.Hour, "how long build records and their logs are kept after the build ends, pruned hourly (0: for ever)")
 	fs.DurationVar(&cfg.SyncDelay, "sync-delay", store.DefaultSyncDelay, "how long after upload a NAR is synced to disk (0: at once); NARs not synced yet are checked against their hashes after a crash")
 	cfg.Limits = serveLimitFlags(fs)
 	ciphers := fs.String("ssh-ciphers", strings.Join(sshd.DefaultCiphers, ","), "SSH ciphers offered to clients, comma-separated; clients pick the first of their own list that is offered (add chacha20-poly1305@openssh.com for clients without AES-GCM, at a CPU cost)")

@@ -96,6 +96,24 @@ type Request struct {
 	// Progress, if set, hears what the farm fetches from upstream caches
 	// for this request.
 	Progress Progress
+	// OnStart, if set, is called when a worker starts an attempt of the
+	// build (attempt counts from 1), before the worker is asked to
+	// build; the build waits for it, so it must be quick.
+	OnStart func(worker string, attempt int)
+}
+
+type keyFingerprintKey struct{}
+
+// WithKeyFingerprint returns ctx carrying the fingerprint of the SSH key
+// a session authenticated with, for the build records of its requests.
+func WithKeyFingerprint(ctx context.Context, fingerprint string) context.Context {
+	return context.WithValue(ctx, keyFingerprintKey{}, fingerprint)
+}
+
+// KeyFingerprint returns the SSH key fingerprint ctx carries ("" if none).
+func KeyFingerprint(ctx context.Context) string {
+	fp, _ := ctx.Value(keyFingerprintKey{}).(string)
+	return fp
 }
 
 // Result is the outcome of a build. A build that ran and failed is a
@@ -113,6 +131,9 @@ type Result struct {
 	HashModulo nixhash.Hash
 	// Worker names the worker that built it ("" if none did).
 	Worker string
+	// Infrastructure says the farm, not the build, failed: no worker
+	// could run it (every attempt failed, or none can take it).
+	Infrastructure bool
 	// Produced is, for a build a worker ran, the contents of each output
 	// as the farm received and verified them, whatever the requesting
 	// account holds under the same paths: what the build is shared as.

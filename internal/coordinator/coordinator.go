@@ -14,9 +14,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -24,6 +21,7 @@ import (
 	dbpkg "github.com/nixfarm/nixfarm/internal/db"
 	"github.com/nixfarm/nixfarm/internal/derivation"
 	"github.com/nixfarm/nixfarm/internal/publicerr"
+	"github.com/nixfarm/nixfarm/internal/records"
 	"github.com/nixfarm/nixfarm/internal/signature"
 	"github.com/nixfarm/nixfarm/internal/store"
 	"github.com/nixfarm/nixfarm/internal/storepath"
@@ -106,8 +104,8 @@ func New(st store.Views, sched Scheduler, db *sql.DB, logDir string, opts Option
 	}
 	c := &Coordinator{store: st, sched: sched, db: db, writes: dbpkg.NewGroup(db), logDir: logDir, log: opts.Log, opts: opts, now: time.Now,
 		inflight: map[string]*inflight{}}
-	res, err := db.Exec(`UPDATE builds SET error = 'interrupted: nixfarm stopped before the build finished', stopped_at = ?
-		WHERE stopped_at = 0`, c.now().UnixMilli())
+	res, err := db.Exec(`UPDATE builds SET error = 'interrupted: nixfarm stopped before the build finished', stopped_at = ?,
+		record_status = ? WHERE stopped_at = 0`, c.now().UnixMilli(), string(records.InfrastructureError))
 	if err != nil {
 		return nil, fmt.Errorf("marking interrupted builds: %w", err)
 	}
@@ -357,6 +355,7 @@ func (c *Coordinator) start(ctx context.Context, req *build.Request, f *inflight
 	if c.opts.LimitLog != nil {
 		breq.Log = c.opts.LimitLog(req.Account, f.log)
 	}
+	breq.OnStart = c.onStart(context.WithoutCancel(ctx), id, log)
 	breq.OnOutputs = func(res *build.Result) {
 		c.mu.Lock()
 		f.earlyRes = res
@@ -380,7 +379,7 @@ func (c *Coordinator) start(ctx context.Context, req *build.Request, f *inflight
 		if res.Status.Success() {
 			c.share(context.WithoutCancel(ctx), f, res, log)
 		}
-		if uerr := c.update(context.WithoutCancel(ctx), id, res, f.log.size()); uerr != nil {
+		if uerr := c.update(context.WithoutCancel(ctx), id, req.Account, res, endStatus(res, err), f.log.size()); uerr != nil {
 			log.Error("recording build", "err", uerr)
 		}
 		if err := f.log.close(); err != nil {
@@ -426,51 +425,7 @@ func allValid(ctx context.Context, st store.Store, outputs map[string]storepath.
 	return len(valid) == len(want), err
 }
 
-func (c *Coordinator) logPath(id int64) string {
-	return filepath.Join(c.logDir, strconv.FormatInt(id, 10)+".log")
-}
-
-func outputList(outputs map[string]storepath.Path) string {
-	var b strings.Builder
-	for name, p := range outputs {
-		if b.Len() > 0 {
-			b.WriteByte(' ')
-		}
-		b.WriteString(name + "=" + string(p))
-	}
-	return b.String()
-}
-
-func (c *Coordinator) insert(ctx context.Context, req *build.Request, queued time.Time) (int64, error) {
-	res, err := c.writes.Exec(ctx,
-		`INSERT INTO builds (drv_path, account, status, queued_at) VALUES (?, ?, ?, ?)`,
-		string(req.DrvPath), req.Account, int64(build.MiscFailure), queued.UnixMilli())
-	if err != nil {
-		return 0, fmt.Errorf("recording build: %w", err)
-	}
-	return res.LastInsertId()
-}
-
-func (c *Coordinator) update(ctx context.Context, id int64, res *build.Result, logBytes int64) error {
-	_, err := c.writes.Exec(ctx,
-		`UPDATE builds SET worker = ?, status = ?, error = ?, outputs = ?, started_at = ?, stopped_at = ?, log_bytes = ? WHERE id = ?`,
-		res.Worker, int64(res.Status), res.ErrorMsg, outputList(res.Outputs),
-		res.StartTime.UnixMilli(), res.StopTime.UnixMilli(), logBytes, id)
-	return err
-}
-
-// record stores a build that needed no builder.
-func (c *Coordinator) record(ctx context.Context, req *build.Request, res *build.Result, at time.Time) (int64, error) {
-	r, err := c.writes.Exec(ctx,
-		`INSERT INTO builds (drv_path, account, worker, status, error, outputs, queued_at, started_at, stopped_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		string(req.DrvPath), req.Account, res.Worker, int64(res.Status), res.ErrorMsg, outputList(res.Outputs),
-		at.UnixMilli(), res.StartTime.UnixMilli(), res.StopTime.UnixMilli())
-	if err != nil {
-		return 0, fmt.Errorf("recording build: %w", err)
-	}
-	return r.LastInsertId()
-}
+func (c *Coordinator) logPath(id int64) string { return records.LogPath(c.logDir, id) }
 
 // setBasicHash names a successful result's realisations after the
 // BasicDerivation as received, as a stock builder does: it cannot know the

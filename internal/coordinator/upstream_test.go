@@ -187,6 +187,12 @@ func TestOutputsSubstituted(t *testing.T) {
 	if build.Status(status) != build.Substituted {
 		t.Errorf("recorded status %v", build.Status(status))
 	}
+	var recStatus string
+	var sizes string
+	f.db.QueryRow(`SELECT record_status, output_sizes FROM builds WHERE drv_path = ?`, string(drvPath)).Scan(&recStatus, &sizes)
+	if recStatus != "substituted" || !strings.Contains(sizes, `"narSize":`) || strings.Contains(sizes, `"narSize":0`) {
+		t.Errorf("record: status %q, outputs %s", recStatus, sizes)
+	}
 
 	// Remote-builder mode: a BasicDerivation whose outputs are upstream.
 	other := f.addDrv(t, "other", []string{"out"}, nil)

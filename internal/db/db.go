@@ -189,6 +189,32 @@ var migrations = []string{
 		name TEXT PRIMARY KEY,
 		removals INTEGER NOT NULL
 	) WITHOUT ROWID;`,
+	// 9: build records (issue 14, package records): the key that asked,
+	// what the build needed, the workers tried, the record's status
+	// (records.Status: queued, running, built, failed, timed-out,
+	// cancelled, infrastructure-error, substituted, cached), the outputs
+	// with their NAR sizes (JSON), and columns for bytes moved and the
+	// builder's CPU time and peak memory (0 until they are measured).
+	`ALTER TABLE builds ADD COLUMN key_fingerprint TEXT NOT NULL DEFAULT '';
+	ALTER TABLE builds ADD COLUMN system TEXT NOT NULL DEFAULT '';
+	ALTER TABLE builds ADD COLUMN required_features TEXT NOT NULL DEFAULT '';
+	ALTER TABLE builds ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+	ALTER TABLE builds ADD COLUMN workers TEXT NOT NULL DEFAULT '';
+	ALTER TABLE builds ADD COLUMN record_status TEXT NOT NULL DEFAULT '';
+	ALTER TABLE builds ADD COLUMN output_sizes TEXT NOT NULL DEFAULT '';
+	ALTER TABLE builds ADD COLUMN bytes_uploaded INTEGER NOT NULL DEFAULT 0;
+	ALTER TABLE builds ADD COLUMN bytes_downloaded INTEGER NOT NULL DEFAULT 0;
+	ALTER TABLE builds ADD COLUMN cpu_seconds REAL NOT NULL DEFAULT 0;
+	ALTER TABLE builds ADD COLUMN peak_memory INTEGER NOT NULL DEFAULT 0;
+	UPDATE builds SET workers = worker, attempts = (worker != ''), record_status = CASE
+		WHEN stopped_at = 0 THEN 'infrastructure-error'
+		WHEN status = 0 THEN 'built'
+		WHEN status = 1 THEN 'substituted'
+		WHEN status IN (2, 13) THEN 'cached'
+		WHEN status = 8 THEN 'timed-out'
+		ELSE 'failed' END;
+	CREATE INDEX builds_account_id ON builds(account, id);
+	CREATE INDEX builds_stopped_at ON builds(stopped_at);`,
 }
 
 const maxConns = 8

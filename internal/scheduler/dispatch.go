@@ -129,7 +129,7 @@ func (s *Scheduler) expireUnbuildableLocked(now time.Time) {
 		msg := s.unbuildableMessageLocked(j)
 		s.cfg.Log.Warn("build cannot be placed", "drv", j.req.DrvPath, "reason", msg)
 		s.dequeueLocked(j)
-		j.finish(&build.Result{Status: build.MiscFailure, ErrorMsg: msg}, nil)
+		j.finish(&build.Result{Status: build.MiscFailure, ErrorMsg: msg, Infrastructure: true}, nil)
 	}
 }
 
@@ -162,7 +162,7 @@ func (s *Scheduler) startLocked(j *job, w *workerState) {
 	j.attempts++
 	s.cfg.Log.Debug("build placed", "drv", j.req.DrvPath, "account", j.req.Account, "worker", w.Name,
 		"attempt", j.attempts, "queued", time.Since(j.enqueued).Round(time.Millisecond))
-	go s.run(ctx, cancel, j, w)
+	go s.run(ctx, cancel, j, w, j.attempts)
 }
 
 // errTimedOut and errSilent are the causes the watchdog cancels with.
@@ -171,8 +171,11 @@ var (
 	errSilent   = errors.New("silent")
 )
 
-func (s *Scheduler) run(ctx context.Context, cancel context.CancelCauseFunc, j *job, w *workerState) {
+func (s *Scheduler) run(ctx context.Context, cancel context.CancelCauseFunc, j *job, w *workerState, attempt int) {
 	req := *j.req
+	if req.OnStart != nil {
+		req.OnStart(w.Name, attempt) // outside s.mu: it may write a record
+	}
 	wd := newWatchdog(req.Log)
 	req.Log = wd
 	if t := req.Options.Timeout; t > 0 {
@@ -256,7 +259,7 @@ func (s *Scheduler) retryLocked(j *job, w *workerState, err error) string {
 	}
 	if j.attempts >= s.cfg.MaxAttempts {
 		s.cfg.Log.Warn("build failed on every attempt", "drv", j.req.DrvPath, "attempts", j.attempts, "err", err)
-		j.finish(&build.Result{Status: build.MiscFailure,
+		j.finish(&build.Result{Status: build.MiscFailure, Infrastructure: true,
 			ErrorMsg: fmt.Sprintf("nixfarm tried to build '%s' %d times and no worker could run it; the last error: %s", j.req.DrvPath, j.attempts,
 				publicerr.Message(context.Background(), s.cfg.Log, err, "build failed on every attempt", "drv", j.req.DrvPath))}, nil)
 		return ""

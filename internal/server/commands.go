@@ -11,8 +11,10 @@ import (
 	"time"
 
 	"github.com/nixfarm/nixfarm/internal/account"
+	"github.com/nixfarm/nixfarm/internal/build"
 	"github.com/nixfarm/nixfarm/internal/daemonproto"
 	"github.com/nixfarm/nixfarm/internal/publicerr"
+	"github.com/nixfarm/nixfarm/internal/records"
 	"github.com/nixfarm/nixfarm/internal/scheduler"
 	"github.com/nixfarm/nixfarm/internal/serveproto"
 	"github.com/nixfarm/nixfarm/internal/sshd"
@@ -22,8 +24,9 @@ import (
 type command struct {
 	kind  commandKind
 	write bool
-	store string // --store argument, accepted and ignored
-	json  bool   // nixfarm whoami --json, nixfarm workers --json
+	store string   // --store argument, accepted and ignored
+	json  bool     // nixfarm whoami --json, nixfarm workers --json
+	args  []string // nixfarm builds's flags
 }
 
 type commandKind int
@@ -33,6 +36,7 @@ const (
 	cmdDaemon
 	cmdWhoami
 	cmdWorkers
+	cmdBuilds
 )
 
 // parseCommand matches an exec request exactly against the commands stock
@@ -59,6 +63,8 @@ func parseCommand(line string) (command, error) {
 			return command{kind: cmdWorkers}, nil
 		case len(words) == 3 && words[1] == "workers" && words[2] == "--json":
 			return command{kind: cmdWorkers, json: true}, nil
+		case len(words) >= 2 && words[1] == "builds":
+			return command{kind: cmdBuilds, args: words[2:]}, nil // flags checked by builds
 		}
 		return command{}, fmt.Errorf("unknown nixfarm command %q", strings.Join(words[1:], " "))
 	}
@@ -158,6 +164,7 @@ type execHandler struct {
 	accounts *account.Service
 	keys     *account.SigningKeys // nil: none shown
 	sched    *scheduler.Scheduler
+	records  *records.Service // nil: no builds command
 	log      *slog.Logger
 }
 
@@ -167,7 +174,8 @@ const supportedCommands = "nixfarm: this endpoint runs only what Nix sends for r
 	"nixfarm:   nix-store --serve [--write]    (ssh:// builders and stores)\n" +
 	"nixfarm:   nix-daemon --stdio             (ssh-ng:// builders and stores)\n" +
 	"nixfarm:   nixfarm whoami [--json]        (your account, key, limits and usage)\n" +
-	"nixfarm:   nixfarm workers [--json]       (the farm's workers: systems, features, slots)\n"
+	"nixfarm:   nixfarm workers [--json]       (the farm's workers: systems, features, slots)\n" +
+	"nixfarm:   nixfarm builds [--json] [...]  (your account's builds; --help for the filters)\n"
 
 // Exec implements sshd.Handler.
 func (h *execHandler) Exec(ctx context.Context, s *sshd.Session) uint32 {
@@ -177,6 +185,7 @@ func (h *execHandler) Exec(ctx context.Context, s *sshd.Session) uint32 {
 		fmt.Fprintf(s.Stderr, "nixfarm: command %q refused: %v\n%s", s.Command, err, supportedCommands)
 		return 127
 	}
+	ctx = build.WithKeyFingerprint(ctx, s.Fingerprint)
 	switch c.kind {
 	case cmdDaemon:
 		err = h.daemon.Serve(ctx, s.Stdin, s.Stdout, &daemonproto.Session{Account: s.Account})
@@ -186,6 +195,8 @@ func (h *execHandler) Exec(ctx context.Context, s *sshd.Session) uint32 {
 		err = h.whoami(ctx, s, c.json)
 	case cmdWorkers:
 		err = h.workers(s, c.json)
+	case cmdBuilds:
+		err = h.builds(ctx, s, c.args)
 	}
 	if err != nil {
 		// Only a public message reaches the client; anything else is

@@ -1,6 +1,9 @@
 package server
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 func TestParseCommand(t *testing.T) {
 	ok := []struct {
@@ -36,6 +39,10 @@ func TestParseCommand(t *testing.T) {
 		if c, err := parseCommand(line); err != nil || c.kind != cmdWorkers || c.json != asJSON {
 			t.Errorf("%q: %+v %v", line, c, err)
 		}
+	}
+	if c, err := parseCommand("nixfarm builds --status 'timed-out' --json"); err != nil || c.kind != cmdBuilds ||
+		strings.Join(c.args, "|") != "--status|timed-out|--json" {
+		t.Errorf("nixfarm builds: %+v %v", c, err)
 	}
 	bad := []string{
 		"", "ls", "nix-store", "nix-store --serve --write; rm -rf /", "nix-store --serve --write && ls",

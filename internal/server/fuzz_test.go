@@ -77,6 +77,8 @@ func FuzzCommand(f *testing.F) {
 				t.Fatalf("%q: nix-daemon with write", line)
 			}
 			canon = append(canon, "nix-daemon", "--stdio")
+		case cmdWhoami, cmdWorkers, cmdBuilds:
+			return // nixfarm's own commands, matched word for word
 		default:
 			t.Fatalf("%q: accepted with kind %d", line, c.kind)
 		}
@@ -94,7 +96,7 @@ func FuzzCommand(f *testing.F) {
 		if err != nil {
 			t.Fatalf("%q accepted as %+v, but its canonical form %q is refused: %v", line, c, canon, err)
 		}
-		if c2 != c {
+		if !reflect.DeepEqual(c2, c) {
 			t.Fatalf("%q parsed as %+v, its canonical form %q as %+v", line, c, canon, c2)
 		}
 	})

@@ -32,6 +32,7 @@ import (
 	"github.com/nixfarm/nixfarm/internal/credentials"
 	"github.com/nixfarm/nixfarm/internal/daemonproto"
 	"github.com/nixfarm/nixfarm/internal/db"
+	"github.com/nixfarm/nixfarm/internal/records"
 	"github.com/nixfarm/nixfarm/internal/scheduler"
 	"github.com/nixfarm/nixfarm/internal/serveproto"
 	"github.com/nixfarm/nixfarm/internal/signature"
@@ -107,6 +108,9 @@ type Config struct {
 	Limits *account.Values
 	// CancelOnDisconnect stops a build when its last client goes away.
 	CancelOnDisconnect bool
+	// BuildRetention is how long build records and their logs are kept
+	// after the build ends (0: for ever); pruned hourly (builds_api.go).
+	BuildRetention time.Duration
 	// Version is nixfarm's version, shown to ssh-ng:// clients.
 	Version string
 	Log     *slog.Logger
@@ -137,6 +141,7 @@ type Farm struct {
 	outputs  *account.Views
 	sched    *scheduler.Scheduler
 	coord    *coordinator.Coordinator
+	records  *records.Service
 	ssh      *sshd.Server
 	ln       net.Listener
 	agents   *agent.Server
@@ -266,6 +271,7 @@ func (f *Farm) init(ctx context.Context) error {
 		return err
 	}
 	f.coord = coord
+	f.records = records.New(f.db, filepath.Join(cfg.StateDir, "logs"), nil)
 	serve := &serveproto.Server{Store: f.uploads, Builds: coord, Log: f.log, TempDir: tmp}
 	daemon := &daemonproto.Server{Store: f.uploads, Builds: coord, Log: f.log, TempDir: tmp, NixVersion: "nixfarm-" + cfg.Version}
 	if f.substituter != nil {
@@ -286,7 +292,7 @@ func (f *Farm) init(ctx context.Context) error {
 		Keys:               f.accounts,
 		Ciphers:            cfg.SSHCiphers,
 		Limits:             cfg.SSHLimits,
-		Handler:            &execHandler{serve: serve, daemon: daemon, accounts: f.accounts, keys: f.accountKeys, sched: f.sched, log: f.log},
+		Handler:            &execHandler{serve: serve, daemon: daemon, accounts: f.accounts, keys: f.accountKeys, sched: f.sched, records: f.records, log: f.log},
 		Log:                f.log,
 	})
 	if err != nil {
@@ -518,6 +524,11 @@ func (f *Farm) Serve(ctx context.Context) error {
 		defer stop()
 		f.log.Info("serving the API", "url", "http://"+f.httpLn.Addr().String())
 	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		f.pruneBuilds(ctx)
+	}()
 	err := f.ssh.Serve(ctx, f.ln)
 	wg.Wait()
 	return err
