@@ -290,10 +290,12 @@ func Unauthorized(w http.ResponseWriter, err error) {
 	if reason == "" {
 		reason, err = "unknown", ErrUnknown
 	}
-	w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="nixfarm", error="invalid_token", error_description=%q`, reason))
-	if reason == "missing" {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="nixfarm"`)
+	challenge := `Bearer realm="nixfarm"`
+	if reason != "missing" {
+		// RFC 6750: a request without credentials gets no error code.
+		challenge += fmt.Sprintf(`, error="invalid_token", error_description=%q`, reason+" token")
 	}
+	w.Header().Set("WWW-Authenticate", challenge)
 	writeError(w, http.StatusUnauthorized, reason, err.Error())
 }
 
