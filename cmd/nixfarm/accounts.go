@@ -21,7 +21,7 @@ const accountsUsage = `Usage:
   nixfarm accounts add NAME [--max-... VALUE ...]   add an account (limits optional)
   nixfarm accounts list [--json]                    list the accounts
   nixfarm accounts show NAME [--json]               an account's keys, limits and trusted keys
-  nixfarm accounts remove NAME                      remove an account and its keys
+  nixfarm accounts remove NAME                      remove an account, its keys and tokens
   nixfarm accounts set-limits NAME --max-... VALUE  set limits ("default" for the farm's default)
   nixfarm accounts trust NAME KEY                   trust a Nix signing key (name:base64)
   nixfarm accounts untrust NAME KEY                 stop trusting one: its own, or one of the
@@ -191,7 +191,7 @@ func runAccounts(ctx context.Context, svc *account.Service, sub string, pos []st
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "removed account %s and its %d keys; what it uploaded and built stays in the farm store\n", pos[0], keys)
+		fmt.Fprintf(stdout, "removed account %s, its %d keys and its tokens; what it uploaded and built stays in the farm store\n", pos[0], keys)
 	case "set-limits":
 		if len(limits) == 0 {
 			return errors.New("no limits given: use --max-... VALUE (see nixfarm accounts set-limits --help)")

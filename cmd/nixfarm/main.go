@@ -32,6 +32,7 @@ Usage:
   nixfarm builds [flags]    list the farm's builds (--account, --status, --since, --json, ...)
   nixfarm accounts ...      add, list, show, remove accounts; set their limits
   nixfarm keys ...          add, list, remove the SSH keys of accounts
+  nixfarm tokens ...        create, list, revoke the API tokens of accounts
   nixfarm client-config --farm HOST[:PORT] [--apply]
                             set up this machine's Nix to build through a farm
   nixfarm doctor [flags]    check that remote builds work here, and explain what does not
@@ -66,6 +67,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return accountsCmd(args[1:], stdout, stderr)
 	case "keys":
 		return keysCmd(args[1:], os.Stdin, stdout, stderr)
+	case "tokens":
+		return tokensCmd(args[1:], stdout, stderr)
 	case "client-config":
 		return clientConfigCmd(args[1:], stdout, stderr)
 	case "doctor":

@@ -4,7 +4,8 @@
 // builds, upload, output and log sizes, stored bytes), each with the
 // farm's default unless set. It also enforces the limits that sit on the
 // farm store (Views) and on build logs (LimitLog), and reports an
-// account's limits and usage (Status, for `nixfarm whoami`).
+// account's limits and usage (Status, for `nixfarm whoami`), and keeps
+// its binary cache tokens and API tokens (`nixfarm tokens`).
 //
 // An account that authenticates through the authorized_keys file but was
 // never added here has the default limits.

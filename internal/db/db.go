@@ -215,6 +215,22 @@ var migrations = []string{
 		ELSE 'failed' END;
 	CREATE INDEX builds_account_id ON builds(account, id);
 	CREATE INDEX builds_stopped_at ON builds(stopped_at);`,
+	// 10 (issue 14, tokens): accounts' API tokens (`nixfarm tokens`): the
+	// SHA-256 (hex) of each, never the token; scope read (the account's
+	// own data) or admin (every account's). expires and revoked are Unix
+	// seconds, 0 for never and live; revoked tokens stay for the listing.
+	`CREATE TABLE api_tokens (
+		id INTEGER PRIMARY KEY,
+		hash TEXT NOT NULL UNIQUE,
+		account TEXT NOT NULL REFERENCES accounts(name) ON DELETE CASCADE,
+		scope TEXT NOT NULL CHECK (scope IN ('read', 'admin')),
+		name TEXT NOT NULL DEFAULT '',
+		created INTEGER NOT NULL,
+		expires INTEGER NOT NULL DEFAULT 0,
+		revoked INTEGER NOT NULL DEFAULT 0,
+		last_used INTEGER NOT NULL DEFAULT 0
+	);
+	CREATE INDEX api_tokens_account ON api_tokens(account);`,
 }
 
 const maxConns = 8

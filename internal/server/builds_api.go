@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nixfarm/nixfarm/internal/apiauth"
 	"github.com/nixfarm/nixfarm/internal/publicerr"
 	"github.com/nixfarm/nixfarm/internal/records"
 	"github.com/nixfarm/nixfarm/internal/sshd"
@@ -21,19 +22,21 @@ import (
 // HTTP listener, `nixfarm builds` over SSH, and their pruning.
 
 // buildsAPI adds the build records' routes to mux.
-func (f *Farm) buildsAPI(mux *http.ServeMux) {
-	mux.HandleFunc("GET /api/v1/builds", f.listBuilds)
-	mux.HandleFunc("GET /api/v1/builds/{id}", f.getBuild)
+// Both need a token (apiauth): an account's sees its own builds, an
+// admin's (or the farm's API token) every account's.
+func (f *Farm) buildsAPI(mux *http.ServeMux, auth *apiauth.Authenticator) {
+	mux.Handle("GET /api/v1/builds", auth.RequireViewer(http.HandlerFunc(f.listBuilds)))
+	mux.Handle("GET /api/v1/builds/{id}", auth.RequireViewer(http.HandlerFunc(f.getBuild)))
 }
 
-// buildsViewer says who asks for build records, or false if nobody the
-// API admits. For now only the farm's API token is admitted, as an
-// admin; per-account tokens will make their accounts viewers.
+// buildsViewer says who asks for build records: the viewer RequireViewer
+// admitted.
 func (f *Farm) buildsViewer(r *http.Request) (records.Viewer, bool) {
-	if f.apiAuthorized(r) {
-		return records.Viewer{Admin: true}, true
+	v := apiauth.FromContext(r.Context())
+	if v.Account == "" && !v.Admin {
+		return records.Viewer{}, false
 	}
-	return records.Viewer{}, false
+	return records.Viewer{Account: v.Account, Admin: v.Admin}, true
 }
 
 func (f *Farm) listBuilds(w http.ResponseWriter, r *http.Request) {
