@@ -23,6 +23,7 @@ import (
 	"github.com/nixfarm/nixfarm/internal/build"
 	dbpkg "github.com/nixfarm/nixfarm/internal/db"
 	"github.com/nixfarm/nixfarm/internal/derivation"
+	"github.com/nixfarm/nixfarm/internal/metrics"
 	"github.com/nixfarm/nixfarm/internal/publicerr"
 	"github.com/nixfarm/nixfarm/internal/signature"
 	"github.com/nixfarm/nixfarm/internal/store"
@@ -51,7 +52,9 @@ type Options struct {
 	// TrustedKeys returns the keys whose signatures make a path visible
 	// to an account: what it may be offered from upstream caches.
 	TrustedKeys func(ctx context.Context, account string) []signature.PublicKey
-	Log         *slog.Logger
+	// Metrics, if set, counts builds by final status and their durations.
+	Metrics *metrics.Farm
+	Log     *slog.Logger
 }
 
 // Coordinator implements the protocol servers' Builds interfaces.
@@ -368,6 +371,7 @@ func (c *Coordinator) start(ctx context.Context, req *build.Request, f *inflight
 	c.running.Add(1)
 	c.sched.Submit(f.ctx, &breq, func(res *build.Result, err error) {
 		defer c.running.Done()
+		c.opts.Metrics.BuildEnded(res, err)
 		if err != nil {
 			res = &build.Result{Status: build.MiscFailure, StartTime: queued, StopTime: c.now(),
 				ErrorMsg: publicerr.Message(ctx, log, err, "build could not run")}
@@ -461,6 +465,7 @@ func (c *Coordinator) update(ctx context.Context, id int64, res *build.Result, l
 
 // record stores a build that needed no builder.
 func (c *Coordinator) record(ctx context.Context, req *build.Request, res *build.Result, at time.Time) (int64, error) {
+	c.opts.Metrics.BuildEnded(res, nil)
 	r, err := c.writes.Exec(ctx,
 		`INSERT INTO builds (drv_path, account, worker, status, error, outputs, queued_at, started_at, stopped_at)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,

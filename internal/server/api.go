@@ -33,6 +33,7 @@ func (f *Farm) api(cache http.Handler) http.Handler {
 		}
 		writeJSON(w, map[string]any{"workers": workers, "queued": f.sched.Queued()})
 	})
+	mux.Handle("GET /metrics", f.metrics.Handler()) // aggregates only: no account, no path
 	mux.HandleFunc("GET /-/healthy", func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("ok\n"))
 	})
