@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"strconv"
 
+	"github.com/nixfarm/nixfarm/internal/metrics"
 	"github.com/nixfarm/nixfarm/internal/narinfo"
 	"github.com/nixfarm/nixfarm/internal/publicerr"
 	"github.com/nixfarm/nixfarm/internal/store"
@@ -57,7 +58,9 @@ type Config struct {
 	// (store.Local.Generation): rendered narinfos are kept for as long as
 	// it stays the same (narinfos.go).
 	Generation func() uint64
-	Log        *slog.Logger
+	// Metrics, if set, counts the narinfos and NARs served.
+	Metrics *metrics.Farm
+	Log     *slog.Logger
 }
 
 // Authenticator names the account of a request.
@@ -228,6 +231,7 @@ func (c *Cache) serveNarInfo(ctx context.Context, w http.ResponseWriter, r *http
 		// makes this rendering stale rather than current.
 		gen = c.cfg.Generation()
 		if body, ok := c.narInfos.get(key, gen); ok {
+			c.cfg.Metrics.CacheHit("narinfo")
 			writeNarInfo(w, body)
 			return
 		}
@@ -252,6 +256,7 @@ func (c *Cache) serveNarInfo(ctx context.Context, w http.ResponseWriter, r *http
 	if c.cfg.Generation != nil {
 		c.narInfos.put(key, gen, body)
 	}
+	c.cfg.Metrics.CacheHit("narinfo")
 	writeNarInfo(w, body)
 }
 
@@ -297,6 +302,7 @@ func (c *Cache) serveNar(ctx context.Context, w http.ResponseWriter, r *http.Req
 		return
 	}
 	defer f.Close()
+	c.cfg.Metrics.CacheHit("nar")
 	h := w.Header()
 	h.Set("Content-Type", NarContentType)
 	h.Set("ETag", `"`+key+`"`)
@@ -316,6 +322,7 @@ func (c *Cache) servePlainNar(ctx context.Context, w http.ResponseWriter, r *htt
 		http.NotFound(w, r)
 		return
 	}
+	c.cfg.Metrics.CacheHit("nar")
 	h := w.Header()
 	h.Set("Content-Type", NarContentType)
 	h.Set("ETag", `"`+rt.narHash+`.nar"`)

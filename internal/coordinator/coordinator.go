@@ -20,6 +20,7 @@ import (
 	"github.com/nixfarm/nixfarm/internal/build"
 	dbpkg "github.com/nixfarm/nixfarm/internal/db"
 	"github.com/nixfarm/nixfarm/internal/derivation"
+	"github.com/nixfarm/nixfarm/internal/metrics"
 	"github.com/nixfarm/nixfarm/internal/publicerr"
 	"github.com/nixfarm/nixfarm/internal/records"
 	"github.com/nixfarm/nixfarm/internal/signature"
@@ -49,7 +50,9 @@ type Options struct {
 	// TrustedKeys returns the keys whose signatures make a path visible
 	// to an account: what it may be offered from upstream caches.
 	TrustedKeys func(ctx context.Context, account string) []signature.PublicKey
-	Log         *slog.Logger
+	// Metrics, if set, counts builds by final status and their durations.
+	Metrics *metrics.Farm
+	Log     *slog.Logger
 }
 
 // Coordinator implements the protocol servers' Builds interfaces.
@@ -367,6 +370,7 @@ func (c *Coordinator) start(ctx context.Context, req *build.Request, f *inflight
 	c.running.Add(1)
 	c.sched.Submit(f.ctx, &breq, func(res *build.Result, err error) {
 		defer c.running.Done()
+		c.opts.Metrics.BuildEnded(res, err)
 		if err != nil {
 			res = &build.Result{Status: build.MiscFailure, StartTime: queued, StopTime: c.now(),
 				ErrorMsg: publicerr.Message(ctx, log, err, "build could not run")}

@@ -80,6 +80,7 @@ func (c *Coordinator) update(ctx context.Context, id int64, account string, res 
 
 // record stores a build that needed no builder.
 func (c *Coordinator) record(ctx context.Context, req *build.Request, res *build.Result, at time.Time) (int64, error) {
+	c.opts.Metrics.BuildEnded(res, nil)
 	r, err := c.writes.Exec(ctx,
 		`INSERT INTO builds (drv_path, account, worker, status, error, outputs, queued_at, started_at, stopped_at,
 			key_fingerprint, system, required_features, record_status, output_sizes)

@@ -160,6 +160,9 @@ func (s *Scheduler) startLocked(j *job, w *workerState) {
 	w.running[j] = cancel
 	s.running[j.req.Account]++
 	j.attempts++
+	if j.attempts == 1 {
+		s.cfg.Metrics.BuildStarted(time.Since(j.enqueued))
+	}
 	s.cfg.Log.Debug("build placed", "drv", j.req.DrvPath, "account", j.req.Account, "worker", w.Name,
 		"attempt", j.attempts, "queued", time.Since(j.enqueued).Round(time.Millisecond))
 	go s.run(ctx, cancel, j, w, j.attempts)
@@ -254,6 +257,7 @@ func (s *Scheduler) retryLocked(j *job, w *workerState, err error) string {
 		w.failures++
 		if w.failures >= s.cfg.QuarantineAfter {
 			w.quarantinedUntil = time.Now().Add(s.cfg.QuarantineFor)
+			s.cfg.Metrics.WorkerQuarantined(w.Name)
 			s.cfg.Log.Warn("worker quarantined", "worker", w.Name, "failures", w.failures, "until", w.quarantinedUntil.Format(time.RFC3339))
 		}
 	}
@@ -266,6 +270,7 @@ func (s *Scheduler) retryLocked(j *job, w *workerState, err error) string {
 	}
 	backoff := s.cfg.RetryBackoff << (j.attempts - 1)
 	j.notBefore = time.Now().Add(backoff)
+	s.cfg.Metrics.BuildRetried()
 	s.cfg.Log.Warn("build will be retried", "drv", j.req.DrvPath, "worker", w.Name, "attempt", j.attempts, "backoff", backoff, "err", err)
 	s.enqueueLocked(j, true)
 	return fmt.Sprintf("nixfarm: %v; retrying on another worker\n", err)

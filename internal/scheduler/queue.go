@@ -15,6 +15,8 @@ type class struct {
 	// unbuildableSince is when the farm was first seen without any
 	// worker able to take this class (zero while one exists).
 	unbuildableSince time.Time
+	// queued counts the class's builds in the accounts' queues.
+	queued int
 }
 
 func classKey(system string, required []string) string {

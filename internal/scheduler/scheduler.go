@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/nixfarm/nixfarm/internal/build"
+	"github.com/nixfarm/nixfarm/internal/metrics"
 	"github.com/nixfarm/nixfarm/internal/storepath"
 	"github.com/nixfarm/nixfarm/internal/worker"
 )
@@ -48,7 +49,10 @@ type Config struct {
 	// beyond is refused); 0 is no cap. It is called outside the
 	// scheduler's lock, once per Submit.
 	Limits func(account string) AccountLimits
-	Log    *slog.Logger
+	// Metrics, if set, hears of queue times, retries, quarantines and
+	// lost workers; it collects queues and slots with MetricsState.
+	Metrics *metrics.Farm
+	Log     *slog.Logger
 }
 
 // AccountLimits are an account's caps on its builds; 0 is no cap.
@@ -166,6 +170,9 @@ func (s *Scheduler) Close() {
 		}
 	}
 	s.accounts, s.order, s.queued = map[string]*accountQueue{}, nil, 0
+	for _, c := range s.classes {
+		c.queued = 0
+	}
 	for _, w := range s.workers {
 		for _, cancel := range w.running {
 			cancel(errors.New("the farm is shutting down"))
@@ -233,6 +240,7 @@ func (s *Scheduler) RemoveWorker(name string, reason error) {
 func (s *Scheduler) removeLocked(w *workerState, reason error) {
 	delete(s.workers, w.Name)
 	s.resortLocked()
+	s.cfg.Metrics.WorkerLost(w.Name)
 	for _, cancel := range w.running {
 		cancel(fmt.Errorf("worker %s was lost: %w", w.Name, reason))
 	}
@@ -369,6 +377,7 @@ func (s *Scheduler) enqueueLocked(j *job, retry bool) {
 	j.queued = true
 	s.queued++
 	a.queued++
+	j.class.queued++
 }
 
 // dequeueLocked takes a queued j out of its queue (a no-op if it is not
@@ -389,6 +398,7 @@ func (s *Scheduler) dequeueLocked(j *job) {
 	q.remove(j)
 	s.queued--
 	a.queued--
+	j.class.queued--
 	s.pruneLocked(j.req.Account, a, q)
 }
 

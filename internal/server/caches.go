@@ -52,6 +52,8 @@ func (f *Farm) initUpstream() error {
 		Keys:  keys,
 		Store: f.store.For(store.UpstreamAccount),
 		Log:   f.log,
+
+		Metrics: f.metrics,
 	})
 	if err != nil {
 		return fmt.Errorf("--substituter: %w", err)
@@ -79,6 +81,7 @@ func (f *Farm) binaryCache() (http.Handler, error) {
 		Dir:         filepath.Join(f.cfg.StateDir, "cache"),
 		Compression: f.cfg.CacheCompression,
 		Generation:  f.store.Generation,
+		Metrics:     f.metrics,
 		Log:         f.log,
 	})
 }

@@ -32,6 +32,7 @@ import (
 	"github.com/nixfarm/nixfarm/internal/credentials"
 	"github.com/nixfarm/nixfarm/internal/daemonproto"
 	"github.com/nixfarm/nixfarm/internal/db"
+	"github.com/nixfarm/nixfarm/internal/metrics"
 	"github.com/nixfarm/nixfarm/internal/records"
 	"github.com/nixfarm/nixfarm/internal/scheduler"
 	"github.com/nixfarm/nixfarm/internal/serveproto"
@@ -153,6 +154,8 @@ type Farm struct {
 	// executors are the built-in and static workers' executors, whose
 	// warm sessions end with the farm.
 	executors []*worker.Executor
+	// metrics are served on the HTTP API's /metrics.
+	metrics *metrics.Farm
 }
 
 // Start opens the state, builds the components and starts listening; Serve
@@ -211,7 +214,9 @@ func (f *Farm) init(ctx context.Context) error {
 	if err := os.MkdirAll(tmp, 0o700); err != nil {
 		return err
 	}
+	f.metrics = metrics.New(f.log)
 	f.store = store.NewLocal(f.db, blobs)
+	f.metrics.WatchStore(f.store, nil)
 	f.store.Log = f.log
 	f.store.SyncDelay = cfg.SyncDelay
 	key, created, err := loadOrCreateSigningKey(filepath.Join(cfg.StateDir, "signing-key"))
@@ -247,11 +252,13 @@ func (f *Farm) init(ctx context.Context) error {
 	f.outputs = &account.Views{Store: f.store, Accounts: f.accounts, Size: account.OutputSize}
 	schedCfg := cfg.Scheduler
 	schedCfg.Log = f.log
+	schedCfg.Metrics = f.metrics
 	schedCfg.Limits = func(acct string) scheduler.AccountLimits {
 		l := f.accounts.Limits(context.Background(), acct)
 		return scheduler.AccountLimits{MaxRunning: int(l.Get(account.ConcurrentBuilds)), MaxQueued: int(l.Get(account.QueuedBuilds))}
 	}
 	f.sched = scheduler.New(schedCfg)
+	f.metrics.WatchScheduler(f.sched)
 	if err := f.addLocalWorker(ctx); err != nil {
 		return err
 	}
@@ -262,7 +269,7 @@ func (f *Farm) init(ctx context.Context) error {
 		return err
 	}
 	opts := coordinator.Options{CancelOnDisconnect: cfg.CancelOnDisconnect, LimitLog: f.accounts.LimitLog,
-		TrustedKeys: f.accounts.TrustedKeys, Log: f.log}
+		TrustedKeys: f.accounts.TrustedKeys, Metrics: f.metrics, Log: f.log}
 	if f.substituter != nil {
 		opts.Substituter = f.substituter
 	}
@@ -292,6 +299,7 @@ func (f *Farm) init(ctx context.Context) error {
 		Keys:               f.accounts,
 		Ciphers:            cfg.SSHCiphers,
 		Limits:             cfg.SSHLimits,
+		Metrics:            f.metrics,
 		Handler:            &execHandler{serve: serve, daemon: daemon, accounts: f.accounts, keys: f.accountKeys, sched: f.sched, records: f.records, log: f.log},
 		Log:                f.log,
 	})

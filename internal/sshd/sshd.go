@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/nixfarm/nixfarm/internal/metrics"
 )
 
 // Session is one exec request on an authenticated connection.
@@ -57,6 +59,9 @@ type Config struct {
 	// Limits bound connections, per source, per account and in all, and
 	// how long they may take to authenticate and stay idle.
 	Limits Limits
+	// Metrics, if set, counts connections, handshake failures and the
+	// bytes of each command.
+	Metrics *metrics.Farm
 }
 
 // KeyLookup finds the account a public key authenticates as.
@@ -147,7 +152,7 @@ func (s *Server) checkKey(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permis
 	}
 	if err := s.gate.AccountFull(account); err != nil {
 		s.gate.logRefusal("connection refused", "account", account, "remote", meta.RemoteAddr().String(), "reason", err.Error())
-		return nil, &ssh.BannerError{Err: err,
+		return nil, &ssh.BannerError{Err: capsError{err},
 			Message: "nixfarm: " + err.Error() + "; close some, or ask the farm's operator to raise --max-connections-per-account.\n"}
 	}
 	return &ssh.Permissions{Extensions: map[string]string{extAccount: account, extFingerprint: fp}}, nil
@@ -227,16 +232,21 @@ func Accept(ctx context.Context, ln net.Listener, log *slog.Logger, handle func(
 }
 
 func (s *Server) handleConn(ctx context.Context, nc net.Conn) {
+	s.cfg.Metrics.SSHConnOpened()
+	defer s.cfg.Metrics.SSHConnClosed()
 	adm, err := s.gate.Admit(nc.RemoteAddr())
 	if err != nil {
+		s.cfg.Metrics.SSHHandshakeFailed("caps")
 		nc.Close()
 		return
 	}
 	defer adm.Close()
 	limits := s.gate.Limits()
 	nc.SetDeadline(time.Now().Add(limits.HandshakeTimeout)) // for the handshake only
-	sc, chans, reqs, err := ssh.NewServerConn(nc, s.ssh)
+	conf, refused := s.connConfig()
+	sc, chans, reqs, err := ssh.NewServerConn(nc, conf)
 	if err != nil {
+		s.cfg.Metrics.SSHHandshakeFailed(handshakeFailure(err, *refused))
 		s.log.Debug("ssh handshake failed", "remote", nc.RemoteAddr(), "err", err)
 		nc.Close()
 		return
@@ -244,6 +254,7 @@ func (s *Server) handleConn(ctx context.Context, nc net.Conn) {
 	nc.SetDeadline(time.Time{})
 	account := sc.Permissions.Extensions[extAccount]
 	if err := adm.Authenticated(account); err != nil {
+		s.cfg.Metrics.SSHHandshakeFailed("caps")
 		sc.Close()
 		return
 	}
@@ -335,8 +346,10 @@ func (s *Server) handleSession(ctx context.Context, log *slog.Logger, sc *ssh.Se
 			}
 			start := time.Now()
 			status := s.cfg.Handler.Exec(ctx, sess)
+			in, out := sess.Stdin.(*counting).n.Load(), sess.Stdout.(*counting).n.Load()
+			s.cfg.Metrics.SSHBytes(in, out)
 			log.Debug("exec finished", "command", m.Command, "status", status, "duration", time.Since(start),
-				"bytes_in", sess.Stdin.(*counting).n.Load(), "bytes_out", sess.Stdout.(*counting).n.Load())
+				"bytes_in", in, "bytes_out", out)
 			s.exit(ch, status)
 			return
 		case "shell", "subsystem":

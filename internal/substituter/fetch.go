@@ -285,6 +285,7 @@ func (s *Substituter) fetchFrom(ctx context.Context, c *upstream, ni *narinfo.Na
 		if err != nil && ctx.Err() == nil {
 			err = fmt.Errorf("substituting %s from %s: %w", p, c.url, err)
 		}
+		s.cfg.Metrics.Substitution(substitutionResult(ctx, err))
 	}()
 	if err := checkNarURL(ni.URL); err != nil {
 		return &Refusal{err}
@@ -329,4 +330,19 @@ func (s *Substituter) fetchFrom(ctx context.Context, c *upstream, ni *narinfo.Na
 	c.reached()
 	s.log.Info("substituted", "path", string(p), "substituter", c.url, "nar_size", ni.NarSize)
 	return nil
+}
+
+// substitutionResult names the outcome of fetchFrom for the metrics
+// (metrics.SubstitutionResults); a fetch its caller gave up on is not
+// counted.
+func substitutionResult(ctx context.Context, err error) string {
+	switch {
+	case err == nil:
+		return "ok"
+	case ctx.Err() != nil:
+		return ""
+	case errors.As(err, new(*Refusal)):
+		return "refused"
+	}
+	return "failed"
 }

@@ -38,6 +38,7 @@ import (
 	"time"
 
 	"github.com/nixfarm/nixfarm/internal/build"
+	"github.com/nixfarm/nixfarm/internal/metrics"
 	"github.com/nixfarm/nixfarm/internal/narinfo"
 	"github.com/nixfarm/nixfarm/internal/signature"
 	"github.com/nixfarm/nixfarm/internal/store"
@@ -84,6 +85,8 @@ type Config struct {
 	// timeout, a 15 s response-header timeout and a keep-alive pool sized
 	// to Parallel+Lookups.
 	HTTP *http.Client
+	// Metrics, if set, counts each path fetched from a cache, or not.
+	Metrics *metrics.Farm
 }
 
 // Refusal is an upstream path the farm would not take: its narinfo or
