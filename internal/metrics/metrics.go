@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/nixfarm/nixfarm/internal/build"
+	"github.com/nixfarm/nixfarm/internal/records"
 )
 
 const namespace = "nixfarm"
@@ -175,23 +176,12 @@ func (a slogAdapter) Println(v ...any) { a.log.Warn("metrics: collecting", "err"
 func Status(res *build.Result, err error) string {
 	switch {
 	case err != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)):
-		return "cancelled"
+		return string(records.Cancelled)
 	case err != nil || res == nil:
-		return "infrastructure-error"
+		return string(records.InfrastructureError)
 	}
-	switch res.Status {
-	case build.Built:
-		return "built"
-	case build.Substituted:
-		return "substituted"
-	case build.AlreadyValid, build.ResolvesToAlreadyValid:
-		return "cached"
-	case build.TimedOut:
-		return "timed-out"
-	case build.MiscFailure:
-		return "infrastructure-error"
-	}
-	return "failed"
+	// The same words as the build records, from the same mapping.
+	return string(records.StatusOf(res))
 }
 
 // BuildEnded counts a build by its final status (Status(res, err)) and,

@@ -53,7 +53,8 @@ func TestStatus(t *testing.T) {
 		{&build.Result{Status: build.PermanentFailure}, nil, "failed"},
 		{&build.Result{Status: build.OutputRejected}, nil, "failed"},
 		{&build.Result{Status: build.TimedOut}, nil, "timed-out"},
-		{&build.Result{Status: build.MiscFailure}, nil, "infrastructure-error"},
+		{&build.Result{Status: build.MiscFailure}, nil, "failed"}, // a farm-side error is marked so (as the records have it)
+		{&build.Result{Status: build.MiscFailure, Infrastructure: true}, nil, "infrastructure-error"},
 		{&build.Result{Status: build.Substituted}, nil, "substituted"},
 		{&build.Result{Status: build.AlreadyValid}, nil, "cached"},
 		{nil, context.Canceled, "cancelled"},
