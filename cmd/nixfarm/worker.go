@@ -132,7 +132,7 @@ func workerCmd(args []string, stdout, stderr io.Writer) int {
 	a, err := agent.New(agent.Config{
 		Coordinator: *coordinator, Credential: strings.TrimSpace(string(data)), CoordinatorHostKey: *hostKey,
 		Name: *name, Version: version, Caps: caps,
-		Local: &worker.Local{NixStore: *nixStore, StoreURI: *storeURI, Options: settings},
+		Local: &worker.Local{NixStore: *nixStore, StoreURI: *storeURI, Options: settings, Meter: worker.LocalMeter(*storeURI, log)},
 		Log:   log,
 	})
 	if err != nil {

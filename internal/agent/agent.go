@@ -21,11 +21,14 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"sync"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 
 	"github.com/nixfarm/nixfarm/internal/credentials"
 	"github.com/nixfarm/nixfarm/internal/scheduler"
+	"github.com/nixfarm/nixfarm/internal/usage"
 	"github.com/nixfarm/nixfarm/internal/worker"
 )
 
@@ -62,6 +65,60 @@ func encode(m message) []byte {
 // buildOptions travel with each build channel.
 type buildOptions struct {
 	Cores int `json:"cores,omitempty"`
+}
+
+// usageRequest is the request an agent sends on a build channel just
+// before its exit status, when it measured its nix-store session (package
+// usage): the CPU time and peak memory of the session's process tree, the
+// builder included. It is optional both ways: a coordinator that does not
+// know it ignores it, and without it the build's usage is unknown.
+const usageRequest = "nixfarm-usage@nixfarm"
+
+// usageReport is the payload of a usageRequest.
+type usageReport struct {
+	CPUNanos   int64 `json:"cpuNanos"`
+	PeakMemory int64 `json:"peakMemory"`
+}
+
+// maxReported bounds what an agent may report: a year of CPU time, a
+// pebibyte of memory. Anything beyond (or negative) is ignored.
+const (
+	maxReportedCPU    = int64(365 * 24 * time.Hour)
+	maxReportedMemory = int64(1) << 50
+)
+
+// parseUsage reads a usageRequest's payload.
+func parseUsage(payload []byte) (usage.Usage, error) {
+	var r usageReport
+	if err := json.Unmarshal(payload, &r); err != nil {
+		return usage.Usage{}, fmt.Errorf("bad usage report: %w", err)
+	}
+	if r.CPUNanos < 0 || r.CPUNanos > maxReportedCPU || r.PeakMemory < 0 || r.PeakMemory > maxReportedMemory {
+		return usage.Usage{}, fmt.Errorf("usage report out of range: %d ns of CPU, %d bytes of memory", r.CPUNanos, r.PeakMemory)
+	}
+	return usage.Usage{CPU: time.Duration(r.CPUNanos), PeakMemory: r.PeakMemory, Measured: true}, nil
+}
+
+// reportedUsage is the usage.Probe of a build channel: what the agent
+// reported, known once the channel has ended. The agent measures its
+// whole session (a session serves one build).
+type reportedUsage struct {
+	mu sync.Mutex
+	u  usage.Usage
+}
+
+func (r *reportedUsage) set(u usage.Usage) {
+	r.mu.Lock()
+	r.u = u
+	r.mu.Unlock()
+}
+
+func (r *reportedUsage) Reset() error { return nil }
+func (r *reportedUsage) Close() error { return nil }
+func (r *reportedUsage) Sample() (usage.Usage, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.u, nil
 }
 
 // ValidName checks a worker name: 1 to 64 letters, digits, '.', '_' or

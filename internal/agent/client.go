@@ -230,8 +230,28 @@ func (a *Agent) serveBuild(ctx context.Context, nch ssh.NewChannel) {
 	if err := stream.Wait(); err != nil {
 		code = 1
 	}
+	a.sendUsage(ch, stream)
 	sendExit(ch, code)
 	ch.Close()
+}
+
+// sendUsage reports what the session's process tree used, if it was
+// measured (see usageRequest), and removes its control group.
+func (a *Agent) sendUsage(ch ssh.Channel, stream *worker.Stream) {
+	if stream.Usage == nil {
+		return
+	}
+	u, err := stream.Usage.Sample()
+	stream.Usage.Close()
+	if err != nil {
+		a.cfg.Log.Debug("could not measure a build's CPU time and memory", "err", err)
+		return
+	}
+	if !u.Measured {
+		return
+	}
+	payload, _ := json.Marshal(usageReport{CPUNanos: int64(u.CPU), PeakMemory: u.PeakMemory})
+	ch.SendRequest(usageRequest, false, payload)
 }
 
 func sendExit(ch ssh.Channel, code uint32) {

@@ -398,9 +398,15 @@ func (t *channelTransport) Open(ctx context.Context, opts build.Options) (*worke
 		return nil, fmt.Errorf("opening a build channel: %w", err)
 	}
 	exited := make(chan error, 1)
+	reported := &reportedUsage{}
 	go func() {
 		status := errors.New("the agent closed the build channel without an exit status")
 		for req := range reqs {
+			if req.Type == usageRequest {
+				if u, err := parseUsage(req.Payload); err == nil {
+					reported.set(u)
+				}
+			}
 			if req.Type == "exit-status" && len(req.Payload) == 4 {
 				code := uint32(req.Payload[0])<<24 | uint32(req.Payload[1])<<16 | uint32(req.Payload[2])<<8 | uint32(req.Payload[3])
 				status = nil
@@ -419,6 +425,7 @@ func (t *channelTransport) Open(ctx context.Context, opts build.Options) (*worke
 		Stdin:  writeCloser{ch},
 		Stdout: ch,
 		Stderr: ch.Stderr(),
+		Usage:  reported,
 		Wait: func() error {
 			defer stop()
 			defer ch.Close()

@@ -138,6 +138,12 @@ type Result struct {
 	// as the farm received and verified them, whatever the requesting
 	// account holds under the same paths: what the build is shared as.
 	Produced map[string]Contents
+	// CPUTime (user + system) and PeakMemory (bytes) of the process tree
+	// that built it on the worker (package usage), when UsageMeasured;
+	// unknown otherwise (static workers, builds through a nix-daemon).
+	CPUTime       time.Duration
+	PeakMemory    int64
+	UsageMeasured bool
 }
 
 // Contents identifies the contents of a store path: its NAR and the

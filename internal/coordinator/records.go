@@ -68,13 +68,16 @@ func endStatus(res *build.Result, err error) records.Status {
 	return records.InfrastructureError
 }
 
-// update records how build id ended.
+// update records how build id ended, with the CPU time and peak memory
+// the worker measured (0 when unknown: see build.Result).
 func (c *Coordinator) update(ctx context.Context, id int64, account string, res *build.Result, st records.Status, logBytes int64) error {
 	_, err := c.writes.Exec(ctx,
 		`UPDATE builds SET worker = CASE WHEN ? = '' THEN worker ELSE ? END, status = ?, record_status = ?, error = ?, outputs = ?,
-			output_sizes = ?, started_at = CASE WHEN started_at = 0 THEN ? ELSE started_at END, stopped_at = ?, log_bytes = ? WHERE id = ?`,
+			output_sizes = ?, started_at = CASE WHEN started_at = 0 THEN ? ELSE started_at END, stopped_at = ?, log_bytes = ?,
+			cpu_seconds = ?, peak_memory = ? WHERE id = ?`,
 		res.Worker, res.Worker, int64(res.Status), string(st), res.ErrorMsg, outputList(res.Outputs),
-		c.outputSizes(ctx, account, res), res.StartTime.UnixMilli(), res.StopTime.UnixMilli(), logBytes, id)
+		c.outputSizes(ctx, account, res), res.StartTime.UnixMilli(), res.StopTime.UnixMilli(), logBytes,
+		res.CPUTime.Seconds(), res.PeakMemory, id)
 	return err
 }
 

@@ -8,15 +8,16 @@ import (
 )
 
 // WriteTable writes records as a table for people: id, status, account,
-// system, derivation name, worker, time queued and building, and the
-// outputs' size. now times the builds still under way.
+// system, derivation name, worker, time queued and building, the
+// builder's CPU time and peak memory ("-" when unknown), and the outputs'
+// size. now times the builds still under way.
 func WriteTable(w io.Writer, recs []Record, now time.Time) error {
 	if len(recs) == 0 {
 		_, err := fmt.Fprintln(w, "no builds")
 		return err
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tSTATUS\tACCOUNT\tSYSTEM\tDERIVATION\tWORKER\tQUEUED AT\tWAITED\tBUILT IN\tOUTPUTS")
+	fmt.Fprintln(tw, "ID\tSTATUS\tACCOUNT\tSYSTEM\tDERIVATION\tWORKER\tQUEUED AT\tWAITED\tBUILT IN\tCPU\tMEMORY\tOUTPUTS")
 	for i := range recs {
 		r := &recs[i]
 		worker := r.Worker
@@ -26,8 +27,13 @@ func WriteTable(w io.Writer, recs []Record, now time.Time) error {
 		if r.Attempts > 1 {
 			worker = fmt.Sprintf("%s (%d attempts)", worker, r.Attempts)
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Status, r.Account, r.System, r.DrvName(), worker,
-			r.QueuedAt.Local().Format("2006-01-02 15:04:05"), duration(r.QueueTime(now)), duration(r.BuildTime(now)), size(r))
+		mem := "-"
+		if r.PeakMemory > 0 {
+			mem = byteSize(uint64(r.PeakMemory))
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Status, r.Account, r.System, r.DrvName(), worker,
+			r.QueuedAt.Local().Format("2006-01-02 15:04:05"), duration(r.QueueTime(now)), duration(r.BuildTime(now)),
+			duration(time.Duration(r.CPUSeconds*float64(time.Second))), mem, size(r))
 	}
 	return tw.Flush()
 }

@@ -344,7 +344,8 @@ func (f *Farm) addLocalWorker(ctx context.Context) error {
 		caps.Systems = nc.Systems()
 		caps.SupportedFeatures = nc.SystemFeatures
 	}
-	transport := &worker.Local{NixStore: f.cfg.NixStore, StoreURI: f.cfg.LocalStore}
+	transport := &worker.Local{NixStore: f.cfg.NixStore, StoreURI: f.cfg.LocalStore,
+		Meter: worker.LocalMeter(f.cfg.LocalStore, f.log.With("worker", "local"))}
 	if err := f.planBuildUsers(ctx, nc, transport); err != nil {
 		return err
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/nixfarm/nixfarm/internal/build"
 	"github.com/nixfarm/nixfarm/internal/serveproto"
+	"github.com/nixfarm/nixfarm/internal/usage"
 )
 
 // Warm sessions. Starting `nix-store --serve --write` and completing its
@@ -34,6 +35,7 @@ type conn struct {
 	cancel  context.CancelFunc
 	cores   int
 	idle    *time.Timer // while warm, the timer that closes it
+	usage   usage.Usage // what stream.Usage measured, once closed
 }
 
 // dial starts a session with the given cores setting. The process lives
@@ -82,6 +84,15 @@ func (c *conn) close() error {
 	<-c.drained
 	err := c.stream.Wait()
 	c.cancel()
+	if p := c.stream.Usage; p != nil {
+		// Sampled after the process has ended: the outputs' copy is
+		// the build's too, and an agent reports its figures only then.
+		u, uerr := p.Sample()
+		if uerr == nil {
+			c.usage = u
+		}
+		p.Close()
+	}
 	return err
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/nixfarm/nixfarm/internal/serveproto"
 	"github.com/nixfarm/nixfarm/internal/store"
 	"github.com/nixfarm/nixfarm/internal/storepath"
+	"github.com/nixfarm/nixfarm/internal/usage"
 )
 
 // Transport starts `nix-store --serve --write` on a machine.
@@ -35,6 +36,10 @@ type Stream struct {
 	Stderr io.Reader
 	// Wait waits for the process to end once Stdin is closed.
 	Wait func() error
+	// Usage, if not nil, measures the process and what it forks (the
+	// builder): the executor resets it when a build starts, samples it
+	// after Wait, then closes it.
+	Usage usage.Probe
 }
 
 // Executor realises derivations on one machine: it copies the input
@@ -148,7 +153,7 @@ func (e *Executor) buildOn(ctx context.Context, c *conn, req *build.Request, sta
 	// Ending the context stops the remote Nix and unblocks any read or
 	// write here.
 	stop := context.AfterFunc(ctx, c.kill)
-	s := &session{e: e, farm: e.farm.For(req.Account), client: c.client, start: start, handshake: handshake}
+	s := &session{e: e, farm: e.farm.For(req.Account), client: c.client, start: start, handshake: handshake, usage: c.stream.Usage}
 	res, err := s.run(ctx, req)
 	stop()
 	if err != nil {
@@ -173,6 +178,9 @@ func (e *Executor) buildOn(ctx context.Context, c *conn, req *build.Request, sta
 	// and output copies.
 	res.StartTime, res.StopTime = start, time.Now()
 	res.Worker = e.name
+	if s.reset && c.usage.Measured {
+		res.CPUTime, res.PeakMemory, res.UsageMeasured = c.usage.CPU, c.usage.PeakMemory, true
+	}
 	return res, nil
 }
 
@@ -184,6 +192,8 @@ type session struct {
 	start     time.Time
 	handshake time.Duration
 	sent      bool // the build command has been sent
+	usage     usage.Probe
+	reset     bool // usage was reset as the build started
 }
 
 func (s *session) run(ctx context.Context, req *build.Request) (*build.Result, error) {
@@ -205,6 +215,14 @@ func (s *session) run(ctx context.Context, req *build.Request) (*build.Result, e
 		return nil, err
 	}
 	t2 := time.Now()
+	if s.usage != nil {
+		// The build's usage starts here, not with the input copies.
+		if err := s.usage.Reset(); err != nil {
+			s.e.log.Warn("could not start measuring a build's CPU time and memory", "drv", req.DrvPath, "err", err)
+		} else {
+			s.reset = true
+		}
+	}
 	s.sent = true
 	res, err := s.client.BuildDerivation(req.DrvPath, req.Drv, req.Options)
 	if err != nil {

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
+	"os"
 	"os/exec"
 	"slices"
 	"strconv"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/nixfarm/nixfarm/internal/build"
 	"github.com/nixfarm/nixfarm/internal/storepath"
+	"github.com/nixfarm/nixfarm/internal/usage"
 )
 
 // Local runs `nix-store --serve --write` on this machine, in the Nix store
@@ -23,6 +26,21 @@ type Local struct {
 	// Options are Nix settings passed to every run, such as
 	// extra-platforms and system-features.
 	Options map[string]string
+	// Meter, if set, measures each session's process tree (see
+	// LocalMeter); nil leaves builds' CPU time and memory unknown.
+	Meter usage.Meter
+}
+
+// LocalMeter returns the meter for a Local worker building in storeURI:
+// the machine's cgroups (usage.Detect), unless the builds run under the
+// machine's nix-daemon, whose child the builder then is, not
+// nix-store's: then none, and builds' usage is unknown.
+func LocalMeter(storeURI string, log *slog.Logger) usage.Meter {
+	if _, daemon := MachineStore(storeURI, os.Geteuid() == 0); daemon {
+		log.Info("builds run under the machine's nix-daemon: their CPU time and peak memory are not measured", "store", storeURI)
+		return usage.None{}
+	}
+	return usage.Detect(log)
 }
 
 // Open implements Transport.
@@ -51,7 +69,17 @@ func (l *Local) Open(ctx context.Context, opts build.Options) (*Stream, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting %s: %w", bin, err)
 	}
-	return &Stream{Stdin: stdin, Stdout: stdout, Stderr: stderr, Wait: func() error {
+	// nix-store forks nothing before it is asked to build, so the
+	// builder starts in the group it is moved into now.
+	var probe usage.Probe
+	if l.Meter != nil {
+		var err error
+		if probe, err = l.Meter.Start(cmd.Process.Pid); err != nil {
+			slog.Warn("not measuring the CPU time and memory of a nix-store session", "err", err)
+			probe = nil
+		}
+	}
+	return &Stream{Stdin: stdin, Stdout: stdout, Stderr: stderr, Usage: probe, Wait: func() error {
 		err := cmd.Wait()
 		if exit, ok := err.(*exec.ExitError); ok {
 			return fmt.Errorf("nix-store --serve exited with status %d", exit.ExitCode())
