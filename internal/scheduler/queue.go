@@ -15,6 +15,10 @@ type class struct {
 	// unbuildableSince is when the farm was first seen without any
 	// worker able to take this class (zero while one exists).
 	unbuildableSince time.Time
+	// durations holds how long its latest successful builds took
+	// (a ring of historySize), for the queue's estimates.
+	durations []time.Duration
+	nextDur   int
 }
 
 func classKey(system string, required []string) string {
