@@ -39,6 +39,7 @@ func (f *Farm) api(cache http.Handler) http.Handler {
 		writeJSON(w, map[string]any{"workers": workers, "queued": f.sched.Queued()})
 	})))
 	f.buildsAPI(mux, auth)
+	f.queueAPI(mux, auth)
 	healthy := func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Write([]byte("ok\n"))
