@@ -13,7 +13,10 @@ import (
 // waits, and its client reads why, in its own terminal: its position,
 // the reason (the only worker is busy) and, once the first build ends,
 // the worker that took it. Over ssh-ng:// and ssh:// with Nix 2.8's
-// nix-build, and over ssh-ng:// with Nix 2.34's nix build.
+// nix-build; over ssh-ng:// with 2.8's and 2.34's nix build in a
+// terminal (the progress line), 2.34's nix-build, and 2.34's nix build
+// in remote-store mode (--store ssh-ng://, where the farm realises the
+// .drv).
 func TestQueueFeedback(t *testing.T) {
 	f := startFarm(t, "--local-jobs", "1")
 	first := newClient(t)
@@ -27,6 +30,7 @@ func TestQueueFeedback(t *testing.T) {
 		{nixVersions[0], "ssh-ng", "nix build"},
 		{nixVersions[2], "ssh-ng", "nix build"},
 		{nixVersions[2], "ssh-ng", "nix-build"},
+		{nixVersions[2], "ssh-ng", "nix build --store"},
 	} {
 		t.Run(fmt.Sprintf("%s/%s/%s", tc.v.name, tc.scheme, tc.prog), func(t *testing.T) {
 			// The first build holds the only slot for about 4 s.
@@ -43,6 +47,11 @@ func TestQueueFeedback(t *testing.T) {
 				// shows the queue (without one, nix build prints
 				// messages only, so only the worker's line).
 				cmd := fmt.Sprintf("TERM=xterm nix --store local --option substituters '' --max-jobs 0 --builders '%s' build --no-link -f %s", f.builders(tc.scheme), file)
+				r = second.exec(f, "script", "-q", "-e", "-c", cmd, "/dev/null")
+				r.stderr = ansi.ReplaceAllString(strings.ReplaceAll(r.raw, "\r", "\n"), "")
+			} else if tc.prog == "nix build --store" {
+				// Remote-store mode: the farm realises the .drv.
+				cmd := fmt.Sprintf("TERM=xterm nix build --store '%s' --eval-store local --no-link -f %s", f.storeURIFor(tc.scheme), file)
 				r = second.exec(f, "script", "-q", "-e", "-c", cmd, "/dev/null")
 				r.stderr = ansi.ReplaceAllString(strings.ReplaceAll(r.raw, "\r", "\n"), "")
 			} else {
