@@ -117,7 +117,7 @@ func (s *Scheduler) statusesLocked(now time.Time) [][]waiting {
 			if i < len(starts) {
 				st.Estimate, st.EstimateKnown = starts[i], true
 			}
-			switch max := s.caps[j.req.Account].MaxRunning; {
+			switch capRunning := s.caps[j.req.Account].MaxRunning; {
 			case !s.anyCanBuildLocked(c):
 				left := s.cfg.UnbuildableGrace
 				if !c.unbuildableSince.IsZero() {
@@ -128,10 +128,10 @@ func (s *Scheduler) statusesLocked(now time.Time) [][]waiting {
 			case j.notBefore.After(now):
 				st.Reason = fmt.Sprintf("retrying after a failed attempt in %s", build.Seconds(j.notBefore.Sub(now)))
 				if st.EstimateKnown {
-					st.Estimate = maxDur(st.Estimate, j.notBefore.Sub(now))
+					st.Estimate = max(st.Estimate, j.notBefore.Sub(now))
 				}
-			case max > 0 && s.running[j.req.Account] >= max:
-				st.Reason = fmt.Sprintf("account limit max-concurrent-builds (%d) reached", max)
+			case capRunning > 0 && s.running[j.req.Account] >= capRunning:
+				st.Reason = fmt.Sprintf("account limit max-concurrent-builds (%d) reached", capRunning)
 				st.Estimate, st.EstimateKnown = 0, false
 			case busy != "":
 				st.Reason = busy
@@ -240,8 +240,6 @@ func (h *durHeap) Pop() any {
 }
 
 func max0(d time.Duration) time.Duration { return max(d, 0) }
-
-func maxDur(a, b time.Duration) time.Duration { return max(a, b) }
 
 // publishLocked posts the statuses of watched queued builds that changed
 // (position or reason) since they were last posted: when the queue
