@@ -100,6 +100,14 @@ type Request struct {
 	// build (attempt counts from 1), before the worker is asked to
 	// build; the build waits for it, so it must be quick.
 	OnStart func(worker string, attempt int)
+	// OnQueue, if set, hears where the build stands while it waits for
+	// a worker (QueueStatus), and, with Worker set, when a worker starts
+	// it. The scheduler calls it outside its lock, only when the
+	// position or reason changed, so it must be quick: the coordinator
+	// hands each status to its waiting clients' own goroutines, which
+	// call theirs (a protocol writing to its client) at most every
+	// couple of seconds.
+	OnQueue func(QueueStatus)
 }
 
 type keyFingerprintKey struct{}

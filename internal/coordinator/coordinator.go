@@ -88,6 +88,7 @@ type inflight struct {
 	announced chan struct{}
 
 	log     *fanout
+	queue   *queueFeed      // where it stands in the scheduler's queue
 	ctx     context.Context // the build's own, detached from clients
 	cancel  context.CancelFunc
 	waiters int
@@ -208,6 +209,10 @@ func (c *Coordinator) run(ctx context.Context, req *build.Request, st store.Stor
 	// follows what was queued for it.
 	unsubscribe := f.log.subscribe(req.Log)
 	defer unsubscribe(ctx)
+	// So does its build's place in the queue.
+	if req.OnQueue != nil {
+		defer f.queue.follow(req.OnQueue, QueueUpdateEvery)()
+	}
 	// Outputs stream early only to the account they are being copied in
 	// for; another account's request has them once they are registered
 	// and shared with it.
@@ -324,7 +329,7 @@ func (c *Coordinator) registerLocked(ctx context.Context, key, ik string, req *b
 	// The build belongs to the farm, not to the client that asked first:
 	// unless told otherwise, it outlives that client's connection.
 	f := &inflight{key: key, ik: ik, drvPath: req.DrvPath, account: req.Account,
-		log: newFanout(), done: make(chan struct{}), announced: make(chan struct{})}
+		log: newFanout(), queue: newQueueFeed(), done: make(chan struct{}), announced: make(chan struct{})}
 	f.ctx, f.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	c.inflight[ik] = f
 	return f
@@ -359,6 +364,7 @@ func (c *Coordinator) start(ctx context.Context, req *build.Request, f *inflight
 		breq.Log = c.opts.LimitLog(req.Account, f.log)
 	}
 	breq.OnStart = c.onStart(context.WithoutCancel(ctx), id, log)
+	breq.OnQueue = f.queue.publish
 	breq.OnOutputs = func(res *build.Result) {
 		c.mu.Lock()
 		f.earlyRes = res

@@ -465,6 +465,9 @@ func (r *realiser) realiseOnce(ctx context.Context, drvPath storepath.Path) (*bu
 	if log := r.logs.BuildLog(drvPath); log != nil {
 		req.Log = log
 		defer log.Close()
+		if q, ok := log.(build.QueueWatcher); ok {
+			req.OnQueue = q.Queue
+		}
 	}
 	// Dependent builds need the outputs registered, not just fetchable.
 	res, err := r.c.buildDerivation(ctx, req, false)

@@ -37,6 +37,9 @@ type Client struct {
 	// lines. Either may be nil.
 	OnMessage func(msg string)
 	OnLogLine func(line string)
+	// OnActivity hears activities start (stopped false) and stop (typ
+	// 0 and text empty); it may be nil.
+	OnActivity func(id, typ uint64, text string, stopped bool)
 }
 
 // NewClient performs the handshake, announcing version (0 = Version).
@@ -144,12 +147,14 @@ func (c *Client) processStderr(source io.Reader) error {
 				return err
 			}
 		case stderrStartActivity:
-			for i := 0; i < 3; i++ { // id, level, type
-				if _, err := c.r.Uint64(); err != nil {
+			var head [3]uint64 // id, level, type
+			for i := range head {
+				if head[i], err = c.r.Uint64(); err != nil {
 					return err
 				}
 			}
-			if err := c.r.Discard(wire.MaxStringLen); err != nil {
+			text, err := c.r.String(wire.MaxStringLen)
+			if err != nil {
 				return err
 			}
 			if _, err := c.readFields(); err != nil {
@@ -158,9 +163,16 @@ func (c *Client) processStderr(source io.Reader) error {
 			if _, err := c.r.Uint64(); err != nil { // parent
 				return err
 			}
+			if c.OnActivity != nil {
+				c.OnActivity(head[0], head[2], text, false)
+			}
 		case stderrStopActivity:
-			if _, err := c.r.Uint64(); err != nil {
+			id, err := c.r.Uint64()
+			if err != nil {
 				return err
+			}
+			if c.OnActivity != nil {
+				c.OnActivity(id, 0, "", true)
 			}
 		case stderrResult:
 			if _, err := c.r.Uint64(); err != nil { // activity

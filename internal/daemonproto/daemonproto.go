@@ -42,6 +42,7 @@ const (
 const (
 	actCopyPath      = 100
 	actBuild         = 105
+	actBuildWaiting  = 111
 	resBuildLogLine  = 101
 	lvlError         = 0
 	lvlInfo          = 3

@@ -129,6 +129,7 @@ type buildLog struct {
 	mu       sync.Mutex
 	partial  []byte
 	closed   bool
+	waiting  uint64 // the queue's activity (queue.go), 0 if none
 }
 
 func (f *frameWriter) openBuildLog(drvPath string) *buildLog {
@@ -176,6 +177,10 @@ func (l *buildLog) Close() error {
 	if len(l.partial) > 0 {
 		l.f.logLines(l.activity, []string{string(l.partial)})
 		l.partial = nil
+	}
+	if l.waiting != 0 {
+		l.f.stopActivity(l.waiting)
+		l.waiting = 0
 	}
 	if minor(l.f.ver) >= 20 {
 		return l.f.stopActivity(l.activity)

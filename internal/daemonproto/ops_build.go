@@ -75,7 +75,7 @@ func (c *conn) buildDerivation(ctx context.Context) error {
 	}
 	log := c.out.openBuildLog(string(drvPath))
 	res, err := c.s.Builds.BuildDerivation(ctx, &build.Request{
-		DrvPath: drvPath, Drv: drv, Options: c.opts, Account: c.sess.Account, Log: log, Progress: c,
+		DrvPath: drvPath, Drv: drv, Options: c.opts, Account: c.sess.Account, Log: log, Progress: c, OnQueue: log.Queue,
 	})
 	log.Close()
 	if err != nil {

@@ -19,7 +19,7 @@ func (s *Scheduler) dispatchLocked() {
 	if s.closed {
 		return
 	}
-	now := time.Now()
+	now := s.now()
 	for {
 		j, w := s.pickLocked(now)
 		if j == nil {
@@ -163,8 +163,14 @@ func (s *Scheduler) startLocked(j *job, w *workerState) {
 	if j.attempts == 1 {
 		s.cfg.Metrics.BuildStarted(time.Since(j.enqueued))
 	}
+	j.started = s.now()
+	s.dirty = true
 	s.cfg.Log.Debug("build placed", "drv", j.req.DrvPath, "account", j.req.Account, "worker", w.Name,
-		"attempt", j.attempts, "queued", time.Since(j.enqueued).Round(time.Millisecond))
+		"attempt", j.attempts, "queued", j.started.Sub(j.enqueued).Round(time.Millisecond))
+	if j.req.OnQueue != nil {
+		j.published = build.QueueStatus{Worker: w.Name, Attempt: j.attempts, Waited: j.started.Sub(j.queuedAt)}
+		s.pub.post(j, j.published)
+	}
 	go s.run(ctx, cancel, j, w, j.attempts)
 }
 
@@ -213,6 +219,7 @@ func (s *Scheduler) run(ctx context.Context, cancel context.CancelCauseFunc, j *
 	case err == nil:
 		w.failures = 0
 		w.built++
+		j.class.record(s.now().Sub(j.started))
 		j.finish(res, nil)
 	case errors.Is(cause, errTimedOut):
 		j.finish(&build.Result{Status: build.TimedOut, ErrorMsg: fmt.Sprintf("building '%s' timed out after %d seconds", j.req.DrvPath, int(req.Options.Timeout.Seconds()))}, nil)
@@ -242,7 +249,7 @@ func (s *Scheduler) retryLocked(j *job, w *workerState, err error) string {
 		// this build's paths: nothing ran, and nobody is at fault. It
 		// waits a little and goes to any worker.
 		j.attempts--
-		j.notBefore = time.Now().Add(s.cfg.RetryBackoff)
+		j.notBefore = s.now().Add(s.cfg.RetryBackoff)
 		s.cfg.Log.Info("build waits for a worker busy with other contents of its paths", "drv", j.req.DrvPath, "worker", w.Name, "err", err)
 		s.enqueueLocked(j, true)
 		return ""
@@ -256,7 +263,7 @@ func (s *Scheduler) retryLocked(j *job, w *workerState, err error) string {
 	if cur, ok := s.workers[w.Name]; ok && cur == w {
 		w.failures++
 		if w.failures >= s.cfg.QuarantineAfter {
-			w.quarantinedUntil = time.Now().Add(s.cfg.QuarantineFor)
+			w.quarantinedUntil = s.now().Add(s.cfg.QuarantineFor)
 			s.cfg.Metrics.WorkerQuarantined(w.Name)
 			s.cfg.Log.Warn("worker quarantined", "worker", w.Name, "failures", w.failures, "until", w.quarantinedUntil.Format(time.RFC3339))
 		}
@@ -269,7 +276,7 @@ func (s *Scheduler) retryLocked(j *job, w *workerState, err error) string {
 		return ""
 	}
 	backoff := s.cfg.RetryBackoff << (j.attempts - 1)
-	j.notBefore = time.Now().Add(backoff)
+	j.notBefore = s.now().Add(backoff)
 	s.cfg.Metrics.BuildRetried()
 	s.cfg.Log.Warn("build will be retried", "drv", j.req.DrvPath, "worker", w.Name, "attempt", j.attempts, "backoff", backoff, "err", err)
 	s.enqueueLocked(j, true)

@@ -17,6 +17,10 @@ type class struct {
 	unbuildableSince time.Time
 	// queued counts the class's builds in the accounts' queues.
 	queued int
+	// durations holds how long its latest successful builds took
+	// (a ring of historySize), for the queue's estimates.
+	durations []time.Duration
+	nextDur   int
 }
 
 func classKey(system string, required []string) string {

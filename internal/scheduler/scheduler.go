@@ -52,7 +52,10 @@ type Config struct {
 	// Metrics, if set, hears of queue times, retries, quarantines and
 	// lost workers; it collects queues and slots with MetricsState.
 	Metrics *metrics.Farm
-	Log     *slog.Logger
+	// Now is the scheduler's clock (time.Now); the watchdog keeps the
+	// real one.
+	Now func() time.Time
+	Log *slog.Logger
 }
 
 // AccountLimits are an account's caps on its builds; 0 is no cap.
@@ -82,6 +85,9 @@ func (c *Config) defaults() {
 	}
 	if c.Log == nil {
 		c.Log = slog.Default()
+	}
+	if c.Now == nil {
+		c.Now = time.Now
 	}
 }
 
@@ -120,6 +126,15 @@ type Scheduler struct {
 	seq     uint64
 	closed  bool
 
+	// Queue feedback (waiting.go): watched counts the queued builds
+	// with Request.OnQueue; dirty says the queue changed since their
+	// statuses were last worked out, at lastPublish; pub calls the hooks
+	// outside s.mu.
+	watched     int
+	dirty       bool
+	lastPublish time.Time
+	pub         *publisher
+
 	stop chan struct{}
 	done chan struct{}
 }
@@ -147,8 +162,10 @@ func New(cfg Config) *Scheduler {
 		caps:     map[string]AccountLimits{},
 		stop:     make(chan struct{}),
 		done:     make(chan struct{}),
+		pub:      newPublisher(),
 	}
 	go s.tick()
+	go s.pub.run(s.stop)
 	return s
 }
 
@@ -169,7 +186,7 @@ func (s *Scheduler) Close() {
 			})
 		}
 	}
-	s.accounts, s.order, s.queued = map[string]*accountQueue{}, nil, 0
+	s.accounts, s.order, s.queued, s.watched = map[string]*accountQueue{}, nil, 0, 0
 	for _, c := range s.classes {
 		c.queued = 0
 	}
@@ -194,8 +211,10 @@ func (s *Scheduler) tick() {
 			return
 		case <-t.C:
 			s.mu.Lock()
-			s.expireUnbuildableLocked(time.Now())
+			now := s.now()
+			s.expireUnbuildableLocked(now)
 			s.dispatchLocked()
+			s.publishLocked(now)
 			s.mu.Unlock()
 		}
 	}
@@ -219,7 +238,8 @@ func (s *Scheduler) AddWorker(w Worker) error {
 	if old, ok := s.workers[w.Name]; ok {
 		return fmt.Errorf("worker %s: %w (a %s worker)", w.Name, ErrNameTaken, old.Kind)
 	}
-	now := time.Now()
+	now := s.now()
+	s.dirty = true
 	s.workers[w.Name] = &workerState{Worker: w, running: map[*job]context.CancelCauseFunc{}, lastHeartbeat: now, joined: now}
 	s.resortLocked()
 	s.cfg.Log.Info("worker joined", "worker", w.Name, "kind", w.Kind, "capabilities", w.Caps.String(), "max_jobs", w.Caps.MaxJobs)
@@ -238,6 +258,7 @@ func (s *Scheduler) RemoveWorker(name string, reason error) {
 }
 
 func (s *Scheduler) removeLocked(w *workerState, reason error) {
+	s.dirty = true
 	delete(s.workers, w.Name)
 	s.resortLocked()
 	s.cfg.Metrics.WorkerLost(w.Name)
@@ -268,7 +289,7 @@ func (s *Scheduler) Heartbeat(name string, load Load) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if w, ok := s.workers[name]; ok {
-		w.lastHeartbeat = time.Now()
+		w.lastHeartbeat = s.now()
 		w.load = load
 	}
 }
@@ -279,12 +300,16 @@ type job struct {
 	req       *build.Request
 	class     *class
 	seq       uint64
-	enqueued  time.Time
+	enqueued  time.Time // first queued
+	queuedAt  time.Time // queued last (a retry is queued again)
+	started   time.Time // its latest attempt started
 	notBefore time.Time
-	attempts  int
-	failedOn  map[string]bool
-	queued    bool // in a queue (not running, not done)
-	removed   bool // taken out of its queue while not at its head
+	published build.QueueStatus // what OnQueue last heard
+
+	attempts int
+	failedOn map[string]bool
+	queued   bool // in a queue (not running, not done)
+	removed  bool // taken out of its queue while not at its head
 
 	once       sync.Once
 	done       func(*build.Result, error)
@@ -326,7 +351,7 @@ func (s *Scheduler) Submit(ctx context.Context, req *build.Request, done func(*b
 		msg := fmt.Sprintf("build of '%s' refused: the account has %d builds queued already, its limit (max-queued-builds = %d); wait for some to finish, or ask the farm's operator to raise it: nixfarm accounts set-limits ACCOUNT --max-queued-builds N",
 			req.DrvPath, caps.MaxQueued, caps.MaxQueued)
 		s.cfg.Log.Info("build refused", "drv", req.DrvPath, "account", req.Account, "reason", msg)
-		now := time.Now()
+		now := s.cfg.Now()
 		go done(&build.Result{Status: build.MiscFailure, ErrorMsg: msg, StartTime: now, StopTime: now}, nil)
 		return
 	}
@@ -337,7 +362,7 @@ func (s *Scheduler) Submit(ctx context.Context, req *build.Request, done func(*b
 		s.classes[key] = c
 	}
 	s.seq++
-	j := &job{ctx: ctx, req: req, class: c, seq: s.seq, enqueued: time.Now(), failedOn: map[string]bool{}, done: done}
+	j := &job{ctx: ctx, req: req, class: c, seq: s.seq, enqueued: s.now(), failedOn: map[string]bool{}, done: done}
 	// The callback runs on its own goroutine and takes s.mu first, so
 	// even if ctx is done already it finds j queued and j.stopCancel set.
 	j.stopCancel = context.AfterFunc(ctx, func() {
@@ -348,7 +373,7 @@ func (s *Scheduler) Submit(ctx context.Context, req *build.Request, done func(*b
 	})
 	s.enqueueLocked(j, false)
 	if !s.anyCanBuildLocked(c) {
-		s.expireUnbuildableLocked(time.Now())
+		s.expireUnbuildableLocked(s.now())
 	}
 	s.dispatchLocked()
 	s.mu.Unlock()
@@ -375,9 +400,14 @@ func (s *Scheduler) enqueueLocked(j *job, retry bool) {
 		q.push(j)
 	}
 	j.queued = true
+	j.queuedAt = s.now()
 	s.queued++
 	a.queued++
 	j.class.queued++
+	s.dirty = true
+	if j.req.OnQueue != nil {
+		s.watched++
+	}
 }
 
 // dequeueLocked takes a queued j out of its queue (a no-op if it is not
@@ -387,6 +417,10 @@ func (s *Scheduler) dequeueLocked(j *job) {
 		return
 	}
 	j.queued = false
+	s.dirty = true
+	if j.req.OnQueue != nil {
+		s.watched--
+	}
 	a := s.accounts[j.req.Account]
 	if a == nil {
 		return
@@ -485,7 +519,7 @@ type RunningBuild struct {
 func (s *Scheduler) Workers() []WorkerInfo {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	now := time.Now()
+	now := s.now()
 	out := []WorkerInfo{}
 	for _, w := range s.sorted {
 		info := WorkerInfo{Name: w.Name, Kind: w.Kind, Capabilities: w.Caps, Load: w.load,

@@ -486,7 +486,7 @@ func (c *serveConn) buildDerivation(ctx context.Context) error {
 		return err
 	}
 	res, err := c.s.Builds.BuildDerivation(ctx, &build.Request{
-		DrvPath: drvPath, Drv: drv, Options: opts, Account: c.sess.Account, Log: c.sess.Stderr,
+		DrvPath: drvPath, Drv: drv, Options: opts, Account: c.sess.Account, Log: c.sess.Stderr, OnQueue: c.queueLine,
 	})
 	if err != nil {
 		// The build could not run at all. Report it as a build failure
