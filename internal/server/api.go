@@ -41,6 +41,7 @@ func (f *Farm) api(cache http.Handler) http.Handler {
 	f.buildsAPI(mux, auth)
 	mux.Handle("GET /metrics", f.metrics.Handler()) // aggregates only: no account, no path
 	f.queueAPI(mux, auth)
+	f.usageAPI(mux, auth)
 	healthy := func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Write([]byte("ok\n"))

@@ -37,6 +37,8 @@ const (
 	cmdWhoami
 	cmdWorkers
 	cmdBuilds
+	cmdUsage
+	cmdSummary
 )
 
 // parseCommand matches an exec request exactly against the commands stock
@@ -65,6 +67,10 @@ func parseCommand(line string) (command, error) {
 			return command{kind: cmdWorkers, json: true}, nil
 		case len(words) >= 2 && words[1] == "builds":
 			return command{kind: cmdBuilds, args: words[2:]}, nil // flags checked by builds
+		case len(words) >= 2 && words[1] == "usage":
+			return command{kind: cmdUsage, args: words[2:]}, nil
+		case len(words) >= 2 && words[1] == "summary":
+			return command{kind: cmdSummary, args: words[2:]}, nil
 		}
 		return command{}, fmt.Errorf("unknown nixfarm command %q", strings.Join(words[1:], " "))
 	}
@@ -175,7 +181,9 @@ const supportedCommands = "nixfarm: this endpoint runs only what Nix sends for r
 	"nixfarm:   nix-daemon --stdio             (ssh-ng:// builders and stores)\n" +
 	"nixfarm:   nixfarm whoami [--json]        (your account, key, limits and usage)\n" +
 	"nixfarm:   nixfarm workers [--json]       (the farm's workers: systems, features, slots)\n" +
-	"nixfarm:   nixfarm builds [--json] [...]  (your account's builds; --help for the filters)\n"
+	"nixfarm:   nixfarm builds [--json] [...]  (your account's builds; --help for the filters)\n" +
+	"nixfarm:   nixfarm usage [--since T] [--json]  (your account's CPU hours, builds, bytes)\n" +
+	"nixfarm:   nixfarm summary --since T --format github  (a CI step summary of your builds)\n"
 
 // Exec implements sshd.Handler.
 func (h *execHandler) Exec(ctx context.Context, s *sshd.Session) uint32 {
@@ -197,6 +205,10 @@ func (h *execHandler) Exec(ctx context.Context, s *sshd.Session) uint32 {
 		err = h.workers(s, c.json)
 	case cmdBuilds:
 		err = h.builds(ctx, s, c.args)
+	case cmdUsage:
+		err = h.usage(ctx, s, c.args)
+	case cmdSummary:
+		err = h.summary(ctx, s, c.args)
 	}
 	if err != nil {
 		// Only a public message reaches the client; anything else is
