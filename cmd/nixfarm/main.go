@@ -30,6 +30,9 @@ Usage:
   nixfarm workers add|revoke|list
                             issue, revoke and list the agents' credentials
   nixfarm builds [flags]    list the farm's builds (--account, --status, --since, --json, ...)
+  nixfarm usage [flags]     each account's builds, CPU hours and bytes over a period
+  nixfarm summary --since T --format github
+                            a CI step summary of the builds since T (Markdown)
   nixfarm accounts ...      add, list, show, remove accounts; set their limits
   nixfarm keys ...          add, list, remove the SSH keys of accounts
   nixfarm tokens ...        create, list, revoke the API tokens of accounts
@@ -63,6 +66,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return benchCmd(args[1:], stdout, stderr)
 	case "builds":
 		return buildsCmd(args[1:], stdout, stderr)
+	case "usage":
+		return usageCmd(args[1:], stdout, stderr)
+	case "summary":
+		return summaryCmd(args[1:], stdout, stderr)
 	case "accounts":
 		return accountsCmd(args[1:], stdout, stderr)
 	case "keys":
