@@ -30,6 +30,8 @@ Usage:
   nixfarm workers add|revoke|list
                             issue, revoke and list the agents' credentials
   nixfarm builds [flags]    list the farm's builds (--account, --status, --since, --json, ...)
+  nixfarm logs ID|DRV [--follow]
+                            print a build's log; --follow streams one under way
   nixfarm accounts ...      add, list, show, remove accounts; set their limits
   nixfarm keys ...          add, list, remove the SSH keys of accounts
   nixfarm tokens ...        create, list, revoke the API tokens of accounts
@@ -63,6 +65,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return benchCmd(args[1:], stdout, stderr)
 	case "builds":
 		return buildsCmd(args[1:], stdout, stderr)
+	case "logs":
+		return logsCmd(args[1:], stdout, stderr)
 	case "accounts":
 		return accountsCmd(args[1:], stdout, stderr)
 	case "keys":

@@ -37,6 +37,7 @@ const (
 	cmdWhoami
 	cmdWorkers
 	cmdBuilds
+	cmdLogs
 )
 
 // parseCommand matches an exec request exactly against the commands stock
@@ -65,6 +66,8 @@ func parseCommand(line string) (command, error) {
 			return command{kind: cmdWorkers, json: true}, nil
 		case len(words) >= 2 && words[1] == "builds":
 			return command{kind: cmdBuilds, args: words[2:]}, nil // flags checked by builds
+		case len(words) >= 2 && words[1] == "logs":
+			return command{kind: cmdLogs, args: words[2:]}, nil // checked by logs
 		}
 		return command{}, fmt.Errorf("unknown nixfarm command %q", strings.Join(words[1:], " "))
 	}
@@ -175,7 +178,8 @@ const supportedCommands = "nixfarm: this endpoint runs only what Nix sends for r
 	"nixfarm:   nix-daemon --stdio             (ssh-ng:// builders and stores)\n" +
 	"nixfarm:   nixfarm whoami [--json]        (your account, key, limits and usage)\n" +
 	"nixfarm:   nixfarm workers [--json]       (the farm's workers: systems, features, slots)\n" +
-	"nixfarm:   nixfarm builds [--json] [...]  (your account's builds; --help for the filters)\n"
+	"nixfarm:   nixfarm builds [--json] [...]  (your account's builds; --help for the filters)\n" +
+	"nixfarm:   nixfarm logs BUILD [--follow]  (a build's log; following, exits 0 if it succeeded)\n"
 
 // Exec implements sshd.Handler.
 func (h *execHandler) Exec(ctx context.Context, s *sshd.Session) uint32 {
@@ -197,6 +201,11 @@ func (h *execHandler) Exec(ctx context.Context, s *sshd.Session) uint32 {
 		err = h.workers(s, c.json)
 	case cmdBuilds:
 		err = h.builds(ctx, s, c.args)
+	case cmdLogs:
+		var code uint32
+		if code, err = h.logs(ctx, s, c.args); err == nil {
+			return code
+		}
 	}
 	if err != nil {
 		// Only a public message reaches the client; anything else is
