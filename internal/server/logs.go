@@ -60,7 +60,9 @@ func (f *Farm) getBuildLog(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 	out := io.Writer(w)
 	if follow {
-		out = flushWriter{w: w, rc: http.NewResponseController(w)}
+		fw := flushWriter{w: w, rc: http.NewResponseController(w)}
+		fw.rc.Flush() // the headers, before the first line
+		out = fw
 	}
 	if _, err := io.Copy(out, log); err != nil && r.Context().Err() == nil {
 		// The status is sent: the stream just ends.
