@@ -120,6 +120,9 @@ func (s *Service) WriteLog(ctx context.Context, v Viewer, arg string, follow boo
 	}
 	var r io.ReadCloser
 	if !follow {
+		if !rec.Status.Final() {
+			fmt.Fprintf(notes, "nixfarm: build %d is %s: this is its log so far (--follow streams the rest)\n", rec.ID, rec.Status)
+		}
 		if r, err = s.OpenLog(rec.ID); err != nil {
 			return nil, err
 		}
