@@ -33,6 +33,8 @@ Usage:
   nixfarm usage [flags]     each account's builds, CPU hours and bytes over a period
   nixfarm summary --since T --format github
                             a CI step summary of the builds since T (Markdown)
+  nixfarm logs ID|DRV [--follow]
+                            print a build's log; --follow streams one under way
   nixfarm accounts ...      add, list, show, remove accounts; set their limits
   nixfarm keys ...          add, list, remove the SSH keys of accounts
   nixfarm tokens ...        create, list, revoke the API tokens of accounts
@@ -70,6 +72,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return usageCmd(args[1:], stdout, stderr)
 	case "summary":
 		return summaryCmd(args[1:], stdout, stderr)
+	case "logs":
+		return logsCmd(args[1:], stdout, stderr)
 	case "accounts":
 		return accountsCmd(args[1:], stdout, stderr)
 	case "keys":

@@ -389,11 +389,13 @@ func (c *Coordinator) start(ctx context.Context, req *build.Request, f *inflight
 		if res.Status.Success() {
 			c.share(context.WithoutCancel(ctx), f, res, log)
 		}
-		if uerr := c.update(context.WithoutCancel(ctx), id, req.Account, res, endStatus(res, err), f.log.size()); uerr != nil {
-			log.Error("recording build", "err", uerr)
-		}
+		// The log is whole on disk before the record says the build
+		// ended: who follows the log stops when the record does.
 		if err := f.log.close(); err != nil {
 			log.Warn("writing build log", "err", err)
+		}
+		if uerr := c.update(context.WithoutCancel(ctx), id, req.Account, res, endStatus(res, err), f.log.size()); uerr != nil {
+			log.Error("recording build", "err", uerr)
 		}
 		c.end(f, res, nil)
 	})

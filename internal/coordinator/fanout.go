@@ -4,8 +4,9 @@ import (
 	"context"
 	"errors"
 	"io"
-	"os"
 	"sync"
+
+	"github.com/nixfarm/nixfarm/internal/buildlog"
 )
 
 // SubscriberBacklog bounds how far a client following a build's log may
@@ -17,7 +18,8 @@ const SubscriberBacklog = 4 << 20
 const CutMessage = "nixfarm: your log stream of this build was cut here because you fell behind reading it; " +
 	"the build goes on and its result will still be sent; the farm keeps the whole log\n"
 
-// fanout writes a build's log to its file and to every client following
+// fanout writes a build's log to its file (compressed: package buildlog)
+// and to every client following
 // the build. A client that joins late first gets what was written so far;
 // a client that goes away does not stop the log from being kept. The
 // file is created on the first write, so a queued build holds no file
@@ -29,7 +31,7 @@ const CutMessage = "nixfarm: your log stream of this build was cut here because 
 type fanout struct {
 	mu   sync.Mutex
 	path string
-	file *os.File
+	file *buildlog.Writer
 	err  error // from creating the file
 	subs map[*subscriber]bool
 	n    int64
@@ -53,7 +55,7 @@ func (f *fanout) Write(p []byte) (int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.file == nil && f.err == nil && f.path != "" {
-		f.file, f.err = os.Create(f.path)
+		f.file, f.err = buildlog.Create(f.path)
 	}
 	if f.file != nil && f.err == nil {
 		n, err := f.file.Write(p)
@@ -80,7 +82,11 @@ func (f *fanout) subscribe(w io.Writer) func(ctx context.Context) {
 	s := &subscriber{w: w, wake: make(chan struct{}, 1), done: make(chan struct{})}
 	f.mu.Lock()
 	if f.n > 0 && f.err == nil {
-		s.pastPath, s.past = f.path, f.n
+		// What was written so far goes to the file as whole frames, for
+		// s to read back.
+		if f.err = f.file.Flush(); f.err == nil {
+			s.pastPath, s.past = f.path, f.n
+		}
 	}
 	f.subs[s] = true
 	f.mu.Unlock()
@@ -167,7 +173,7 @@ func (s *subscriber) signal() {
 func (s *subscriber) run() {
 	defer close(s.done)
 	if s.past > 0 {
-		if past, err := os.Open(s.pastPath); err == nil {
+		if past, err := buildlog.Open(s.pastPath); err == nil {
 			_, err := io.Copy(s.w, io.LimitReader(past, s.past))
 			past.Close()
 			if err != nil {

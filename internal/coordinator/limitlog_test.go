@@ -3,7 +3,6 @@ package coordinator_test
 import (
 	"context"
 	"io"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -48,8 +47,8 @@ func TestLimitLog(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Wait()
-	file, err := os.ReadFile(filepath.Join(dir, "logs", strconv.FormatInt(id, 10)+".log"))
-	if err != nil || string(file) != want || client.String() != want {
+	file, err := readLog(filepath.Join(dir, "logs", strconv.FormatInt(id, 10)+".log"))
+	if err != nil || file != want || client.String() != want {
 		t.Errorf("log file %q (%v), client's log %q; want %q", file, err, client.String(), want)
 	}
 	if len(accounts) != 1 || accounts[0] != "alice" {

@@ -14,6 +14,7 @@ import (
 	"sync"
 
 	"github.com/nixfarm/nixfarm/internal/build"
+	"github.com/nixfarm/nixfarm/internal/buildlog"
 	"github.com/nixfarm/nixfarm/internal/derivation"
 	"github.com/nixfarm/nixfarm/internal/nixhash"
 	"github.com/nixfarm/nixfarm/internal/publicerr"
@@ -495,7 +496,8 @@ func (c *Coordinator) AddBuildLog(ctx context.Context, drvPath storepath.Path, a
 }
 
 // OpenLog opens the log of the latest build of drvPath the farm ran for
-// account that logged anything, or returns store.ErrNotFound.
+// account that logged anything, or returns store.ErrNotFound. The text is
+// decompressed (package buildlog); logs of older versions are plain.
 func (c *Coordinator) OpenLog(ctx context.Context, account string, drvPath storepath.Path) (io.ReadCloser, error) {
 	var id int64
 	err := c.db.QueryRowContext(ctx, `SELECT id FROM builds WHERE drv_path = ? AND account = ? AND log_bytes > 0
@@ -506,7 +508,7 @@ func (c *Coordinator) OpenLog(ctx context.Context, account string, drvPath store
 	if err != nil {
 		return nil, fmt.Errorf("looking up the build log of %s: %w", drvPath, err)
 	}
-	f, err := os.Open(c.logPath(id))
+	f, err := buildlog.Open(c.logPath(id))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("%w: no build log of %s", store.ErrNotFound, drvPath)
 	}

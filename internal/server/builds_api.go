@@ -27,6 +27,7 @@ import (
 func (f *Farm) buildsAPI(mux *http.ServeMux, auth *apiauth.Authenticator) {
 	mux.Handle("GET /api/v1/builds", auth.RequireViewer(http.HandlerFunc(f.listBuilds)))
 	mux.Handle("GET /api/v1/builds/{id}", auth.RequireViewer(http.HandlerFunc(f.getBuild)))
+	mux.Handle("GET /api/v1/builds/{id}/log", auth.RequireViewer(http.HandlerFunc(f.getBuildLog)))
 }
 
 // buildsViewer says who asks for build records: the viewer RequireViewer

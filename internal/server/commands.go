@@ -39,6 +39,7 @@ const (
 	cmdBuilds
 	cmdUsage
 	cmdSummary
+	cmdLogs
 )
 
 // parseCommand matches an exec request exactly against the commands stock
@@ -71,6 +72,8 @@ func parseCommand(line string) (command, error) {
 			return command{kind: cmdUsage, args: words[2:]}, nil
 		case len(words) >= 2 && words[1] == "summary":
 			return command{kind: cmdSummary, args: words[2:]}, nil
+		case len(words) >= 2 && words[1] == "logs":
+			return command{kind: cmdLogs, args: words[2:]}, nil // checked by logs
 		}
 		return command{}, fmt.Errorf("unknown nixfarm command %q", strings.Join(words[1:], " "))
 	}
@@ -183,7 +186,8 @@ const supportedCommands = "nixfarm: this endpoint runs only what Nix sends for r
 	"nixfarm:   nixfarm workers [--json]       (the farm's workers: systems, features, slots)\n" +
 	"nixfarm:   nixfarm builds [--json] [...]  (your account's builds; --help for the filters)\n" +
 	"nixfarm:   nixfarm usage [--since T] [--json]  (your account's CPU hours, builds, bytes)\n" +
-	"nixfarm:   nixfarm summary --since T --format github  (a CI step summary of your builds)\n"
+	"nixfarm:   nixfarm summary --since T --format github  (a CI step summary of your builds)\n" +
+	"nixfarm:   nixfarm logs BUILD [--follow]  (a build's log; following, exits 0 if it succeeded)\n"
 
 // Exec implements sshd.Handler.
 func (h *execHandler) Exec(ctx context.Context, s *sshd.Session) uint32 {
@@ -209,6 +213,11 @@ func (h *execHandler) Exec(ctx context.Context, s *sshd.Session) uint32 {
 		err = h.usage(ctx, s, c.args)
 	case cmdSummary:
 		err = h.summary(ctx, s, c.args)
+	case cmdLogs:
+		var code uint32
+		if code, err = h.logs(ctx, s, c.args); err == nil {
+			return code
+		}
 	}
 	if err != nil {
 		// Only a public message reaches the client; anything else is
