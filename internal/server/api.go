@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/nixfarm/nixfarm/internal/apiauth"
+	"github.com/nixfarm/nixfarm/internal/dashboard"
 	"github.com/nixfarm/nixfarm/internal/scheduler"
 )
 
@@ -29,6 +30,8 @@ import (
 // /healthz says the process is up; /readyz that the database answers and
 // the scheduler runs (/-/healthy is /healthz's old name).
 //
+// /ui/ is the web dashboard (package dashboard), on the same tokens.
+//
 // Every other path is the binary cache (caches.go).
 func (f *Farm) api(cache http.Handler) http.Handler {
 	auth := apiauth.New(apiauth.Config{Lookup: f.accounts, FarmToken: f.apiToken, Log: f.log})
@@ -42,6 +45,9 @@ func (f *Farm) api(cache http.Handler) http.Handler {
 	mux.Handle("GET /metrics", f.metrics.Handler()) // aggregates only: no account, no path
 	f.queueAPI(mux, auth)
 	f.usageAPI(mux, auth)
+	if f.records != nil {
+		dashboard.New(dashboard.Config{Auth: auth, Records: f.records, Farm: f.sched, Log: f.log}).Register(mux) // /ui/
+	}
 	healthy := func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Write([]byte("ok\n"))
