@@ -16,7 +16,7 @@ fuzztime=${FUZZTIME:-4s}
 # nix-setup-systemd makes the machine's nixbld build users, which the
 # clients' own builds use (nix-bin only recommends it). nginx-light and wrk
 # are the bench smoke run's (S8, S9).
-packages=(nix-bin nix-setup-systemd busybox-static openssh-client openssh-server debootstrap nginx-light wrk)
+packages=(nix-bin nix-setup-systemd busybox-static openssh-client openssh-server debootstrap nginx-light wrk chromium)
 
 sudo=""
 [ "$(id -u)" = 0 ] || sudo="sudo"

@@ -17,10 +17,10 @@ import (
 
 // Chart geometry, in the SVG's own units (it scales to its box).
 const (
-	chartW, chartH      = 960.0, 260.0
+	chartW, chartH      = 640.0, 300.0
 	plotLeft, plotRight = 64.0, 16.0
 	plotTop, plotBottom = 16.0, 36.0
-	maxXLabels          = 12
+	maxXLabels          = 8
 	yTicks              = 4
 )
 
@@ -69,7 +69,8 @@ func bucketStarts(now time.Time, length, bucket time.Duration) []time.Time {
 }
 
 // newChart stacks value of each account's buckets over starts.
-func newChart(title string, starts []time.Time, labelFormat string, u *records.Usage, value func(*records.Totals) float64, format func(float64) string) chart {
+// Integer values (counts) get whole-number ticks.
+func newChart(title string, starts []time.Time, labelFormat string, u *records.Usage, value func(*records.Totals) float64, format func(float64) string, integer bool) chart {
 	c := chart{Title: title, W: chartW, H: chartH, PlotLeft: plotLeft, PlotRight: chartW - plotRight, PlotTop: plotTop, PlotBase: chartH - plotBottom}
 	index := map[int64]int{}
 	for i, s := range starts {
@@ -96,11 +97,15 @@ func newChart(title string, starts []time.Time, labelFormat string, u *records.U
 		top = math.Max(top, v)
 	}
 	c.Empty = top == 0
-	top = niceCeil(top)
+	step := niceCeil(top / yTicks)
+	if integer {
+		step = math.Ceil(step)
+	}
+	top = step * yTicks
 	plotH := c.PlotBase - c.PlotTop
 	slot := (c.PlotRight - c.PlotLeft) / float64(max(len(starts), 1))
 	for i := 0; i <= yTicks; i++ {
-		v := top * float64(i) / yTicks
+		v := step * float64(i)
 		c.YTicks = append(c.YTicks, tick{X: c.PlotLeft - 8, Y: c.PlotBase - plotH*float64(i)/yTicks, Label: format(v)})
 	}
 	every := (len(starts) + maxXLabels - 1) / maxXLabels
@@ -123,13 +128,13 @@ func newChart(title string, starts []time.Time, labelFormat string, u *records.U
 	return c
 }
 
-// niceCeil rounds v up to 1, 2 or 5 times a power of ten (1 for 0).
+// niceCeil rounds v up to 1, 2, 2.5 or 5 times a power of ten (1 for 0).
 func niceCeil(v float64) float64 {
 	if v <= 0 {
 		return 1
 	}
 	p := math.Pow(10, math.Floor(math.Log10(v)))
-	for _, m := range []float64{1, 2, 5, 10} {
+	for _, m := range []float64{1, 2, 2.5, 5, 10} {
 		if v <= m*p {
 			return m * p
 		}
@@ -144,16 +149,18 @@ func formatCount(v float64) string {
 	return strconv.FormatFloat(v, 'f', 1, 64)
 }
 
-func formatHours(v float64) string {
+// formatCPU writes CPU seconds in seconds, minutes or hours.
+func formatCPU(s float64) string {
+	g := func(v float64) string { return strconv.FormatFloat(v, 'g', 3, 64) }
 	switch {
-	case v == 0:
+	case s == 0:
 		return "0"
-	case v < 0.01:
-		return strconv.FormatFloat(v, 'f', 4, 64)
-	case v < 10:
-		return strconv.FormatFloat(v, 'f', 2, 64)
+	case s < 60:
+		return g(s) + " s"
+	case s < 3600:
+		return g(s/60) + " min"
 	}
-	return strconv.FormatFloat(v, 'f', 0, 64)
+	return g(s/3600) + " h"
 }
 
 // funcs are the templates' helpers.
@@ -179,8 +186,8 @@ func funcs(now func() time.Time) template.FuncMap {
 			}
 			return strconv.FormatFloat(s, 'f', 1, 64) + " s"
 		},
-		"join":  strings.Join,
-		"hours": formatHours,
+		"join":    strings.Join,
+		"cpuTime": formatCPU,
 		"pct": func(a, b int) int {
 			if b <= 0 {
 				return 0

@@ -232,7 +232,7 @@ func (d *Dashboard) login(w http.ResponseWriter, r *http.Request) {
 	token := strings.TrimSpace(r.PostForm.Get("token"))
 	next := localNext(r.PostForm.Get("next"))
 	if token == "" {
-		d.showLogin(w, http.StatusBadRequest, next, "Give an API token (nixfarm tokens create).")
+		d.showLogin(w, http.StatusBadRequest, next, "Give an API token (nixfarm tokens create --account NAME).")
 		return
 	}
 	check := r.Clone(r.Context())

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
@@ -263,27 +264,30 @@ func TestChart(t *testing.T) {
 		return b.String()
 	}
 	count := func(t *records.Totals) float64 { return float64(t.Builds) }
-	empty := render(newChart("Builds", starts, "15:04", &records.Usage{}, count, formatCount))
+	empty := render(newChart("Builds", starts, "15:04", &records.Usage{}, count, formatCount, true))
 	if strings.Contains(empty, "<rect") || !strings.Contains(empty, "No builds in this period") || !strings.Contains(empty, "<svg") {
 		t.Errorf("empty chart: %s", empty)
 	}
 	u := &records.Usage{Accounts: []records.AccountUsage{
 		{Account: "alice", Buckets: []records.BucketUsage{{Start: starts[3], Totals: records.Totals{Builds: 4}}, {Start: starts[23], Totals: records.Totals{Builds: 1}}}},
-		{Account: `<script>bob</script>`, Buckets: []records.BucketUsage{{Start: starts[3], Totals: records.Totals{Builds: 6}}}},
+		{Account: `<script>bob</script>`, Buckets: []records.BucketUsage{{Start: starts[3], Totals: records.Totals{Builds: 5}}}},
 	}}
-	c := newChart("Builds", starts, "15:04", u, count, formatCount)
+	c := newChart("Builds", starts, "15:04", u, count, formatCount, true)
 	if len(c.Bars) != 3 || len(c.Legend) != 2 || c.Legend[0].Total != "5" || c.Empty {
 		t.Errorf("chart: %+v", c)
 	}
-	// Bucket 3 stacks 4 + 6 = 10, the top of the scale: its bars fill the plot.
-	if h := c.Bars[0].H + c.Bars[1].H; h < c.PlotBase-c.PlotTop-0.01 || h > c.PlotBase-c.PlotTop+0.01 {
+	// Bucket 3 stacks 4 + 5 = 9 of a scale to 12 (ticks of 3).
+	if h := c.Bars[0].H + c.Bars[1].H; math.Abs(h-(c.PlotBase-c.PlotTop)*9/12) > 0.01 {
 		t.Errorf("the stacked bucket is %v high, the plot %v", h, c.PlotBase-c.PlotTop)
 	}
 	svg := render(c)
 	if strings.Contains(svg, "<script>") || !strings.Contains(svg, "&lt;script&gt;bob") || strings.Count(svg, "<rect") != 3+2 {
 		t.Errorf("rendered chart: %s", svg)
 	}
-	if n := len(regexp.MustCompile(`class="xlabel"`).FindAllString(svg, -1)); n != 12 {
+	if c.YTicks[len(c.YTicks)-1].Label != "12" || c.YTicks[1].Label != "3" {
+		t.Errorf("y ticks: %+v", c.YTicks)
+	}
+	if n := len(regexp.MustCompile(`class="xlabel"`).FindAllString(svg, -1)); n != 8 {
 		t.Errorf("%d x labels", n)
 	}
 }

@@ -206,8 +206,8 @@ func (d *Dashboard) usage(w http.ResponseWriter, r *http.Request, p *page) {
 		Builds, CPU    chart
 	}{
 		rng.Name, account, []string{"24h", "7d", "30d"}, u,
-		newChart("Builds", starts, label, u, func(t *records.Totals) float64 { return float64(t.Builds) }, formatCount),
-		newChart("CPU hours", starts, label, u, func(t *records.Totals) float64 { return t.CPUHours }, formatHours),
+		newChart("Builds", starts, label, u, func(t *records.Totals) float64 { return float64(t.Builds) }, formatCount, true),
+		newChart("CPU time", starts, label, u, func(t *records.Totals) float64 { return t.CPUSeconds }, formatCPU, false),
 	}
 	d.render(w, "usage", http.StatusOK, p)
 }
