@@ -212,13 +212,18 @@ func (f *farm) start() {
 	f.cmd = cmd
 	f.exited = make(chan struct{})
 	ready := make(chan struct{})
+	// Only this process's output says it is ready: after a restart, the
+	// output holds the last one's lines too.
+	f.mu.Lock()
+	since := f.output.Len()
+	f.mu.Unlock()
 	go func() {
 		sc := bufio.NewScanner(pr)
 		var once sync.Once
 		for sc.Scan() {
 			f.mu.Lock()
 			f.output.WriteString(sc.Text() + "\n")
-			out := f.output.String()
+			out := f.output.String()[since:]
 			f.mu.Unlock()
 			if builderLineRE.MatchString(out) && portRE.MatchString(out) && apiRE.MatchString(out) {
 				once.Do(func() { close(ready) })
@@ -237,7 +242,7 @@ func (f *farm) start() {
 	case <-time.After(30 * time.Second):
 		t.Fatalf("nixfarm serve did not print its builders line:\n%s", f.logs())
 	}
-	out := f.logs()
+	out := f.logs()[since:]
 	m := builderLineRE.FindAllStringSubmatch(out, -1)
 	f.hostKeyB64 = m[len(m)-1][3]
 	ports := portRE.FindAllStringSubmatch(out, -1)
