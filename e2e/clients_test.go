@@ -274,12 +274,18 @@ func (c *client) exec(f *farm, name string, args ...string) result {
 	case f != nil:
 		env = []string{"NIX_SSHOPTS=-F " + f.sshConfig}
 	}
-	cmd := c.command(ctx, env, name, args...)
+	return c.runCmd(ctx, c.command(ctx, env, name, args...))
+}
+
+// runCmd runs cmd, made with ctx, and returns what it printed; a run cut
+// off by ctx fails the test.
+func (c *client) runCmd(ctx context.Context, cmd *exec.Cmd) result {
+	c.t.Helper()
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
 	if ctx.Err() != nil {
-		c.t.Errorf("%s %s timed out", name, strings.Join(args, " "))
+		c.t.Errorf("%s timed out", strings.Join(cmd.Args, " "))
 	}
 	return result{out: strings.TrimSpace(stdout.String()), raw: stdout.String(), stderr: stderr.String(), err: err}
 }

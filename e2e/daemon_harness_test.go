@@ -259,14 +259,7 @@ func (c *client) userRun(env []string, name string, args ...string) result {
 	c.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cmd := c.userCommand(ctx, env, name, args...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	if ctx.Err() != nil {
-		c.t.Errorf("%s %s timed out", name, strings.Join(args, " "))
-	}
-	return result{out: strings.TrimSpace(stdout.String()), raw: stdout.String(), stderr: stderr.String(), err: err}
+	return c.runCmd(ctx, c.userCommand(ctx, env, name, args...))
 }
 
 // mustUserRun is userRun failing the test on error; it returns stdout.

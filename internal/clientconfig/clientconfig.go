@@ -69,6 +69,20 @@ func HostKeyLine(k ssh.PublicKey) string {
 	return base64.StdEncoding.EncodeToString([]byte(line))
 }
 
+// ParseHostKeyLine reads a host key in the form HostKeyLine writes (the
+// machines file's 8th field).
+func ParseHostKeyLine(b64 string) (ssh.PublicKey, error) {
+	data, err := base64.StdEncoding.DecodeString(b64)
+	if err != nil {
+		return nil, fmt.Errorf("host key: %w", err)
+	}
+	k, _, _, _, err := ssh.ParseAuthorizedKey(data)
+	if err != nil {
+		return nil, fmt.Errorf("host key: %w", err)
+	}
+	return k, nil
+}
+
 // Pool is what a farm's workers offer together.
 type Pool struct {
 	Systems  []string // every system some worker builds for, sorted

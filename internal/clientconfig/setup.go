@@ -2,7 +2,6 @@ package clientconfig
 
 import (
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -367,7 +366,11 @@ func (cc *clientConfig) files(c Client, pool Pool, authorized bool) error {
 	sshDir := filepath.Join(cc.home, ".ssh")
 	nixBlock := "builders = " + MachinesLine(c, pool) + "\nbuilders-use-substitutes = true\n"
 	sshBlock := SSHConfigBlock(c)
-	known := c.Alias + " " + strings.TrimSpace(string(mustDecodeHostKey(c.HostKey)))
+	hk, err := ParseHostKeyLine(c.HostKey)
+	if err != nil {
+		return err
+	}
+	known := c.Alias + " " + strings.TrimSpace(string(ssh.MarshalAuthorizedKey(hk)))
 	// nix.conf last: if anything before it fails, no builders line names
 	// an alias the ssh config does not have yet.
 	edits := []Edit{
@@ -430,14 +433,6 @@ func indent(s string) string {
 	return b.String()
 }
 
-func mustDecodeHostKey(b64 string) []byte {
-	k, err := hostKeyFromLine(b64)
-	if err != nil {
-		return nil
-	}
-	return k
-}
-
 func restartCommand(sys System) string {
 	if sys.OS == "darwin" {
 		return "sudo launchctl kickstart -k system/org.nixos.nix-daemon"
@@ -466,5 +461,3 @@ func (cc *clientConfig) restartDaemon() {
 	}
 	cc.say("Restarted nix-daemon (%s).", strings.Join(cmd.Args, " "))
 }
-
-func hostKeyFromLine(b64 string) ([]byte, error) { return base64.StdEncoding.DecodeString(b64) }

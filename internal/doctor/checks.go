@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/crypto/ssh"
+
 	"github.com/nixfarm/nixfarm/internal/clientconfig"
 	"github.com/nixfarm/nixfarm/internal/worker"
 )
@@ -460,7 +462,7 @@ func (d *doctor) checkReach(ctx context.Context) bool {
 	if err == nil {
 		d.hostKey = clientconfig.HostKeyLine(key)
 		c.Status = OK
-		c.Detail = fmt.Sprintf("an SSH server with host key %s %s (the farm's operator sees its fingerprint in nixfarm serve's first lines)", key.Type(), fingerprint(key))
+		c.Detail = fmt.Sprintf("an SSH server with host key %s %s (the farm's operator sees its fingerprint in nixfarm serve's first lines)", key.Type(), ssh.FingerprintSHA256(key))
 		return d.add(c)
 	}
 	c.Status = Fail

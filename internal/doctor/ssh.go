@@ -18,8 +18,6 @@ import (
 	"github.com/nixfarm/nixfarm/internal/clientconfig"
 )
 
-func fingerprint(k ssh.PublicKey) string { return ssh.FingerprintSHA256(k) }
-
 // cannotActAs is the Skip for a check of the build user's files that
 // doctor, not run as root, cannot read.
 func (d *doctor) cannotActAs(c Check) bool {
@@ -68,7 +66,7 @@ func (d *doctor) checkKey(ctx context.Context) bool {
 			d.keyFile = path
 			d.keyLine = strings.TrimSpace(string(ssh.MarshalAuthorizedKey(signer.PublicKey())))
 			c.Status = OK
-			c.Detail = fmt.Sprintf("%s will use %s (%s %s)", d.builder.Name, path, signer.PublicKey().Type(), fingerprint(signer.PublicKey()))
+			c.Detail = fmt.Sprintf("%s will use %s (%s %s)", d.builder.Name, path, signer.PublicKey().Type(), ssh.FingerprintSHA256(signer.PublicKey()))
 			return d.add(c)
 		}
 	}
@@ -152,7 +150,7 @@ func (d *doctor) checkHostKey(ctx context.Context) bool {
 	if len(opt["hostkeyalias"]) > 0 {
 		lookup = net.JoinHostPort(name, "22") // ssh looks an alias up as it is
 	}
-	key, _ := parseHostKeyLine(d.hostKey)
+	key, _ := clientconfig.ParseHostKeyLine(d.hostKey)
 	known, other := false, false
 	if key != nil && len(files) > 0 {
 		cb, err := knownhosts.New(files...)
@@ -194,18 +192,9 @@ func firstOr(xs []string, def string) string {
 	return def
 }
 
-func parseHostKeyLine(b64 string) (ssh.PublicKey, error) {
-	data, err := base64.StdEncoding.DecodeString(b64)
-	if err != nil {
-		return nil, err
-	}
-	k, _, _, _, err := ssh.ParseAuthorizedKey(data)
-	return k, err
-}
-
 func sameHostKey(a, b string) bool {
-	ka, err1 := parseHostKeyLine(a)
-	kb, err2 := parseHostKeyLine(b)
+	ka, err1 := clientconfig.ParseHostKeyLine(a)
+	kb, err2 := clientconfig.ParseHostKeyLine(b)
 	return err1 == nil && err2 == nil && string(ka.Marshal()) == string(kb.Marshal())
 }
 
