@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -54,6 +55,24 @@ func checkUsage(t *testing.T, f *farm, worker string) {
 	}
 	if table := f.mustCLI("builds"); !strings.Contains(table, "CPU") || !strings.Contains(table, "MEMORY") {
 		t.Errorf("nixfarm builds shows no CPU or memory:\n%s", table)
+	}
+	// The API shows the same figures as the CLI.
+	token, err := os.ReadFile(filepath.Join(f.stateDir, "api-token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, body := get(t, f.apiURL+"/api/v1/builds?drv=usage-", strings.TrimSpace(string(token)))
+	if code != 200 {
+		t.Fatalf("GET /api/v1/builds: %d %s", code, body)
+	}
+	api := decodePage(t, "/api/v1/builds", body)
+	for _, want := range []records.Record{b[0], s[0]} {
+		got := byName(api, want.DrvName())
+		if len(got) != 1 || got[0].ID != want.ID || got[0].Account != "alice" || got[0].Worker != worker ||
+			got[0].Status != records.Built || got[0].CPUSeconds != want.CPUSeconds || got[0].PeakMemory != want.PeakMemory ||
+			len(got[0].Outputs) != 1 || len(want.Outputs) != 1 || got[0].Outputs[0].NarSize == 0 || got[0].Outputs[0].NarSize != want.Outputs[0].NarSize {
+			t.Errorf("the API's record of %s: %+v, the CLI's: %+v", want.DrvName(), got, want)
+		}
 	}
 }
 
