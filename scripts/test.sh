@@ -67,6 +67,8 @@ for client in nix-2.8 nix-2.26 nix-2.34; do
 	((n > 0)) || { echo "== no end-to-end test ran with $client"; exit 1; }
 done
 grep -E '^(ok|FAIL)' "$e2elog"
+echo "-- the slowest end-to-end tests (CI must stay under 15 minutes):"
+sed -nE 's/^--- PASS: ([^ ]+) \(([0-9.]+)s\)$/\2 s  \1/p' "$e2elog" | sort -rn | head -n 8
 
 echo "== go benchmarks (one iteration each, no timings asserted)"
 go test -run='^$' -bench=. -benchtime=1x -timeout 10m ./...
