@@ -114,7 +114,9 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		after = scrapeMetrics(t, f)
-		arrived := delta(after, "nixfarm_ssh_bytes_in_total") > 0 && delta(after, "nixfarm_ssh_bytes_out_total") > 0
+		arrived := delta(after, "nixfarm_ssh_bytes_in_total") > 0 && delta(after, "nixfarm_ssh_bytes_out_total") > 0 &&
+			delta(after, "nixfarm_ssh_bytes_in_total") >= delta(after, "nixfarm_build_bytes_uploaded_total") &&
+			delta(after, "nixfarm_ssh_bytes_out_total") >= delta(after, "nixfarm_build_bytes_downloaded_total")
 		for _, w := range want {
 			arrived = arrived && delta(after, w.name, w.labels...) >= w.n
 		}
@@ -142,6 +144,20 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 		if delta(after, name) <= 0 {
 			t.Errorf("%s did not increase", name)
 		}
+	}
+	// The bytes the builds' records hold are the build byte counters'
+	// (the farm is fresh: every record is this test's), and part of the
+	// SSH counters'.
+	var up, down int64
+	for _, r := range decodePage(t, "nixfarm builds --json", f.mustCLI("builds", "--json")) {
+		up, down = up+r.BytesUploaded, down+r.BytesDownloaded
+	}
+	gotUp, gotDown := delta(after, "nixfarm_build_bytes_uploaded_total"), delta(after, "nixfarm_build_bytes_downloaded_total")
+	if up == 0 || down == 0 || gotUp != float64(up) || gotDown != float64(down) {
+		t.Errorf("build bytes counters moved by %v up, %v down; the records hold %d and %d", gotUp, gotDown, up, down)
+	}
+	if gotUp > delta(after, "nixfarm_ssh_bytes_in_total") || gotDown > delta(after, "nixfarm_ssh_bytes_out_total") {
+		t.Errorf("build bytes %v/%v exceed the SSH bytes %v/%v", gotUp, gotDown, delta(after, "nixfarm_ssh_bytes_in_total"), delta(after, "nixfarm_ssh_bytes_out_total"))
 	}
 	if got := delta(after, "nixfarm_ssh_connections_total"); got < 4 {
 		t.Errorf("ssh connections moved by %v, want at least 4", got)

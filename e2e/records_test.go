@@ -11,6 +11,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/nixfarm/nixfarm/internal/records"
+	"github.com/nixfarm/nixfarm/internal/testutil"
 )
 
 func decodePage(t *testing.T, what, out string) []records.Record {
@@ -54,6 +55,19 @@ func TestBuildRecords(t *testing.T) {
 	bob, bobKey := asAccount(t, f, "bob")
 	mine := c.expr("rec-bob", `mk { name = "rec-bob"; args = ["-c" "echo bob > $out"]; }`)
 	c.mustBuild(bob, "ssh-ng", mine)
+	// Bytes moved: a 2.8 ssh:// build and a newer client's ssh-ng://
+	// build, each uploading a source of its own (busybox is on the farm
+	// by now) and downloading its output.
+	var newer *nixVersion
+	for _, v := range nixVersions {
+		if v.minor >= 24 && newer == nil {
+			newer = v
+		}
+	}
+	moved := []*movedBuild{moving(t, f, c, "ssh", "rec-up-ssh")}
+	if newer != nil {
+		moved = append(moved, moving(t, f, newClientOf(t, newer), "ssh-ng", "rec-up-ng"))
+	}
 
 	check := func(what string, list []records.Record) {
 		t.Helper()
@@ -75,6 +89,7 @@ func TestBuildRecords(t *testing.T) {
 	// The operator's CLI, on the state directory.
 	all := decodePage(t, "nixfarm builds --json", f.mustCLI("builds", "--json"))
 	check("nixfarm builds", all)
+	checkMoved(t, "nixfarm builds", all, moved)
 	if bobs := byName(all, "rec-bob"); len(bobs) != 1 || bobs[0].Account != "bob" || bobs[0].KeyFingerprint != ssh.FingerprintSHA256(bobKey) {
 		t.Errorf("bob's build: %+v", bobs)
 	}
@@ -96,6 +111,7 @@ func TestBuildRecords(t *testing.T) {
 		t.Fatalf("GET /api/v1/builds: %d %s", code, body)
 	}
 	check("/api/v1/builds", decodePage(t, "/api/v1/builds", body))
+	checkMoved(t, "/api/v1/builds", decodePage(t, "/api/v1/builds", body), moved)
 	id := byName(all, "rec-good")[0].ID
 	code, body = get(t, f.apiURL+"/api/v1/builds/"+strconv.FormatInt(id, 10), strings.TrimSpace(string(token)))
 	var one records.Record
@@ -130,5 +146,56 @@ func TestBuildRecords(t *testing.T) {
 	}
 	if _, stderr, code2 := sshCmd(bob, "nixfarm", "nixfarm", "builds", "--account", "alice"); code2 == 0 || !strings.Contains(stderr, "another account") {
 		t.Errorf("bob asking for alice's builds: exit %d\n%s", code2, stderr)
+	}
+}
+
+// movedBuild is a build whose bytes moved are known: the NAR of the
+// source its client uploaded, and of the output it downloaded.
+type movedBuild struct {
+	name, client   string
+	srcNar, outNar uint64
+	busyboxNar     uint64 // what the client may have had to upload as well
+}
+
+// moving builds, with client c over scheme, a derivation named name whose
+// source (a file of its own) the farm lacks, so the client uploads it.
+func moving(t *testing.T, f *farm, c *client, scheme, name string) *movedBuild {
+	t.Helper()
+	contents := strings.Repeat(name+" uploads this line\n", 4000)
+	if err := os.WriteFile(filepath.Join(c.dir, name+".txt"), []byte(contents), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	file := c.expr(name, `mk { name = "`+name+`"; src = ./`+name+`.txt; args = ["-c" "cat $src $src > $out"]; }`)
+	outs := c.mustBuild(f, scheme, file)
+	size := func(p string) uint64 {
+		n, err := strconv.ParseUint(strings.TrimSpace(c.mustRun(nil, "nix-store", "--store", c.store, "--query", "--size", p)), 10, 64)
+		if err != nil || n == 0 {
+			t.Fatalf("nar size of %s: %v", p, err)
+		}
+		return n
+	}
+	return &movedBuild{name: name, client: c.v.name + " " + scheme, srcNar: uint64(len(testutil.FileNar(contents))),
+		outNar: size(outs[0]), busyboxNar: size(c.bb)}
+}
+
+// checkMoved checks that each build's record holds the bytes its client
+// moved: at least its source's NAR uploaded (and no more than busybox's
+// besides), its output's NAR downloaded.
+func checkMoved(t *testing.T, what string, list []records.Record, moved []*movedBuild) {
+	t.Helper()
+	for _, m := range moved {
+		rs := byName(list, m.name)
+		if len(rs) != 1 {
+			t.Errorf("%s: %d records of %s", what, len(rs), m.name)
+			continue
+		}
+		r := rs[0]
+		if r.BytesUploaded < int64(m.srcNar) || r.BytesUploaded > int64(m.srcNar+m.busyboxNar) {
+			t.Errorf("%s: %s (%s) uploaded %d bytes, want the source's NAR, %d (and at most busybox's, %d, besides)",
+				what, m.name, m.client, r.BytesUploaded, m.srcNar, m.busyboxNar)
+		}
+		if r.BytesDownloaded != int64(m.outNar) {
+			t.Errorf("%s: %s (%s) downloaded %d bytes, want the output's NAR, %d", what, m.name, m.client, r.BytesDownloaded, m.outNar)
+		}
 	}
 }

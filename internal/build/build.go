@@ -152,6 +152,11 @@ type Result struct {
 	CPUTime       time.Duration
 	PeakMemory    int64
 	UsageMeasured bool
+	// Record is the ID of the build record that answers the request, in
+	// the requesting account's records (0 if none does: outputs valid
+	// already within a realisation, or another account's build joined).
+	// Protocol sessions attribute the bytes they move to it.
+	Record int64
 }
 
 // Contents identifies the contents of a store path: its NAR and the

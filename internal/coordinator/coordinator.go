@@ -78,6 +78,7 @@ type inflight struct {
 	ik      string // the in-flight key (inflightKey)
 	drvPath storepath.Path
 	account string // the account it is built for
+	record  int64  // its build record's ID, under Coordinator.mu (0 until recorded)
 
 	// earlyRes, under Coordinator.mu, is the result of the latest attempt
 	// that succeeded and announced its outputs while the farm still
@@ -221,6 +222,12 @@ func (c *Coordinator) run(ctx context.Context, req *build.Request, st store.Stor
 	if err != nil {
 		return nil, err
 	}
+	if mine {
+		// Another account's record is not this request's to add to.
+		c.mu.Lock()
+		res.Record = f.record
+		c.mu.Unlock()
+	}
 	if !mine && !res.Status.Success() {
 		// Another account's build failed; it ran under that account's
 		// limits and options, so this account's request is built on its
@@ -245,9 +252,11 @@ func (c *Coordinator) run(ctx context.Context, req *build.Request, st store.Stor
 func (c *Coordinator) answered(ctx context.Context, req *build.Request, outputs map[string]storepath.Path) (*build.Result, error) {
 	now := c.now()
 	res := &build.Result{Status: build.AlreadyValid, StartTime: now, StopTime: now, Outputs: outputs}
-	if _, err := c.record(ctx, req, res, now); err != nil {
+	id, err := c.record(ctx, req, res, now)
+	if err != nil {
 		return nil, err
 	}
+	res.Record = id
 	setBasicHash(res, req.Drv)
 	return res, nil
 }
@@ -356,6 +365,9 @@ func (c *Coordinator) start(ctx context.Context, req *build.Request, f *inflight
 		c.end(f, nil, err)
 		return
 	}
+	c.mu.Lock()
+	f.record = id
+	c.mu.Unlock()
 	f.log.setPath(c.logPath(id))
 	log = log.With("build", id)
 	breq := *req

@@ -133,3 +133,22 @@ func (c *Coordinator) outputSizes(ctx context.Context, account string, res *buil
 	js, _ := json.Marshal(out)
 	return string(js)
 }
+
+// AddBytes adds to build record id the bytes of store path contents a
+// client session moved for it (package traffic says which): uploaded, to
+// the farm before the request, and downloaded, outputs fetched after it.
+// It adds rather than sets, so that it may come before or after the
+// build's own end is recorded, and from several sessions. It writes one
+// row and holds no lock of the coordinator's.
+func (c *Coordinator) AddBytes(ctx context.Context, id int64, uploaded, downloaded int64) error {
+	if id <= 0 || uploaded < 0 || downloaded < 0 || uploaded+downloaded == 0 {
+		return nil
+	}
+	if _, err := c.writes.Exec(ctx,
+		`UPDATE builds SET bytes_uploaded = bytes_uploaded + ?, bytes_downloaded = bytes_downloaded + ? WHERE id = ?`,
+		uploaded, downloaded, id); err != nil {
+		return fmt.Errorf("recording the bytes of build %d: %w", id, err)
+	}
+	c.opts.Metrics.BuildBytes(uploaded, downloaded)
+	return nil
+}

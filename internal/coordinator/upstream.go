@@ -146,9 +146,11 @@ func (c *Coordinator) substituteOutputs(ctx context.Context, account string, out
 // were fetched from upstream caches.
 func (c *Coordinator) substituted(ctx context.Context, req *build.Request, outputs map[string]storepath.Path, start time.Time) (*build.Result, error) {
 	res := &build.Result{Status: build.Substituted, StartTime: start, StopTime: c.now(), Outputs: outputs}
-	if _, err := c.record(ctx, req, res, start); err != nil {
+	id, err := c.record(ctx, req, res, start)
+	if err != nil {
 		return nil, err
 	}
+	res.Record = id
 	setBasicHash(res, req.Drv)
 	return res, nil
 }

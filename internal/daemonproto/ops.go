@@ -502,9 +502,13 @@ func (c *conn) narFromPath(ctx context.Context) error {
 	defer c.out.mu.Unlock()
 	c.replied = true
 	c.out.w.Uint64(stderrLast)
-	if _, err := c.out.w.ReadFrom(rc); err != nil {
+	n, err := c.out.w.ReadFrom(rc)
+	if err != nil {
 		return fmt.Errorf("sending NAR of %s: %w", p, err)
 	}
+	// Recorded before the last of the NAR is flushed, so that a client
+	// that has it all finds its size in the record.
+	c.tr.Downloaded(ctx, p, n)
 	return nil
 }
 

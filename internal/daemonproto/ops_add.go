@@ -13,6 +13,7 @@ import (
 	"github.com/nixfarm/nixfarm/internal/publicerr"
 	"github.com/nixfarm/nixfarm/internal/store"
 	"github.com/nixfarm/nixfarm/internal/storepath"
+	"github.com/nixfarm/nixfarm/internal/traffic"
 	"github.com/nixfarm/nixfarm/internal/wire"
 )
 
@@ -102,7 +103,9 @@ func (c *conn) addToStoreNar(ctx context.Context) error {
 		if info.NarSize == 0 {
 			return publicerr.New("AddToStoreNar of %s has narSize 0", p)
 		}
-		return c.st.AddToStore(ctx, info, src)
+		counted := &traffic.Counter{R: src}
+		defer func() { c.tr.Uploaded(counted.N) }()
+		return c.st.AddToStore(ctx, info, counted)
 	}
 	switch {
 	case minor(c.ver) >= 23:
@@ -155,7 +158,10 @@ func (c *conn) addMultipleToStore(ctx context.Context) error {
 				return err
 			}
 			info.Account = c.sess.Account
-			if err := c.st.AddToStore(ctx, info, r); err != nil {
+			counted := &traffic.Counter{R: r}
+			err = c.st.AddToStore(ctx, info, counted)
+			c.tr.Uploaded(counted.N)
+			if err != nil {
 				return err
 			}
 		}
@@ -219,9 +225,11 @@ func (c *conn) addToStore(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		data := &traffic.Counter{R: src}
 		info, err = store.AddContent(ctx, c.st, c.s.TempDir, store.Content{
-			Name: name, Method: method, Algo: algo, References: refs, Data: src, Account: c.sess.Account,
+			Name: name, Method: method, Algo: algo, References: refs, Data: data, Account: c.sess.Account,
 		})
+		c.tr.Uploaded(data.N)
 		return err
 	})
 	if err != nil {
@@ -263,7 +271,9 @@ func (c *conn) addToStoreOld(ctx context.Context) error {
 	}
 	defer os.Remove(spool.Name())
 	defer spool.Close()
-	if _, err := nar.Copy(spool, c.r); err != nil {
+	n, err := nar.Copy(spool, c.r)
+	c.tr.Uploaded(n)
+	if err != nil {
 		return fatal(fmt.Errorf("reading NAR of %s: %w", name, err))
 	}
 	if algoErr != nil {
@@ -300,6 +310,7 @@ func (c *conn) addTextToStore(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	c.tr.Uploaded(int64(len(text)))
 	refs, err := c.readPaths("references")
 	if err != nil {
 		return err

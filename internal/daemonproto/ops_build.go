@@ -84,6 +84,7 @@ func (c *conn) buildDerivation(ctx context.Context) error {
 		res = &build.Result{Status: build.MiscFailure, ErrorMsg: fmt.Sprintf("nixfarm could not build %s: %s", drvPath,
 			publicerr.Message(ctx, c.log, err, "build could not run", "drv", drvPath))}
 	}
+	c.tr.Requested(ctx, res)
 	return c.done(func(w *wire.Writer) { writeBuildResult(w, c.ver, res) })
 }
 
@@ -106,6 +107,7 @@ func (c *conn) realise(ctx context.Context) ([]build.DerivedPath, []*build.Resul
 		return nil, nil, modeErr
 	}
 	results, err := c.s.Builds.Realise(ctx, paths, c.opts, c.sess.Account, c)
+	c.tr.Requested(ctx, results...)
 	return paths, results, err
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/nixfarm/nixfarm/internal/publicerr"
 	"github.com/nixfarm/nixfarm/internal/store"
 	"github.com/nixfarm/nixfarm/internal/storepath"
+	"github.com/nixfarm/nixfarm/internal/traffic"
 	"github.com/nixfarm/nixfarm/internal/wire"
 )
 
@@ -45,6 +46,9 @@ type Server struct {
 	NixVersion string
 	// TempDir holds uploads that must be spooled ("" = os.TempDir()).
 	TempDir string
+	// Traffic, if set, is given the bytes each session moves for its
+	// build requests (package traffic says which).
+	Traffic traffic.Recorder
 
 	onOp func(Op) // for tests: called before each operation
 }
@@ -69,6 +73,7 @@ type conn struct {
 	clientFeatures []string
 	opts           build.Options
 	log            *slog.Logger
+	tr             *traffic.Session
 	// replied is set once an operation's STDERR_LAST is written: an error
 	// after it can no longer be reported.
 	replied bool
@@ -81,6 +86,7 @@ type conn struct {
 func (s *Server) Serve(ctx context.Context, in io.Reader, out io.Writer, sess *Session) error {
 	c := &conn{s: s, st: s.Store.For(sess.Account), sess: sess, r: wire.NewReader(in), out: &frameWriter{w: wire.NewWriter(out)}}
 	c.log = s.logger().With("account", sess.Account)
+	c.tr = traffic.New(s.Traffic, c.log)
 	if err := c.handshake(); err != nil {
 		if c.ver != 0 {
 			c.out.failure(publicerr.Message(ctx, c.log, err, "handshake failed"))

@@ -75,6 +75,7 @@ type Farm struct {
 	sshBytesOut   prometheus.Counter
 	cacheHits     *prometheus.CounterVec
 	substitutions *prometheus.CounterVec
+	traffic       traffic // traffic.go
 
 	// The counters of each fixed label value, looked up without the
 	// vectors' locks.
@@ -117,6 +118,7 @@ func New(log *slog.Logger) *Farm {
 	f.reg.MustRegister(f.builds, f.buildDuration, f.queueTime, f.retries, f.workerLosses, f.quarantines,
 		f.sshConns, f.sshOpen, f.sshHandshake, f.sshBytesIn, f.sshBytesOut, f.cacheHits, f.substitutions,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	f.registerTraffic()
 	// Every label value shows at 0 from the start, so that rates and
 	// increases see the first event.
 	f.fixed = map[*prometheus.CounterVec]map[string]prometheus.Counter{}
@@ -255,7 +257,8 @@ func (f *Farm) SSHHandshakeFailed(reason string) {
 	f.inc(f.sshHandshake, reason)
 }
 
-// SSHBytes counts the bytes a command read from and wrote to its client.
+// SSHBytes counts the bytes a command read from and wrote to its client
+// (all of them: traffic.go compares them with the builds' bytes).
 func (f *Farm) SSHBytes(in, out int64) {
 	if f == nil {
 		return

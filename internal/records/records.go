@@ -110,8 +110,9 @@ type Record struct {
 	StoppedAt time.Time `json:"stoppedAt,omitzero"`
 	Outputs   []Output  `json:"outputs"`
 	LogBytes  int64     `json:"logBytes"`
-	// BytesUploaded and BytesDownloaded (client to farm and back), and
-	// CPUSeconds and PeakMemory of the builder, are 0 until measured.
+	// BytesUploaded and BytesDownloaded (client to farm and back, as
+	// package traffic attributes them), and CPUSeconds and PeakMemory of
+	// the builder, are 0 until measured.
 	BytesUploaded   int64   `json:"bytesUploaded"`
 	BytesDownloaded int64   `json:"bytesDownloaded"`
 	CPUSeconds      float64 `json:"cpuSeconds"`

@@ -17,6 +17,7 @@ import (
 	"github.com/nixfarm/nixfarm/internal/publicerr"
 	"github.com/nixfarm/nixfarm/internal/store"
 	"github.com/nixfarm/nixfarm/internal/storepath"
+	"github.com/nixfarm/nixfarm/internal/traffic"
 	"github.com/nixfarm/nixfarm/internal/wire"
 )
 
@@ -42,6 +43,9 @@ type Server struct {
 	Log      *slog.Logger
 	// TempDir holds spooled ImportPaths NARs ("" = os.TempDir()).
 	TempDir string
+	// Traffic, if set, is given the bytes each session moves for its
+	// build requests (package traffic says which).
+	Traffic traffic.Recorder
 
 	onReply func(cmd uint64) // for tests: called after each command's reply is flushed
 }
@@ -89,6 +93,7 @@ func (s *Server) Serve(ctx context.Context, in io.Reader, out io.Writer, sess *S
 	}
 	c := &serveConn{s: s, st: s.Store.For(sess.Account), r: r, w: w, sess: sess, ver: min(clientVersion, Version)}
 	log := s.logger().With("account", sess.Account, "version", fmt.Sprintf("2.%d", minor(c.ver)))
+	c.tr = traffic.New(s.Traffic, log)
 	log.Info("client connected", "protocol", "serve", "client_version", fmt.Sprintf("%d.%d", major(clientVersion)>>8, minor(clientVersion)))
 	for {
 		if r.AtEOF() {
@@ -133,6 +138,7 @@ type serveConn struct {
 	w    *wire.Writer
 	sess *Session
 	ver  uint64
+	tr   *traffic.Session
 }
 
 // command is one serve-protocol command as the server runs it.
@@ -235,9 +241,13 @@ func (c *serveConn) writeNar(ctx context.Context, p storepath.Path) error {
 		return err
 	}
 	defer rc.Close()
-	if _, err := c.w.ReadFrom(rc); err != nil {
+	n, err := c.w.ReadFrom(rc)
+	if err != nil {
 		return fmt.Errorf("sending NAR of %s: %w", p, err)
 	}
+	// Recorded before the reply is flushed: when the client has the
+	// whole NAR, the record has its size.
+	c.tr.Downloaded(ctx, p, n)
 	return nil
 }
 
@@ -281,7 +291,9 @@ func (c *serveConn) addToStoreNar(ctx context.Context) error {
 		return fmt.Errorf("%w: AddToStoreNar of %s has narSize 0", ErrProtocol, p)
 	}
 	src := &io.LimitedReader{R: c.r, N: int64(info.NarSize)}
-	if err := c.st.AddToStore(ctx, info, src); err != nil {
+	err = c.st.AddToStore(ctx, info, src)
+	c.tr.Uploaded(int64(info.NarSize) - src.N)
+	if err != nil {
 		return fmt.Errorf("rejected %s: %w", p, err)
 	}
 	if src.N != 0 {
@@ -318,7 +330,9 @@ func (c *serveConn) importOne(ctx context.Context) error {
 	}
 	defer os.Remove(spool.Name())
 	defer spool.Close()
-	if _, err := nar.Copy(spool, c.r); err != nil {
+	n, err := nar.Copy(spool, c.r)
+	c.tr.Uploaded(n)
+	if err != nil {
 		return fmt.Errorf("%w: reading exported NAR: %w", ErrProtocol, err)
 	}
 	magic, err := c.r.Uint64()
@@ -458,6 +472,7 @@ func (c *serveConn) buildPaths(ctx context.Context) error {
 	if err != nil {
 		results = []*build.Result{{Status: build.MiscFailure, ErrorMsg: publicerr.Message(ctx, c.s.logger(), err, "build could not run", "account", c.sess.Account)}}
 	}
+	c.tr.Requested(ctx, results...)
 	for _, res := range results {
 		if !res.Status.Success() {
 			// Any status but 0 means failure here, and the client reads
@@ -494,6 +509,7 @@ func (c *serveConn) buildDerivation(ctx context.Context) error {
 		res = &build.Result{Status: build.MiscFailure, ErrorMsg: fmt.Sprintf("nixfarm could not build %s: %s", drvPath,
 			publicerr.Message(ctx, c.s.logger(), err, "build could not run", "account", c.sess.Account, "drv", drvPath))}
 	}
+	c.tr.Requested(ctx, res)
 	return c.writeResult(res)
 }
 

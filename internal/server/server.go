@@ -279,8 +279,8 @@ func (f *Farm) init(ctx context.Context) error {
 	}
 	f.coord = coord
 	f.records = records.New(f.db, filepath.Join(cfg.StateDir, "logs"), nil)
-	serve := &serveproto.Server{Store: f.uploads, Builds: coord, Log: f.log, TempDir: tmp}
-	daemon := &daemonproto.Server{Store: f.uploads, Builds: coord, Log: f.log, TempDir: tmp, NixVersion: "nixfarm-" + cfg.Version}
+	serve := &serveproto.Server{Store: f.uploads, Builds: coord, Log: f.log, TempDir: tmp, Traffic: coord}
+	daemon := &daemonproto.Server{Store: f.uploads, Builds: coord, Log: f.log, TempDir: tmp, NixVersion: "nixfarm-" + cfg.Version, Traffic: coord}
 	if f.substituter != nil {
 		serve.Upstream, daemon.Upstream = coord, coord
 	}
