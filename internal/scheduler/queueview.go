@@ -113,7 +113,11 @@ func (v QueueView) WriteText(w io.Writer) error {
 	}
 	running, queued := v.Running-v.OthersRunning, v.Queued-v.OthersQueued
 	if len(v.Builds) == 0 {
-		fmt.Fprintf(w, "No builds of %s are queued or running.\n", strings.TrimSuffix(whose, " builds"))
+		if v.Account != "" {
+			fmt.Fprintf(w, "No builds of account %s are queued or running.\n", v.Account)
+		} else {
+			fmt.Fprintln(w, "No builds are queued or running.")
+		}
 	} else {
 		fmt.Fprintf(w, "%s: %d running, %d queued\n", upperFirst(whose), running, queued)
 		tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)

@@ -81,7 +81,7 @@ func parseCommand(line string) (command, error) {
 			return command{kind: cmdTokens, args: words[2:]}, nil // checked by tokens
 		case len(words) >= 2 && words[1] == "queue":
 			return command{kind: cmdQueue, args: words[2:]}, nil // checked by queue
-		case len(words) == 1 || (len(words) == 2 && (words[1] == "help" || words[1] == "--help" || words[1] == "-h")):
+		case len(words) == 2 && (words[1] == "help" || words[1] == "--help" || words[1] == "-h"):
 			return command{kind: cmdHelp}, nil
 		}
 		return command{}, fmt.Errorf("unknown nixfarm command %q", strings.Join(words[1:], " "))
