@@ -56,7 +56,11 @@ func TestWatch(t *testing.T) {
 		{Account: "alice", Builds: []scheduler.ViewedBuild{}},
 	}
 	n := 0
-	fetch := func(context.Context) (scheduler.QueueView, error) { v := views[min(n, len(views)-1)]; n++; return v, nil }
+	fetch := func(context.Context) (scheduler.QueueView, error) {
+		v := views[min(n, len(views)-1)]
+		n++
+		return v, nil
+	}
 	var buf bytes.Buffer
 	if err := scheduler.Watch(context.Background(), &buf, fetch, time.Millisecond, false, false); err != nil {
 		t.Fatal(err)

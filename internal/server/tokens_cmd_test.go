@@ -123,7 +123,9 @@ func TestTokensOverSSH(t *testing.T) {
 // reason, and of other accounts' builds only counts.
 func TestQueueOverSSH(t *testing.T) {
 	h, _ := testHandler(t)
-	drvOf := func(name string) storepath.Path { return storepath.Path("/nix/store/" + strings.Repeat("d", 32) + "-" + name + ".drv") }
+	drvOf := func(name string) storepath.Path {
+		return storepath.Path("/nix/store/" + strings.Repeat("d", 32) + "-" + name + ".drv")
+	}
 	for _, name := range []string{"alice-one", "bob-secret", "alice-two"} {
 		acct, _, _ := strings.Cut(name, "-")
 		drv := &derivation.Basic{Name: name, Platform: "riscv64-linux", Env: map[string]string{}}
