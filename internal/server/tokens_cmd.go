@@ -59,7 +59,7 @@ func (h *execHandler) tokens(ctx context.Context, s *sshd.Session, args []string
 	fs.SetOutput(s.Stderr)
 	fs.Usage = func() { fmt.Fprint(s.Stderr, sshTokensUsage+"\nFlags:\n"); fs.PrintDefaults() }
 	var (
-		label, expires *string
+		label, expires, scope *string
 		asJSON         *bool
 		want           int
 	)
@@ -67,6 +67,7 @@ func (h *execHandler) tokens(ctx context.Context, s *sshd.Session, args []string
 	case "create":
 		label = fs.String("name", "", "a label to tell the token by in the listing")
 		expires = fs.String("expires", "90d", "how long the token works: days (30d) or hours (12h), at most 365d")
+		scope = fs.String("scope", "read", "read, the only scope a token made over SSH may have")
 	case "list":
 		asJSON = fs.Bool("json", false, "print JSON")
 	case "revoke":
@@ -86,6 +87,9 @@ func (h *execHandler) tokens(ctx context.Context, s *sshd.Session, args []string
 	}
 	switch sub {
 	case "create":
+		if *scope != string(account.ScopeRead) {
+			return publicerr.New("nixfarm tokens create: a token made over SSH has scope read (your account's own data); admin tokens are made by the farm's operator")
+		}
 		lifetime, err := sshTokenLifetime(*expires)
 		if err != nil {
 			return publicerr.New("nixfarm tokens create: %v", err)
