@@ -60,8 +60,8 @@ func (h *execHandler) tokens(ctx context.Context, s *sshd.Session, args []string
 	fs.Usage = func() { fmt.Fprint(s.Stderr, sshTokensUsage+"\nFlags:\n"); fs.PrintDefaults() }
 	var (
 		label, expires, scope *string
-		asJSON         *bool
-		want           int
+		asJSON                *bool
+		want                  int
 	)
 	switch sub {
 	case "create":
