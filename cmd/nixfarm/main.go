@@ -35,6 +35,7 @@ Usage:
                             a CI step summary of the builds since T (Markdown)
   nixfarm logs ID|DRV [--follow]
                             print a build's log; --follow streams one under way
+  nixfarm queue [--watch]   the running farm's queued and running builds: position, reason, start
   nixfarm accounts ...      add, list, show, remove accounts; set their limits
   nixfarm keys ...          add, list, remove the SSH keys of accounts
   nixfarm tokens ...        create, list, revoke the API tokens of accounts
@@ -74,6 +75,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return summaryCmd(args[1:], stdout, stderr)
 	case "logs":
 		return logsCmd(args[1:], stdout, stderr)
+	case "queue":
+		return queueCmd(args[1:], stdout, stderr)
 	case "accounts":
 		return accountsCmd(args[1:], stdout, stderr)
 	case "keys":

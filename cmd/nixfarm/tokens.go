@@ -25,7 +25,10 @@ An API token is sent as "Authorization: Bearer TOKEN" to the farm's HTTP API
 (serve --http-listen). A read token sees its account's own builds; an admin
 token sees every account's. Every command takes --state-dir DIR and works on
 the farm's database directly: only whoever holds the state directory can make
-tokens. A running farm may accept a revoked token for up to 10 more seconds.
+admin tokens. A user who has only an SSH key makes, lists and revokes their own
+account's read tokens with ssh FARM nixfarm tokens create|list|revoke. An
+account holds at most 20 live tokens. A running farm may accept a revoked token
+for up to 10 more seconds.
 `
 
 func tokensCmd(args []string, stdout, stderr io.Writer) int {

@@ -40,6 +40,9 @@ const (
 	cmdUsage
 	cmdSummary
 	cmdLogs
+	cmdTokens
+	cmdQueue
+	cmdHelp
 )
 
 // parseCommand matches an exec request exactly against the commands stock
@@ -74,6 +77,12 @@ func parseCommand(line string) (command, error) {
 			return command{kind: cmdSummary, args: words[2:]}, nil
 		case len(words) >= 2 && words[1] == "logs":
 			return command{kind: cmdLogs, args: words[2:]}, nil // checked by logs
+		case len(words) >= 2 && words[1] == "tokens":
+			return command{kind: cmdTokens, args: words[2:]}, nil // checked by tokens
+		case len(words) >= 2 && words[1] == "queue":
+			return command{kind: cmdQueue, args: words[2:]}, nil // checked by queue
+		case len(words) == 2 && (words[1] == "help" || words[1] == "--help" || words[1] == "-h"):
+			return command{kind: cmdHelp}, nil
 		}
 		return command{}, fmt.Errorf("unknown nixfarm command %q", strings.Join(words[1:], " "))
 	}
@@ -175,6 +184,9 @@ type execHandler struct {
 	sched    *scheduler.Scheduler
 	records  *records.Service // nil: no builds command
 	log      *slog.Logger
+	// watchInterval is how often nixfarm queue --watch looks again
+	// (0: scheduler.WatchEvery); tests shorten it.
+	watchInterval time.Duration
 }
 
 var _ sshd.Handler = (*execHandler)(nil)
@@ -187,7 +199,10 @@ const supportedCommands = "nixfarm: this endpoint runs only what Nix sends for r
 	"nixfarm:   nixfarm builds [--json] [...]  (your account's builds; --help for the filters)\n" +
 	"nixfarm:   nixfarm usage [--since T] [--json]  (your account's CPU hours, builds, bytes)\n" +
 	"nixfarm:   nixfarm summary --since T --format github  (a CI step summary of your builds)\n" +
-	"nixfarm:   nixfarm logs BUILD [--follow]  (a build's log; following, exits 0 if it succeeded)\n"
+	"nixfarm:   nixfarm logs BUILD [--follow]  (a build's log; following, exits 0 if it succeeded)\n" +
+	"nixfarm:   nixfarm queue [--json] [--watch]  (your queued and running builds: position, reason, start)\n" +
+	"nixfarm:   nixfarm tokens create|list|revoke  (your account's API tokens; --help for more)\n" +
+	"nixfarm:   nixfarm help                   (this list)\n"
 
 // Exec implements sshd.Handler.
 func (h *execHandler) Exec(ctx context.Context, s *sshd.Session) uint32 {
@@ -213,6 +228,13 @@ func (h *execHandler) Exec(ctx context.Context, s *sshd.Session) uint32 {
 		err = h.usage(ctx, s, c.args)
 	case cmdSummary:
 		err = h.summary(ctx, s, c.args)
+	case cmdTokens:
+		err = h.tokens(ctx, s, c.args)
+	case cmdQueue:
+		err = h.queue(ctx, s, c.args)
+	case cmdHelp:
+		_, help, _ := strings.Cut(supportedCommands, "\n")
+		fmt.Fprint(s.Stdout, "nixfarm: this endpoint runs:\n"+help)
 	case cmdLogs:
 		var code uint32
 		if code, err = h.logs(ctx, s, c.args); err == nil {

@@ -44,13 +44,29 @@ func TestParseCommand(t *testing.T) {
 		strings.Join(c.args, "|") != "--status|timed-out|--json" {
 		t.Errorf("nixfarm builds: %+v %v", c, err)
 	}
+	for line, want := range map[string]struct {
+		kind commandKind
+		args string
+	}{
+		"nixfarm tokens create --name 'my ci' --expires 30d": {cmdTokens, "create|--name|my ci|--expires|30d"},
+		"nixfarm tokens revoke 7":                            {cmdTokens, "revoke|7"},
+		"nixfarm tokens":                                     {cmdTokens, ""},
+		"nixfarm queue --watch --json":                       {cmdQueue, "--watch|--json"},
+		"nixfarm help":                                       {cmdHelp, ""},
+		"nixfarm --help":                                     {cmdHelp, ""},
+	} {
+		if c, err := parseCommand(line); err != nil || c.kind != want.kind || strings.Join(c.args, "|") != want.args {
+			t.Errorf("%q: %+v %v", line, c, err)
+		}
+	}
 	bad := []string{
 		"", "ls", "nix-store", "nix-store --serve --write; rm -rf /", "nix-store --serve --write && ls",
 		"nix-store --query --references /", "nix-store --serve --serve", "nix-store --serve --store",
 		"nix-daemon", "nix-daemon --stdio --write", "sh -c 'nix-store --serve'", "nix-store --serve 'unterminated",
 		"nix-store --serve $(id)", "nix-store-evil --serve", "nix-store --serve --write `id`",
 		"nixfarm", "nixfarm whoami --json --json", "nixfarm whoami x", "nixfarm serve", "/usr/bin/nixfarm whoami",
-		"nixfarm workers add x", "nixfarm workers --json --json",
+		"nixfarm workers add x", "nixfarm workers --json --json", "nixfarm help me", "nixfarm token create",
+		"nixfarm queue; ls", "nixfarm tokens create --name $(id)",
 	}
 	for _, line := range bad {
 		if c, err := parseCommand(line); err == nil {
