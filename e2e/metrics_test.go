@@ -105,7 +105,7 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 		{"nixfarm_builds_total", []string{"status", "failed"}, 1},
 		{"nixfarm_build_duration_seconds", nil, 3},
 		{"nixfarm_build_queue_seconds", nil, 3},
-		{"nixfarm_ssh_handshake_failures_total", []string{"reason", "refused-key"}, 1},
+		{"nixfarm_ssh_handshake_failures_total", []string{"listener", "client", "reason", "refused-key"}, 1},
 	}
 	// The farm counts a build once it is recorded and a command's bytes
 	// once its session ends, which may be after the client has its
@@ -134,7 +134,7 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 		}
 	}
 	for _, reason := range []string{"timeout", "protocol", "caps"} {
-		if got := delta(after, "nixfarm_ssh_handshake_failures_total", "reason", reason); got != 0 {
+		if got := delta(after, "nixfarm_ssh_handshake_failures_total", "listener", "client", "reason", reason); got != 0 {
 			t.Errorf("handshake failures {reason=%s} moved by %v", reason, got)
 		}
 	}
@@ -143,7 +143,7 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 			t.Errorf("%s did not increase", name)
 		}
 	}
-	if got := delta(after, "nixfarm_ssh_connections_total"); got < 4 {
+	if got := delta(after, "nixfarm_ssh_connections_total", "listener", "client"); got < 4 {
 		t.Errorf("ssh connections moved by %v, want at least 4", got)
 	}
 	// The store's size is read at most every 10 s: the first scrape's
