@@ -155,3 +155,37 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 		t.Errorf("/metrics names an account or a store path:\n%s", after.text)
 	}
 }
+
+// The agent listener's connections are counted under listener="agent";
+// an agent stopped with a signal says goodbye and is no loss, one that
+// crashes (SIGKILL) is lost.
+func TestMetricsAgents(t *testing.T) {
+	f := startCoordinator(t)
+	before := scrapeMetrics(t, f)
+	polite, crashing := startAgent(t, f, "polite"), startAgent(t, f, "crashing")
+	f.waitWorkers("polite", "crashing")
+	polite.stop()
+	crashing.kill()
+	var after scrape
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		after = scrapeMetrics(t, f)
+		if after.value("nixfarm_ssh_connections_open", "listener", "agent") == 0 && len(f.workers()) == 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	if got := after.value("nixfarm_ssh_connections_total", "listener", "agent") - before.value("nixfarm_ssh_connections_total", "listener", "agent"); got != 2 {
+		t.Errorf("agent connections moved by %v, want 2", got)
+	}
+	if got := after.value("nixfarm_ssh_connections_open", "listener", "agent"); got != 0 {
+		t.Errorf("agent connections open: %v, want 0", got)
+	}
+	if got := after.value("nixfarm_ssh_connections_total", "listener", "client") - before.value("nixfarm_ssh_connections_total", "listener", "client"); got != 0 {
+		t.Errorf("client connections moved by %v with agents only", got)
+	}
+	if got := after.value("nixfarm_worker_losses_total", "worker", "crashing"); got != 1 {
+		t.Errorf("losses of the crashed agent: %v, want 1\nfarm:\n%s", got, f.logs())
+	}
+	if got := after.value("nixfarm_worker_losses_total", "worker", "polite"); got != 0 {
+		t.Errorf("losses of the agent stopped with a signal: %v, want 0\nfarm:\n%s", got, f.logs())
+	}
+}
