@@ -105,7 +105,7 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 		{"nixfarm_builds_total", []string{"status", "failed"}, 1},
 		{"nixfarm_build_duration_seconds", nil, 3},
 		{"nixfarm_build_queue_seconds", nil, 3},
-		{"nixfarm_ssh_handshake_failures_total", []string{"reason", "refused-key"}, 1},
+		{"nixfarm_ssh_handshake_failures_total", []string{"listener", "client", "reason", "refused-key"}, 1},
 	}
 	// The farm counts a build once it is recorded and a command's bytes
 	// once its session ends, which may be after the client has its
@@ -136,7 +136,7 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 		}
 	}
 	for _, reason := range []string{"timeout", "protocol", "caps"} {
-		if got := delta(after, "nixfarm_ssh_handshake_failures_total", "reason", reason); got != 0 {
+		if got := delta(after, "nixfarm_ssh_handshake_failures_total", "listener", "client", "reason", reason); got != 0 {
 			t.Errorf("handshake failures {reason=%s} moved by %v", reason, got)
 		}
 	}
@@ -159,7 +159,7 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 	if gotUp > delta(after, "nixfarm_ssh_bytes_in_total") || gotDown > delta(after, "nixfarm_ssh_bytes_out_total") {
 		t.Errorf("build bytes %v/%v exceed the SSH bytes %v/%v", gotUp, gotDown, delta(after, "nixfarm_ssh_bytes_in_total"), delta(after, "nixfarm_ssh_bytes_out_total"))
 	}
-	if got := delta(after, "nixfarm_ssh_connections_total"); got < 4 {
+	if got := delta(after, "nixfarm_ssh_connections_total", "listener", "client"); got < 4 {
 		t.Errorf("ssh connections moved by %v, want at least 4", got)
 	}
 	// The store's size is read at most every 10 s: the first scrape's
@@ -169,5 +169,39 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 	}
 	if strings.Contains(after.text, "alice") || strings.Contains(after.text, "/nix/store/") {
 		t.Errorf("/metrics names an account or a store path:\n%s", after.text)
+	}
+}
+
+// The agent listener's connections are counted under listener="agent";
+// an agent stopped with a signal says goodbye and is no loss, one that
+// crashes (SIGKILL) is lost.
+func TestMetricsAgents(t *testing.T) {
+	f := startCoordinator(t)
+	before := scrapeMetrics(t, f)
+	polite, crashing := startAgent(t, f, "polite"), startAgent(t, f, "crashing")
+	f.waitWorkers("polite", "crashing")
+	polite.stop()
+	crashing.kill()
+	var after scrape
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		after = scrapeMetrics(t, f)
+		if after.value("nixfarm_ssh_connections_open", "listener", "agent") == 0 && len(f.workers()) == 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	if got := after.value("nixfarm_ssh_connections_total", "listener", "agent") - before.value("nixfarm_ssh_connections_total", "listener", "agent"); got != 2 {
+		t.Errorf("agent connections moved by %v, want 2", got)
+	}
+	if got := after.value("nixfarm_ssh_connections_open", "listener", "agent"); got != 0 {
+		t.Errorf("agent connections open: %v, want 0", got)
+	}
+	if got := after.value("nixfarm_ssh_connections_total", "listener", "client") - before.value("nixfarm_ssh_connections_total", "listener", "client"); got != 0 {
+		t.Errorf("client connections moved by %v with agents only", got)
+	}
+	if got := after.value("nixfarm_worker_losses_total", "worker", "crashing"); got != 1 {
+		t.Errorf("losses of the crashed agent: %v, want 1\nfarm:\n%s", got, f.logs())
+	}
+	if got := after.value("nixfarm_worker_losses_total", "worker", "polite"); got != 0 {
+		t.Errorf("losses of the agent stopped with a signal: %v, want 0\nfarm:\n%s", got, f.logs())
 	}
 }

@@ -40,7 +40,11 @@ const (
 
 // message is one line on the control channel.
 type message struct {
-	Type string `json:"type"` // register, welcome, heartbeat, error
+	// register, welcome, heartbeat, goodbye, error. An agent that stops
+	// on purpose (SIGTERM, Ctrl-C) says goodbye before it hangs up, so
+	// the coordinator does not count it lost unless builds were running
+	// on it; coordinators that predate goodbye ignore it.
+	Type string `json:"type"`
 
 	// register
 	Name         string               `json:"name,omitempty"`

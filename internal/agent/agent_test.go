@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/nixfarm/nixfarm/internal/agent"
 	"github.com/nixfarm/nixfarm/internal/credentials"
+	"github.com/nixfarm/nixfarm/internal/metrics"
 	"github.com/nixfarm/nixfarm/internal/scheduler"
 	"github.com/nixfarm/nixfarm/internal/testutil"
 	"github.com/nixfarm/nixfarm/internal/worker"
@@ -29,6 +31,7 @@ type registry struct {
 	mu      sync.Mutex
 	added   []scheduler.Worker
 	removed []string
+	reasons []error
 	beats   int
 	held    map[string]bool // names registered, as the scheduler holds them
 	changed chan struct{}
@@ -55,6 +58,7 @@ func (r *registry) RemoveWorker(name string, reason error) {
 	r.mu.Lock()
 	delete(r.held, name)
 	r.removed = append(r.removed, name+": "+reason.Error())
+	r.reasons = append(r.reasons, reason)
 	r.mu.Unlock()
 	r.changed <- struct{}{}
 }
@@ -109,12 +113,18 @@ func (s *server) issue(t *testing.T, name string) string {
 
 func startServer(t *testing.T, reg *registry, interval time.Duration) *server {
 	t.Helper()
+	return startServerWith(t, reg, interval, nil)
+}
+
+// startServerWith starts an agent server that counts into m.
+func startServerWith(t *testing.T, reg *registry, interval time.Duration, m *metrics.Farm) *server {
+	t.Helper()
 	_, priv, _ := ed25519.GenerateKey(rand.Reader)
 	signer, _ := ssh.NewSignerFromKey(priv)
 	st, database, _ := testutil.Store(t)
 	creds := credentials.New(database, nil)
 	srv, err := agent.NewServer(agent.ServerConfig{HostKey: signer, Credentials: creds, Farm: st, Registry: reg,
-		HeartbeatInterval: interval, RevocationCheck: 20 * time.Millisecond, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		HeartbeatInterval: interval, RevocationCheck: 20 * time.Millisecond, Metrics: m, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,6 +186,10 @@ func TestRegisterHeartbeatLeave(t *testing.T) {
 	reg.wait(t, func() bool { return reg.beats >= 2 })
 	stop()
 	reg.wait(t, func() bool { return len(reg.removed) == 1 })
+	// It said goodbye: it left, it was not lost.
+	if !errors.Is(reg.reasons[0], scheduler.ErrLeft) {
+		t.Errorf("an agent that stopped was removed for %v, not as having left", reg.reasons[0])
+	}
 }
 
 // waitLog waits until an agent's log contains want.
@@ -255,8 +269,110 @@ func TestHeartbeatTimeout(t *testing.T) {
 	ch.Write(append(reg1, '\n'))
 	reg.wait(t, func() bool { return len(reg.added) == 1 })
 	reg.wait(t, func() bool { return len(reg.removed) == 1 })
-	if !strings.Contains(reg.removed[0], "nothing heard") {
+	if !strings.Contains(reg.removed[0], "nothing heard") || errors.Is(reg.reasons[0], scheduler.ErrLeft) {
 		t.Errorf("removed: %v", reg.removed)
+	}
+}
+
+// An agent whose connection drops without a goodbye is lost, not gone.
+func TestDroppedIsLost(t *testing.T) {
+	reg := newRegistry()
+	srv := startServer(t, reg, time.Second)
+	c, err := ssh.Dial("tcp", srv.addr, &ssh.ClientConfig{User: "dropped", Auth: []ssh.AuthMethod{ssh.Password(srv.issue(t, "dropped"))}, HostKeyCallback: ssh.FixedHostKey(srv.hostKey)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, _, _ := c.OpenChannel("nixfarm-control@nixfarm", nil)
+	reg1, _ := json.Marshal(map[string]any{"type": "register", "name": "dropped", "capabilities": caps})
+	ch.Write(append(reg1, '\n'))
+	reg.wait(t, func() bool { return len(reg.added) == 1 })
+	c.Close()
+	reg.wait(t, func() bool { return len(reg.removed) == 1 })
+	if errors.Is(reg.reasons[0], scheduler.ErrLeft) {
+		t.Errorf("a dropped agent was removed as having left: %v", reg.reasons[0])
+	}
+}
+
+// The agent listener counts its connections and handshake failures under
+// listener="agent", apart from the client listener's.
+func TestListenerMetrics(t *testing.T) {
+	m := metrics.New(nil)
+	reg := newRegistry()
+	srv := startServerWith(t, reg, time.Second, m)
+	value := func(name string, labels ...string) float64 {
+		t.Helper()
+		fams, err := m.Registry().Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range fams {
+			if f.GetName() != name {
+				continue
+			}
+		series:
+			for _, s := range f.GetMetric() {
+				for i := 0; i < len(labels); i += 2 {
+					found := false
+					for _, l := range s.GetLabel() {
+						found = found || (l.GetName() == labels[i] && l.GetValue() == labels[i+1])
+					}
+					if !found {
+						continue series
+					}
+				}
+				if s.GetCounter() != nil {
+					return s.GetCounter().GetValue()
+				}
+				return s.GetGauge().GetValue()
+			}
+		}
+		t.Fatalf("no series %s %v", name, labels)
+		return 0
+	}
+	// A wrong credential, then a client that speaks no SSH.
+	if c, err := ssh.Dial("tcp", srv.addr, &ssh.ClientConfig{User: "builder", Auth: []ssh.AuthMethod{ssh.Password("wrong-credential-0123456789")},
+		HostKeyCallback: ssh.FixedHostKey(srv.hostKey)}); err == nil {
+		c.Close()
+		t.Fatal("a wrong credential was accepted")
+	}
+	nc, err := net.Dial("tcp", srv.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc.Write([]byte("GET / HTTP/1.0\r\n\r\n"))
+	nc.(*net.TCPConn).CloseWrite()
+	io.Copy(io.Discard, nc)
+	nc.Close()
+	// A good agent, which stays connected.
+	_, stop := runAgent(t, srv.addr, "builder", srv.issue(t, "builder"), srv.hostKey)
+	reg.wait(t, func() bool { return len(reg.added) == 1 })
+
+	deadline := time.Now().Add(10 * time.Second)
+	for value("nixfarm_ssh_handshake_failures_total", "listener", "agent", "reason", "protocol") < 1 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, c := range []struct {
+		name   string
+		labels []string
+		want   float64
+	}{
+		{"nixfarm_ssh_connections_total", []string{"listener", "agent"}, 3},
+		{"nixfarm_ssh_connections_open", []string{"listener", "agent"}, 1},
+		{"nixfarm_ssh_handshake_failures_total", []string{"listener", "agent", "reason", "refused-credential"}, 1},
+		{"nixfarm_ssh_handshake_failures_total", []string{"listener", "agent", "reason", "protocol"}, 1},
+		{"nixfarm_ssh_handshake_failures_total", []string{"listener", "agent", "reason", "timeout"}, 0},
+		{"nixfarm_ssh_connections_total", []string{"listener", "client"}, 0},
+	} {
+		if got := value(c.name, c.labels...); got != c.want {
+			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
+		}
+	}
+	stop()
+	reg.wait(t, func() bool { return len(reg.removed) == 1 })
+	for deadline := time.Now().Add(10 * time.Second); value("nixfarm_ssh_connections_open", "listener", "agent") != 0; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the agent's connection is still counted open after it left")
+		}
 	}
 }
 
@@ -297,7 +413,7 @@ func TestRevoke(t *testing.T) {
 		t.Fatal(err)
 	}
 	reg.wait(t, func() bool { return len(reg.removed) == 1 })
-	if !strings.Contains(reg.removed[0], "credential was revoked") {
+	if !strings.Contains(reg.removed[0], "credential was revoked") || !errors.Is(reg.reasons[0], scheduler.ErrLeft) {
 		t.Errorf("removed: %v", reg.removed)
 	}
 	waitLog(t, logs, "credential was revoked")

@@ -112,7 +112,30 @@ func (a *Agent) session(ctx context.Context, hostKey ssh.HostKeyCallback) error 
 		return fmt.Errorf("connecting to %s: %w", a.cfg.Coordinator, err)
 	}
 	defer conn.Close()
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	// Stopping says goodbye on the control channel, once it is open, then
+	// hangs up. Builds running then end with the connection: the
+	// coordinator retries them elsewhere and counts this worker lost.
+	var ctlMu sync.Mutex
+	var ctl ssh.Channel
+	hungUp := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		defer close(hungUp)
+		ctlMu.Lock()
+		c := ctl
+		ctlMu.Unlock()
+		if c != nil {
+			sent := make(chan struct{})
+			go func() {
+				c.Write(encode(message{Type: "goodbye"}))
+				close(sent)
+			}()
+			select {
+			case <-sent:
+			case <-time.After(time.Second): // a coordinator that reads nothing
+			}
+		}
+		conn.Close()
+	})
 	defer stop()
 
 	builds := conn.HandleChannelOpen(buildChannel)
@@ -133,6 +156,9 @@ func (a *Agent) session(ctx context.Context, hostKey ssh.HostKeyCallback) error 
 		return fmt.Errorf("opening the control channel: %w", err)
 	}
 	go ssh.DiscardRequests(reqs)
+	ctlMu.Lock()
+	ctl = ch
+	ctlMu.Unlock()
 	caps := a.cfg.Caps
 	if _, err := ch.Write(encode(message{Type: "register", Name: a.cfg.Name, Version: a.cfg.Version, Capabilities: &caps})); err != nil {
 		return err
@@ -177,6 +203,7 @@ func (a *Agent) session(ctx context.Context, hostKey ssh.HostKeyCallback) error 
 		case err := <-closed:
 			return err
 		case <-ctx.Done():
+			<-hungUp // the goodbye is said before the connection closes
 			return ctx.Err()
 		}
 	}

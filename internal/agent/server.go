@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/nixfarm/nixfarm/internal/build"
 	"github.com/nixfarm/nixfarm/internal/credentials"
+	"github.com/nixfarm/nixfarm/internal/metrics"
 	"github.com/nixfarm/nixfarm/internal/scheduler"
 	"github.com/nixfarm/nixfarm/internal/sshd"
 	"github.com/nixfarm/nixfarm/internal/store"
@@ -58,7 +60,10 @@ type ServerConfig struct {
 	// total, the unauthenticated ones per source and the handshake
 	// timeout apply (agents keep one connection, never idle).
 	Limits sshd.Limits
-	Log    *slog.Logger
+	// Metrics, if set, counts the listener's connections and handshake
+	// failures (listener="agent").
+	Metrics *metrics.Farm
+	Log     *slog.Logger
 }
 
 // Server accepts agents.
@@ -195,15 +200,35 @@ func (s *Server) watchRevocations(ctx context.Context) {
 }
 
 func (s *Server) handle(ctx context.Context, nc net.Conn) {
+	s.cfg.Metrics.ConnOpened(metrics.ListenerAgent)
+	defer s.cfg.Metrics.ConnClosed(metrics.ListenerAgent)
 	adm, err := s.gate.Admit(nc.RemoteAddr())
 	if err != nil {
+		s.cfg.Metrics.HandshakeFailed(metrics.ListenerAgent, "caps")
 		nc.Close()
 		return
 	}
 	defer adm.Close()
 	nc.SetDeadline(time.Now().Add(s.gate.Limits().HandshakeTimeout))
-	sc, chans, reqs, err := ssh.NewServerConn(nc, s.ssh)
+	// A copy of the configuration per connection notes whether a
+	// credential was refused (on the handshake's goroutine).
+	conf := *s.ssh
+	refused := false
+	conf.PasswordCallback = func(meta ssh.ConnMetadata, password []byte) (*ssh.Permissions, error) {
+		perms, err := s.authenticate(meta, password)
+		refused = refused || err != nil
+		return perms, err
+	}
+	sc, chans, reqs, err := ssh.NewServerConn(nc, &conf)
 	if err != nil {
+		reason := "protocol"
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			reason = "timeout"
+		case refused:
+			reason = "refused-credential"
+		}
+		s.cfg.Metrics.HandshakeFailed(metrics.ListenerAgent, reason)
 		s.cfg.Log.Debug("agent handshake failed", "remote", nc.RemoteAddr(), "err", err)
 		nc.Close()
 		return
@@ -338,6 +363,9 @@ func (s *Server) session(ctx context.Context, sc *ssh.ServerConn, ch ssh.Channel
 		log.Warn("worker refused", "reason", err)
 		return fail(err)
 	}
+	// lost wraps scheduler.ErrLeft when the agent left on purpose (its
+	// goodbye, its revocation, the farm stopping): the scheduler counts
+	// it lost only if builds were running on it.
 	var lost error
 	defer func() { s.cfg.Registry.RemoveWorker(name, lost) }()
 	defer func() {
@@ -352,12 +380,20 @@ func (s *Server) session(ctx context.Context, sc *ssh.ServerConn, ch ssh.Channel
 	}
 	for {
 		m, err := next(3 * s.cfg.HeartbeatInterval)
+		if errors.Is(err, errRevoked) || (err != nil && ctx.Err() != nil) {
+			lost = fmt.Errorf("%w: %w", scheduler.ErrLeft, err)
+			return err
+		}
 		if err != nil {
 			lost = err
 			return err
 		}
-		if m.Type == "heartbeat" && m.Load != nil {
+		switch {
+		case m.Type == "heartbeat" && m.Load != nil:
 			s.cfg.Registry.Heartbeat(name, *m.Load)
+		case m.Type == "goodbye":
+			lost = fmt.Errorf("%w: the agent said goodbye", scheduler.ErrLeft)
+			return lost
 		}
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"io"
 	"maps"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -481,24 +480,11 @@ func (r *realiser) realiseOnce(ctx context.Context, drvPath storepath.Path) (*bu
 	return res, nil
 }
 
-// AddBuildLog keeps a build log that a client uploads (nix store
-// copy-log) under logs/uploaded/<drv base name>.
-func (c *Coordinator) AddBuildLog(ctx context.Context, drvPath storepath.Path, account string, log []byte) error {
-	dir := filepath.Join(c.logDir, "uploaded")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(dir, drvPath.Base()), log, 0o644); err != nil {
-		return fmt.Errorf("saving build log of %s: %w", drvPath, err)
-	}
-	c.log.Info("build log uploaded", "drv", drvPath, "account", account, "bytes", len(log))
-	return nil
-}
-
-// OpenLog opens the log of the latest build of drvPath the farm ran for
-// account that logged anything, or returns store.ErrNotFound. The text is
-// decompressed (package buildlog); logs of older versions are plain.
-func (c *Coordinator) OpenLog(ctx context.Context, account string, drvPath storepath.Path) (io.ReadCloser, error) {
+// openBuiltLog opens the log of the latest build of drvPath the farm ran
+// for account that logged anything, or returns store.ErrNotFound. The
+// text is decompressed (package buildlog); logs of older versions are
+// plain.
+func (c *Coordinator) openBuiltLog(ctx context.Context, account string, drvPath storepath.Path) (io.ReadCloser, error) {
 	var id int64
 	err := c.db.QueryRowContext(ctx, `SELECT id FROM builds WHERE drv_path = ? AND account = ? AND log_bytes > 0
 		ORDER BY id DESC LIMIT 1`, string(drvPath), account).Scan(&id)

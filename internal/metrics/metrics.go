@@ -17,6 +17,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -38,6 +39,25 @@ var Statuses = []string{"built", "failed", "timed-out", "cancelled", "infrastruc
 // every key it offered was refused, it took too long, it broke the
 // protocol (or left before offering a key), or a connection cap refused it.
 var HandshakeReasons = []string{"refused-key", "timeout", "protocol", "caps"}
+
+// AgentHandshakeReasons are the same for the agent listener, where a
+// `nixfarm worker` logs in with its credential rather than a key:
+// refused-credential instead of refused-key.
+var AgentHandshakeReasons = []string{"refused-credential", "timeout", "protocol", "caps"}
+
+// Listeners name the SSH listeners (label listener of the ssh_connections
+// and ssh_handshake_failures series): the client listener (nixfarm serve's
+// --listen, where Nix clients connect) and the agent listener
+// (--worker-listen, where `nixfarm worker` agents dial in).
+//
+// The series kept their names and gained the label rather than becoming
+// new agent_* series: sum() over listener is meaningful (every SSH
+// connection the farm took), a dashboard's sum(rate(...)) keeps working,
+// and {listener="client"} is what the series counted before.
+const (
+	ListenerClient = "client"
+	ListenerAgent  = "agent"
+)
 
 // CacheKinds are what the binary cache serves (label kind of
 // nixfarm_binary_cache_hits_total).
@@ -68,8 +88,8 @@ type Farm struct {
 	workerLosses  *prometheus.CounterVec
 	quarantines   *prometheus.CounterVec
 
-	sshConns      prometheus.Counter
-	sshOpen       prometheus.Gauge
+	sshConns      *prometheus.CounterVec
+	sshOpen       *prometheus.GaugeVec
 	sshHandshake  *prometheus.CounterVec
 	sshBytesIn    prometheus.Counter
 	sshBytesOut   prometheus.Counter
@@ -98,15 +118,16 @@ func New(log *slog.Logger) *Farm {
 	f.retries = prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "build_retries_total",
 		Help: "Build attempts that failed for a reason other than the build and were retried on another worker."})
 	f.workerLosses = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "worker_losses_total",
-		Help: "Workers that left the farm (an agent that disconnected or was revoked), by worker."}, []string{"worker"})
+		Help: "Workers lost, by worker: an agent that went without saying goodbye (dropped connection, heartbeats stopped), or left with builds running."}, []string{"worker"})
 	f.quarantines = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "worker_quarantines_total",
 		Help: "Times a worker was quarantined after consecutive failures, by worker."}, []string{"worker"})
-	f.sshConns = prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "ssh_connections_total",
-		Help: "SSH connections accepted by the client listener, refused ones included."})
-	f.sshOpen = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "ssh_connections_open",
-		Help: "SSH connections open on the client listener."})
+	f.sshConns = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "ssh_connections_total",
+		Help: "SSH connections accepted, refused ones included, by listener: client, agent."}, []string{"listener"})
+	f.sshOpen = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: "ssh_connections_open",
+		Help: "SSH connections open, by listener: client, agent."}, []string{"listener"})
 	f.sshHandshake = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "ssh_handshake_failures_total",
-		Help: "SSH connections that ended before authenticating, by reason: refused-key, timeout, protocol, caps."}, []string{"reason"})
+		Help: "SSH connections that ended before authenticating, by listener and reason: refused-key (client), refused-credential (agent), timeout, protocol, caps."},
+		[]string{"listener", "reason"})
 	f.sshBytesIn = prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "ssh_bytes_in_total",
 		Help: "Bytes clients sent to their commands over SSH (counted when each command ends)."})
 	f.sshBytesOut = prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "ssh_bytes_out_total",
@@ -122,24 +143,36 @@ func New(log *slog.Logger) *Farm {
 	// Every label value shows at 0 from the start, so that rates and
 	// increases see the first event.
 	f.fixed = map[*prometheus.CounterVec]map[string]prometheus.Counter{}
-	for vec, values := range map[*prometheus.CounterVec][]string{f.builds: Statuses, f.sshHandshake: HandshakeReasons,
-		f.cacheHits: CacheKinds, f.substitutions: SubstitutionResults} {
+	var handshakes []string
+	for _, r := range HandshakeReasons {
+		handshakes = append(handshakes, ListenerClient+labelSep+r)
+	}
+	for _, r := range AgentHandshakeReasons {
+		handshakes = append(handshakes, ListenerAgent+labelSep+r)
+	}
+	for vec, values := range map[*prometheus.CounterVec][]string{f.builds: Statuses, f.sshHandshake: handshakes,
+		f.cacheHits: CacheKinds, f.substitutions: SubstitutionResults, f.sshConns: {ListenerClient, ListenerAgent}} {
 		m := map[string]prometheus.Counter{}
 		for _, v := range values {
-			m[v] = vec.WithLabelValues(v)
+			m[v] = vec.WithLabelValues(strings.Split(v, labelSep)...)
 		}
 		f.fixed[vec] = m
 	}
+	f.sshOpen.WithLabelValues(ListenerClient)
+	f.sshOpen.WithLabelValues(ListenerAgent)
 	return f
 }
 
-// inc adds one to vec's counter of the label value v.
-func (f *Farm) inc(vec *prometheus.CounterVec, v string) {
-	if c, ok := f.fixed[vec][v]; ok {
+// labelSep joins the label values of a fixed counter's key.
+const labelSep = "\x00"
+
+// inc adds one to vec's counter of the label values vs.
+func (f *Farm) inc(vec *prometheus.CounterVec, vs ...string) {
+	if c, ok := f.fixed[vec][strings.Join(vs, labelSep)]; ok {
 		c.Inc()
 		return
 	}
-	vec.WithLabelValues(v).Inc()
+	vec.WithLabelValues(vs...).Inc()
 }
 
 // Registry returns the farm's registry (nil for a nil *Farm).
@@ -230,31 +263,43 @@ func (f *Farm) WorkerQuarantined(worker string) {
 	f.quarantines.WithLabelValues(worker).Inc()
 }
 
-// SSHConnOpened counts an accepted SSH connection; SSHConnClosed must
-// follow when it closes.
-func (f *Farm) SSHConnOpened() {
+// SSHConnOpened counts a connection accepted by the client listener;
+// SSHConnClosed must follow when it closes.
+func (f *Farm) SSHConnOpened() { f.ConnOpened(ListenerClient) }
+
+// SSHConnClosed counts a client listener's connection closed.
+func (f *Farm) SSHConnClosed() { f.ConnClosed(ListenerClient) }
+
+// SSHHandshakeFailed counts a client listener's connection that ended
+// before it authenticated; reason is one of HandshakeReasons.
+func (f *Farm) SSHHandshakeFailed(reason string) { f.HandshakeFailed(ListenerClient, reason) }
+
+// ConnOpened counts a connection accepted by listener (ListenerClient or
+// ListenerAgent); ConnClosed must follow when it closes.
+func (f *Farm) ConnOpened(listener string) {
 	if f == nil {
 		return
 	}
-	f.sshConns.Inc()
-	f.sshOpen.Inc()
+	f.inc(f.sshConns, listener)
+	f.sshOpen.WithLabelValues(listener).Inc()
 }
 
-// SSHConnClosed counts an SSH connection closed.
-func (f *Farm) SSHConnClosed() {
+// ConnClosed counts a connection of listener closed.
+func (f *Farm) ConnClosed(listener string) {
 	if f == nil {
 		return
 	}
-	f.sshOpen.Dec()
+	f.sshOpen.WithLabelValues(listener).Dec()
 }
 
-// SSHHandshakeFailed counts a connection that ended before it
-// authenticated; reason is one of HandshakeReasons.
-func (f *Farm) SSHHandshakeFailed(reason string) {
+// HandshakeFailed counts a connection of listener that ended before it
+// authenticated; reason is one of HandshakeReasons (client) or
+// AgentHandshakeReasons (agent).
+func (f *Farm) HandshakeFailed(listener, reason string) {
 	if f == nil {
 		return
 	}
-	f.inc(f.sshHandshake, reason)
+	f.inc(f.sshHandshake, listener, reason)
 }
 
 // SSHBytes counts the bytes a command read from and wrote to its client

@@ -125,7 +125,7 @@ func TestWorkerHooks(t *testing.T) {
 	f.WorkerLost("agent-1")
 	f.WorkerQuarantined("static-2")
 	err := testutil.CollectAndCompare(f.Registry(), strings.NewReader(`
-# HELP nixfarm_worker_losses_total Workers that left the farm (an agent that disconnected or was revoked), by worker.
+# HELP nixfarm_worker_losses_total Workers lost, by worker: an agent that went without saying goodbye (dropped connection, heartbeats stopped), or left with builds running.
 # TYPE nixfarm_worker_losses_total counter
 nixfarm_worker_losses_total{worker="agent-1"} 2
 # HELP nixfarm_worker_quarantines_total Times a worker was quarantined after consecutive failures, by worker.
@@ -147,17 +147,31 @@ func TestSSHHooks(t *testing.T) {
 	f.SSHHandshakeFailed("timeout")
 	f.SSHBytes(100, 2000)
 	f.SSHBytes(1, 0)
+	// The agent listener's, apart from the client's.
+	f.ConnOpened(ListenerAgent)
+	f.ConnOpened(ListenerAgent)
+	f.ConnOpened(ListenerAgent)
+	f.ConnClosed(ListenerAgent)
+	f.HandshakeFailed(ListenerAgent, "refused-credential")
+	f.HandshakeFailed(ListenerAgent, "timeout")
+	hs := func(l, r string) float64 { return testutil.ToFloat64(f.sshHandshake.WithLabelValues(l, r)) }
 	for name, c := range map[string]struct {
 		got, want float64
 	}{
-		"connections_total":   {testutil.ToFloat64(f.sshConns), 2},
-		"connections_open":    {testutil.ToFloat64(f.sshOpen), 1},
-		"refused-key":         {testutil.ToFloat64(f.sshHandshake.WithLabelValues("refused-key")), 1},
-		"timeout":             {testutil.ToFloat64(f.sshHandshake.WithLabelValues("timeout")), 2},
-		"protocol":            {testutil.ToFloat64(f.sshHandshake.WithLabelValues("protocol")), 0},
-		"caps":                {testutil.ToFloat64(f.sshHandshake.WithLabelValues("caps")), 0},
-		"ssh_bytes_in_total":  {testutil.ToFloat64(f.sshBytesIn), 101},
-		"ssh_bytes_out_total": {testutil.ToFloat64(f.sshBytesOut), 2000},
+		"connections_total":        {testutil.ToFloat64(f.sshConns.WithLabelValues("client")), 2},
+		"connections_open":         {testutil.ToFloat64(f.sshOpen.WithLabelValues("client")), 1},
+		"refused-key":              {hs("client", "refused-key"), 1},
+		"timeout":                  {hs("client", "timeout"), 2},
+		"protocol":                 {hs("client", "protocol"), 0},
+		"caps":                     {hs("client", "caps"), 0},
+		"agent connections_total":  {testutil.ToFloat64(f.sshConns.WithLabelValues("agent")), 3},
+		"agent connections_open":   {testutil.ToFloat64(f.sshOpen.WithLabelValues("agent")), 2},
+		"agent refused-credential": {hs("agent", "refused-credential"), 1},
+		"agent timeout":            {hs("agent", "timeout"), 1},
+		"agent protocol":           {hs("agent", "protocol"), 0},
+		"handshake series":         {float64(testutil.CollectAndCount(f.sshHandshake)), float64(len(HandshakeReasons) + len(AgentHandshakeReasons))},
+		"ssh_bytes_in_total":       {testutil.ToFloat64(f.sshBytesIn), 101},
+		"ssh_bytes_out_total":      {testutil.ToFloat64(f.sshBytesOut), 2000},
 	} {
 		if c.got != c.want {
 			t.Errorf("%s = %v, want %v", name, c.got, c.want)

@@ -110,3 +110,33 @@ func TestMetricsRetriesQuarantinesLosses(t *testing.T) {
 		t.Errorf("losses %v, want good: 1", got)
 	}
 }
+
+// A worker that leaves on purpose (an agent's goodbye) while idle is not
+// lost; one that leaves so with a build running is, and so is one that
+// just goes.
+func TestMetricsCleanLeaveIsNoLoss(t *testing.T) {
+	m := metrics.New(nil)
+	s := newScheduler(t, scheduler.Config{Metrics: m, RetryBackoff: time.Millisecond})
+	s.AddWorker(scheduler.Worker{Name: "idle", Caps: caps("x86_64-linux", "", "", 4, 1), Builder: &fake{name: "idle"}})
+	s.RemoveWorker("idle", fmt.Errorf("said goodbye: %w", scheduler.ErrLeft))
+	if got := gather(t, m, "nixfarm_worker_losses_total"); len(got) != 0 {
+		t.Errorf("an idle worker that said goodbye counted lost: %v", got)
+	}
+
+	busy := &fake{name: "busy", block: true}
+	s.AddWorker(scheduler.Worker{Name: "busy", Caps: caps("x86_64-linux", "", "", 4, 1), Builder: busy})
+	done := make(chan error, 1)
+	go func() {
+		_, err := schedule(s, context.Background(), request("b", "x86_64-linux", "", "alice"))
+		done <- err
+	}()
+	waitFor(t, func() bool { return len(busy.names()) == 1 })
+	s.RemoveWorker("busy", fmt.Errorf("said goodbye: %w", scheduler.ErrLeft))
+	if got := gather(t, m, "nixfarm_worker_losses_total"); got["busy"] != 1 || len(got) != 1 {
+		t.Errorf("losses %v, want busy: 1 (it left with a build running)", got)
+	}
+	s.AddWorker(scheduler.Worker{Name: "after", Caps: caps("x86_64-linux", "", "", 4, 1), Builder: &fake{name: "after"}})
+	if err := <-done; err != nil {
+		t.Errorf("the build of the lost worker, retried: %v", err)
+	}
+}

@@ -224,6 +224,12 @@ func (s *Scheduler) tick() {
 // registered worker holds.
 var ErrNameTaken = errors.New("a registered worker has that name")
 
+// ErrLeft is wrapped in RemoveWorker's reason when a worker leaves on
+// purpose: an agent that said goodbye, was revoked, or the farm stopping.
+// Such a worker is counted lost (nixfarm_worker_losses_total) only if
+// builds were running on it; any other reason counts it lost.
+var ErrLeft = errors.New("the worker left")
+
 // AddWorker makes a worker available. A name that a registered worker
 // holds is refused: a worker is never replaced by another of its name.
 func (s *Scheduler) AddWorker(w Worker) error {
@@ -248,7 +254,8 @@ func (s *Scheduler) AddWorker(w Worker) error {
 }
 
 // RemoveWorker takes a worker away; its running builds are cancelled with
-// reason and retried elsewhere.
+// reason and retried elsewhere. A reason wrapping ErrLeft says it left on
+// purpose (see ErrLeft).
 func (s *Scheduler) RemoveWorker(name string, reason error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -261,7 +268,9 @@ func (s *Scheduler) removeLocked(w *workerState, reason error) {
 	s.dirty = true
 	delete(s.workers, w.Name)
 	s.resortLocked()
-	s.cfg.Metrics.WorkerLost(w.Name)
+	if !errors.Is(reason, ErrLeft) || len(w.running) > 0 {
+		s.cfg.Metrics.WorkerLost(w.Name)
+	}
 	for _, cancel := range w.running {
 		cancel(fmt.Errorf("worker %s was lost: %w", w.Name, reason))
 	}

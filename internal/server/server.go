@@ -451,7 +451,7 @@ func (f *Farm) initAgents(hostKey ssh.Signer) error {
 	}
 	var err error
 	f.agents, err = agent.NewServer(agent.ServerConfig{HostKey: hostKey, Credentials: credentials.New(f.db, nil),
-		Farm: f.outputs, Registry: f.sched, Limits: f.cfg.SSHLimits, Log: f.log})
+		Farm: f.outputs, Registry: f.sched, Limits: f.cfg.SSHLimits, Metrics: f.metrics, Log: f.log})
 	if err != nil {
 		return err
 	}

@@ -76,7 +76,9 @@ func TestMetrics(t *testing.T) {
 	go func() { done <- srv.Serve(ctx, ln) }()
 	t.Cleanup(func() { cancel(); <-done })
 	addr := ln.Addr().String()
-	failures := func(reason string) float64 { return value(t, m, "nixfarm_ssh_handshake_failures_total", reason) }
+	failures := func(reason string) float64 {
+		return value(t, m, "nixfarm_ssh_handshake_failures_total", "client", reason)
+	}
 
 	// A command's bytes, both ways.
 	c, err := dial(addr, alice, nil)
@@ -90,7 +92,7 @@ func TestMetrics(t *testing.T) {
 	eventually(t, "the command's bytes are counted", func() bool {
 		return value(t, m, "nixfarm_ssh_bytes_in_total") == 5 && value(t, m, "nixfarm_ssh_bytes_out_total") == float64(len(out))
 	})
-	if got := value(t, m, "nixfarm_ssh_connections_open"); got != 1 {
+	if got := value(t, m, "nixfarm_ssh_connections_open", "client"); got != 1 {
 		t.Errorf("open connections %v, want 1", got)
 	}
 
@@ -130,8 +132,8 @@ func TestMetrics(t *testing.T) {
 	io.ReadAll(quiet)
 	eventually(t, "timeout counted", func() bool { return failures("timeout") == 1 })
 
-	eventually(t, "every connection closed", func() bool { return value(t, m, "nixfarm_ssh_connections_open") == 0 })
-	if got := value(t, m, "nixfarm_ssh_connections_total"); got != 5 {
+	eventually(t, "every connection closed", func() bool { return value(t, m, "nixfarm_ssh_connections_open", "client") == 0 })
+	if got := value(t, m, "nixfarm_ssh_connections_total", "client"); got != 5 {
 		t.Errorf("connections %v, want 5", got)
 	}
 	for _, r := range metrics.HandshakeReasons {
