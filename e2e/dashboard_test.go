@@ -15,10 +15,13 @@ import (
 // TestDashboard is the web dashboard in a real browser: headless
 // Chromium logs in with alice's API token through the login form (as a
 // person would: the browser sends the form, with its own Origin, and
-// keeps the cookie the farm sets), then, while alice's slow build runs,
-// finds it on the overview with its live log line (drawn by the page's
-// JavaScript from the API's log route) and on its log page (streamed),
-// and shows the workers, builds and usage pages. It saves a screenshot
+// keeps the cookie the farm sets). With the overview already loaded,
+// alice's slow build starts: it appears on the page without a reload
+// (the page's JavaScript swaps in the overview's live fragment), with its
+// live log line (read from the API's log route by offset); its log page
+// streams the log; the workers, builds and usage pages show; and once it
+// ends, an overview loaded while it ran lists it among the ended builds,
+// again without a reload. It saves a screenshot
 // of each page, at 1440×900, in a temporary directory, or in
 // docs/screenshots when NIXFARM_SCREENSHOTS=1 (how the committed ones
 // were made).
@@ -47,13 +50,6 @@ func TestDashboard(t *testing.T) {
 		t.Fatal("dash-broken succeeded")
 	}
 
-	// The slow build: a known line, then it sleeps.
-	slow := c.expr("dash-slow", `mk { name = "dash-slow"; args = ["-c" "echo dashboard known line 4711; sleep 12; echo > $out"]; }`)
-	built := make(chan result, 1)
-	go func() { built <- c.build(f, "ssh-ng", slow) }()
-	rec := recordOf(t, f, "dash-slow")
-	id := strconv.FormatInt(rec.ID, 10)
-
 	b := startBrowser(t, 1440, 900)
 	// Not logged in: the dashboard sends the browser to the login page.
 	b.navigate(f.apiURL + "/ui/")
@@ -66,9 +62,25 @@ func TestDashboard(t *testing.T) {
 		t.Errorf("the header does not name alice:\n%s", dom)
 	}
 
-	// The running build and its live log line (the page's JavaScript
-	// fetches it: the server draws an empty tail).
-	b.waitFor("the running build's live log line", `(document.querySelector('[data-tail="`+id+`"]') || {}).textContent.includes("dashboard known line 4711")`, 30*time.Second)
+	// A mark on the loaded page: a reload would lose it.
+	b.waitFor("the live indicator", `(document.getElementById("live-state") || {}).textContent === "live"`, 30*time.Second)
+	b.eval(`window.nixfarmLoaded = "before the build"; true`)
+	if dom := b.dom(); strings.Contains(dom, "dash-slow") {
+		t.Fatalf("the overview shows dash-slow before it started:\n%s", dom)
+	}
+
+	// The slow build starts after the page loaded: a known line, then
+	// it sleeps (long enough to be seen running, however slowly the
+	// page polls on a busy machine).
+	slow := c.expr("dash-slow", `mk { name = "dash-slow"; args = ["-c" "echo dashboard known line 4711; sleep 25; echo > $out"]; }`)
+	built := make(chan result, 1)
+	go func() { built <- c.build(f, "ssh-ng", slow) }()
+	rec := recordOf(t, f, "dash-slow")
+	id := strconv.FormatInt(rec.ID, 10)
+
+	// The running build appears, with its live log line (the page's
+	// JavaScript fetches both: the server drew neither).
+	b.waitFor("the running build's live log line, without a reload", `window.nixfarmLoaded === "before the build" && (document.querySelector('[data-tail="`+id+`"]') || {}).textContent.includes("dashboard known line 4711") && Number(document.querySelector('[data-tail="`+id+`"]').dataset.offset) > 0`, 60*time.Second)
 	dom := b.dom()
 	if !strings.Contains(dom, `id="build-`+id+`"`) || !strings.Contains(dom, "dash-slow") || !strings.Contains(dom, ">running<") {
 		t.Errorf("the overview lacks the running build %s:\n%s", id, dom)
@@ -98,7 +110,13 @@ func TestDashboard(t *testing.T) {
 	b.waitFor("the usage chart", `document.querySelectorAll("figure.chart svg rect").length > 0`, 30*time.Second)
 	b.screenshot(filepath.Join(shots, "usage.png"))
 
+	// An overview loaded while the build runs lists it among the ended
+	// builds once it ends, without a reload.
+	b.navigate(f.apiURL + "/ui/")
+	b.waitFor("the overview", `document.getElementById("live-state") !== null`, 30*time.Second)
+	b.eval(`window.nixfarmLoaded = "while it ran"; true`)
 	if r := <-built; r.err != nil {
 		t.Fatalf("dash-slow: %v\n%s", r.err, r.stderr)
 	}
+	b.waitFor("the ended build on the overview, without a reload", `window.nixfarmLoaded === "while it ran" && document.getElementById("ended-`+id+`") !== null && !document.getElementById("build-`+id+`")`, 60*time.Second)
 }

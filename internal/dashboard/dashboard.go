@@ -3,8 +3,11 @@
 // listener, showing the queue and running builds with live log tails,
 // the workers, recent builds with filters, each build's log, and
 // per-account usage as an SVG chart drawn by the server. A little
-// JavaScript (static/live.js) only keeps log tails live, reading the
-// JSON API's log route.
+// JavaScript (static/live.js) keeps them live: it fetches each page's
+// live part again every few seconds as an HTML fragment under /ui/live/
+// (drawn by the same template, for the same viewer) and swaps it in, and
+// keeps log tails live by reading the JSON API's log route from the
+// offset it last read to. Without JavaScript the pages work, unrefreshed.
 //
 // It takes the API's tokens: the login page checks a token and keeps it
 // in the nixfarm_token cookie (apiauth.Cookie: HttpOnly,
@@ -105,6 +108,10 @@ func (d *Dashboard) Register(mux *http.ServeMux) {
 	mux.Handle("GET /ui/builds", d.viewer(d.builds))
 	mux.Handle("GET /ui/builds/{id}", d.viewer(d.build))
 	mux.Handle("GET /ui/usage", d.viewer(d.usage))
+	// The live parts of pages, as fragments (live.go).
+	mux.Handle("GET /ui/live/overview", d.fragment(d.overview))
+	mux.Handle("GET /ui/live/workers", d.fragment(d.workers))
+	mux.Handle("GET /ui/live/builds", d.fragment(d.builds))
 }
 
 // noList refuses directory listings of the static files.
@@ -126,6 +133,8 @@ type page struct {
 	Viewer apiauth.Viewer
 	Now    time.Time
 	Data   any
+	// Fragment draws only the page's "live" template (live.go).
+	Fragment bool
 }
 
 // viewer serves h to requests with a good token cookie (or bearer
@@ -156,6 +165,10 @@ func (d *Dashboard) viewer(h func(w http.ResponseWriter, r *http.Request, p *pag
 }
 
 func (d *Dashboard) render(w http.ResponseWriter, name string, code int, p *page) {
+	if p.Fragment {
+		d.renderFragment(w, name, code, p)
+		return
+	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("X-Frame-Options", "DENY")

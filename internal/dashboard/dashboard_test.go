@@ -2,6 +2,7 @@ package dashboard
 
 import (
 	"context"
+	"database/sql"
 	"io"
 	"log/slog"
 	"math"
@@ -40,6 +41,7 @@ func (fakeFarm) Queue() []scheduler.ClassQueue {
 
 type fixture struct {
 	srv                   *httptest.Server
+	db                    *sql.DB
 	alice, bob, farmToken string
 	aliceBuild, bobBuild  int64
 }
@@ -50,7 +52,7 @@ func newFixture(t *testing.T) *fixture {
 	log := slog.New(slog.DiscardHandler)
 	ctx := context.Background()
 	accounts := account.New(d, account.DefaultValues(), log)
-	fx := &fixture{farmToken: strings.Repeat("f", 40)}
+	fx := &fixture{farmToken: strings.Repeat("f", 40), db: d}
 	now := time.Now().UnixMilli()
 	for _, a := range []string{"alice", "bob"} {
 		if err := accounts.Add(ctx, a); err != nil {

@@ -19,14 +19,31 @@ func recordsViewer(v apiauth.Viewer) records.Viewer {
 	return records.Viewer{Account: v.Account, Admin: v.Admin}
 }
 
-// maxRunning bounds the running builds the overview lists.
-const maxRunning = 50
+// maxRunning bounds the running builds the overview lists, and
+// maxRecent the builds that ended it lists (of the latest recentWindow
+// builds).
+const (
+	maxRunning   = 50
+	maxRecent    = 8
+	recentWindow = 40
+)
 
 func (d *Dashboard) overview(w http.ResponseWriter, r *http.Request, p *page) {
 	running, more, err := d.cfg.Records.List(r.Context(), recordsViewer(p.Viewer), records.Filter{Status: records.Running, Limit: maxRunning})
 	if err != nil {
 		d.recordsError(w, r, p, err)
 		return
+	}
+	latest, _, err := d.cfg.Records.List(r.Context(), recordsViewer(p.Viewer), records.Filter{Limit: recentWindow})
+	if err != nil {
+		d.recordsError(w, r, p, err)
+		return
+	}
+	var recent []records.Record
+	for _, b := range latest {
+		if b.Status.Final() && len(recent) < maxRecent {
+			recent = append(recent, b)
+		}
 	}
 	queue := visibleQueue(d.cfg.Farm.Queue(), p.Viewer)
 	workers := d.cfg.Farm.Workers()
@@ -43,11 +60,12 @@ func (d *Dashboard) overview(w http.ResponseWriter, r *http.Request, p *page) {
 	p.Data = struct {
 		Running     []records.Record
 		MoreRunning bool
+		Recent      []records.Record
 		Queue       []scheduler.ClassQueue
 		Queued      int
 		Workers     int
 		Slots, Busy int
-	}{running, more != "", queue, queued, len(workers), slots, busy}
+	}{running, more != "", recent, queue, queued, len(workers), slots, busy}
 	d.render(w, "overview", http.StatusOK, p)
 }
 
@@ -131,12 +149,24 @@ func (d *Dashboard) builds(w http.ResponseWriter, r *http.Request, p *page) {
 		}
 		older = "/ui/builds?" + v.Encode()
 	}
+	// The first page stays live; an older one is as it was.
+	live := ""
+	if q.Get("cursor") == "" {
+		v := url.Values{}
+		for k, val := range map[string]string{"account": form.Account, "status": form.Status, "system": form.System, "since": form.Since, "drv": form.Drv} {
+			if val != "" {
+				v.Set(k, val)
+			}
+		}
+		live = "/ui/live/builds?" + v.Encode()
+	}
 	p.Data = struct {
 		Form     buildsForm
 		Statuses []records.Status
 		Builds   []records.Record
 		Older    string
-	}{form, statuses, list, older}
+		Live     string
+	}{form, statuses, list, older, live}
 	d.render(w, "builds", http.StatusOK, p)
 }
 

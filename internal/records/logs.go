@@ -64,6 +64,19 @@ func (s *Service) OpenLog(id int64) (io.ReadCloser, error) {
 	return r, nil
 }
 
+// OpenLogAt is OpenLog from offset in the (decompressed) log, and where
+// it starts: offset, or the end of the log so far if that is shorter.
+func (s *Service) OpenLogAt(id, offset int64) (io.ReadCloser, int64, error) {
+	r, start, err := buildlog.OpenAt(LogPath(s.logDir, id), offset)
+	if errors.Is(err, os.ErrNotExist) {
+		return io.NopCloser(strings.NewReader("")), 0, nil
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("opening the log of build %d at %d: %w", id, offset, err)
+	}
+	return r, start, nil
+}
+
 // FollowLog streams the log of build id as it is written, until the
 // build ends (its record says so) and the whole log is read, or ctx
 // ends. changed, if not nil, is called with the record each time its

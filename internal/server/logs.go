@@ -20,7 +20,7 @@ import (
 
 // getBuildLog answers GET /api/v1/builds/{id}/log: the build's log as
 // text, streamed as it is written until the build ends (?follow=0: what
-// exists now only).
+// exists now only; ?offset=N: what follows N, see logs_offset.go).
 func (f *Farm) getBuildLog(w http.ResponseWriter, r *http.Request) {
 	v, ok := f.buildsViewer(r)
 	if !ok {
@@ -30,6 +30,10 @@ func (f *Farm) getBuildLog(w http.ResponseWriter, r *http.Request) {
 	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
 	if err != nil || id <= 0 {
 		apiError(w, http.StatusBadRequest, fmt.Sprintf("invalid build id %q", r.PathValue("id")))
+		return
+	}
+	if r.URL.Query().Has("offset") {
+		f.getBuildLogAt(w, r, v, id) // logs_offset.go
 		return
 	}
 	follow := true
