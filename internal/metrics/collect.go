@@ -1,7 +1,9 @@
 package metrics
 
 import (
+	"cmp"
 	"context"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -45,7 +47,7 @@ type Store interface {
 
 var (
 	queueDepthDesc = prometheus.NewDesc(namespace+"_queue_depth",
-		"Builds waiting for a worker, by system and required features (comma-separated, empty for none); classes with none waiting are left out.",
+		"Builds waiting for a worker, by system and required features (comma-separated, empty for none); classes with none waiting are left out, and beyond the 32 largest, or with a system or feature that is not a name, are summed as the system (other).",
 		[]string{"system", "features"}, nil)
 	queuedDesc = prometheus.NewDesc(namespace+"_builds_queued",
 		"Builds waiting for a worker, in all.", nil, nil)
@@ -60,6 +62,13 @@ var (
 	storeBytesDesc = prometheus.NewDesc(namespace+"_store_bytes",
 		"Sum of the NAR sizes of the farm store's objects, in bytes.", nil, nil)
 )
+
+// MaxQueueSeries bounds the series of nixfarm_queue_depth: systems and
+// features come from clients' derivations, so only the classes with the
+// most builds waiting whose system and features are names (as a worker
+// would offer them) are labelled; the rest are summed under
+// system="(other)".
+const MaxQueueSeries = 32
 
 // WatchScheduler collects the queues and the workers' slots from s at
 // each scrape. Call it once, before serving.
@@ -81,7 +90,7 @@ func (c schedulerCollector) Describe(ch chan<- *prometheus.Desc) {
 func (c schedulerCollector) Collect(ch chan<- prometheus.Metric) {
 	st := c.s.MetricsState()
 	queued, running := 0, 0
-	for _, q := range st.Queues {
+	for _, q := range boundedQueues(st.Queues) {
 		queued += q.Queued
 		ch <- prometheus.MustNewConstMetric(queueDepthDesc, prometheus.GaugeValue, float64(q.Queued), q.System, strings.Join(q.Features, ","))
 	}
@@ -92,6 +101,50 @@ func (c schedulerCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(queuedDesc, prometheus.GaugeValue, float64(queued))
 	ch <- prometheus.MustNewConstMetric(runningDesc, prometheus.GaugeValue, float64(running))
+}
+
+// otherQueues is the system label of the classes boundedQueues sums.
+const otherQueues = "(other)"
+
+// boundedQueues returns at most MaxQueueSeries of queues, those with the
+// most builds waiting whose labels are names, and the sum of the others
+// under otherQueues.
+func boundedQueues(queues []QueueDepth) []QueueDepth {
+	named := make([]QueueDepth, 0, len(queues))
+	other := QueueDepth{System: otherQueues}
+	for _, q := range queues {
+		if labelName(q.System) && len(q.Features) <= 8 && !slices.ContainsFunc(q.Features, func(f string) bool { return !labelName(f) }) {
+			named = append(named, q)
+		} else {
+			other.Queued += q.Queued
+		}
+	}
+	slices.SortStableFunc(named, func(a, b QueueDepth) int { return cmp.Compare(b.Queued, a.Queued) })
+	for _, q := range named[min(len(named), MaxQueueSeries):] {
+		other.Queued += q.Queued
+	}
+	named = named[:min(len(named), MaxQueueSeries)]
+	if other.Queued > 0 {
+		named = append(named, other)
+	}
+	return named
+}
+
+// labelName reports whether s may be a label value: a system or feature
+// name as worker.ValidName allows them (1 to 64 letters, digits, '.',
+// '_', '+', '-').
+func labelName(s string) bool {
+	if s == "" || len(s) > 64 {
+		return false
+	}
+	for _, r := range s {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '.', r == '_', r == '+', r == '-':
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // StoreTTL is how long the store's answer is kept: scrapes, however

@@ -223,7 +223,7 @@ nixfarm_builds_queued 5
 # HELP nixfarm_builds_running Build attempts running on workers.
 # TYPE nixfarm_builds_running gauge
 nixfarm_builds_running 3
-# HELP nixfarm_queue_depth Builds waiting for a worker, by system and required features (comma-separated, empty for none); classes with none waiting are left out.
+# HELP nixfarm_queue_depth Builds waiting for a worker, by system and required features (comma-separated, empty for none); classes with none waiting are left out, and beyond the 32 largest, or with a system or feature that is not a name, are summed as the system (other).
 # TYPE nixfarm_queue_depth gauge
 nixfarm_queue_depth{features="",system="x86_64-linux"} 3
 nixfarm_queue_depth{features="big-parallel,kvm",system="x86_64-linux"} 2

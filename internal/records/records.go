@@ -343,11 +343,24 @@ func (s *Service) Prune(ctx context.Context, olderThan time.Duration) (int, erro
 		if err != nil || len(ids) == 0 {
 			return removed, err
 		}
+		// The logs go first, and a record only once its log is gone: ids
+		// are rowids, which new builds reuse once the newest records are
+		// deleted, so a log left behind (a crash, a failed removal) would
+		// be shown as theirs.
+		var rmErr error
+		gone := make([]int64, 0, len(ids))
+		for _, id := range ids {
+			if err := os.Remove(LogPath(s.logDir, id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				rmErr = fmt.Errorf("removing a pruned build's log: %w", err)
+				break
+			}
+			gone = append(gone, id)
+		}
 		tx, err := s.db.BeginTx(ctx, nil)
 		if err != nil {
 			return removed, fmt.Errorf("pruning build records: %w", err)
 		}
-		for _, id := range ids {
+		for _, id := range gone {
 			if _, err := tx.ExecContext(ctx, `DELETE FROM builds WHERE id = ?`, id); err != nil {
 				tx.Rollback()
 				return removed, fmt.Errorf("pruning build records: %w", err)
@@ -356,11 +369,9 @@ func (s *Service) Prune(ctx context.Context, olderThan time.Duration) (int, erro
 		if err := tx.Commit(); err != nil {
 			return removed, fmt.Errorf("pruning build records: %w", err)
 		}
-		removed += len(ids)
-		for _, id := range ids {
-			if err := os.Remove(LogPath(s.logDir, id)); err != nil && !errors.Is(err, os.ErrNotExist) {
-				return removed, fmt.Errorf("removing a pruned build's log: %w", err)
-			}
+		removed += len(gone)
+		if rmErr != nil {
+			return removed, rmErr
 		}
 	}
 }

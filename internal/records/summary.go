@@ -179,7 +179,7 @@ func dash(s string) string {
 // HTML, one line.
 func cell(s string) string {
 	s = strings.NewReplacer("|", `\|`, "<", "&lt;", ">", "&gt;", "&", "&amp;", "\n", " ", "\r", " ", "`", "'").Replace(s)
-	return s
+	return printable(s)
 }
 
 // SummaryFlags defines the flags of `nixfarm summary` on fs (--account

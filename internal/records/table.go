@@ -3,8 +3,10 @@ package records
 import (
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 )
 
 // WriteTable writes records as a table for people: id, status, account,
@@ -31,11 +33,22 @@ func WriteTable(w io.Writer, recs []Record, now time.Time) error {
 		if r.PeakMemory > 0 {
 			mem = byteSize(uint64(r.PeakMemory))
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Status, r.Account, r.System, r.DrvName(), worker,
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Status, r.Account, printable(r.System), r.DrvName(), worker,
 			r.QueuedAt.Local().Format("2006-01-02 15:04:05"), duration(r.QueueTime(now)), duration(r.BuildTime(now)),
 			duration(time.Duration(r.CPUSeconds*float64(time.Second))), mem, size(r))
 	}
 	return tw.Flush()
+}
+
+// printable is s with what is not printable (terminal escapes, tabs,
+// line ends) as '?': a derivation's system is the client's to choose.
+func printable(s string) string {
+	return strings.Map(func(r rune) rune {
+		if unicode.IsPrint(r) {
+			return r
+		}
+		return '?'
+	}, s)
 }
 
 func duration(d time.Duration) string {

@@ -390,6 +390,11 @@ func (s *Scheduler) Submit(ctx context.Context, req *build.Request, done func(*b
 
 // enqueueLocked adds j to its account's queue; retries wait apart.
 func (s *Scheduler) enqueueLocked(j *job, retry bool) {
+	if c, ok := s.classes[j.class.key]; !ok {
+		s.classes[j.class.key] = j.class
+	} else if c != j.class {
+		j.class = c // its class was forgotten (dequeueLocked) and made again
+	}
 	acct := j.req.Account
 	a, ok := s.accounts[acct]
 	if !ok {
@@ -442,6 +447,13 @@ func (s *Scheduler) dequeueLocked(j *job) {
 	s.queued--
 	a.queued--
 	j.class.queued--
+	if c := j.class; c.queued == 0 && len(c.durations) == 0 && s.classes[c.key] == c && !s.anyCanBuildLocked(c) {
+		// A class no worker offers, with nothing left to wait: its
+		// system and features are the client's, so it is not kept (a
+		// build of it still running is queued again under the class of
+		// its key: enqueueLocked).
+		delete(s.classes, c.key)
+	}
 	s.pruneLocked(j.req.Account, a, q)
 }
 

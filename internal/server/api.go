@@ -43,10 +43,10 @@ func (f *Farm) api(cache http.Handler) http.Handler {
 	})))
 	f.buildsAPI(mux, auth)
 	mux.Handle("GET /metrics", f.metrics.Handler()) // aggregates only: no account, no path
-	f.queueAPI(mux, auth)
+	queue := f.queueAPI(mux, auth)
 	f.usageAPI(mux, auth)
 	if f.records != nil {
-		dashboard.New(dashboard.Config{Auth: auth, Records: f.records, Farm: f.sched, Log: f.log}).Register(mux) // /ui/
+		dashboard.New(dashboard.Config{Auth: auth, Records: f.records, Farm: snapshotFarm{f.sched, queue}, Log: f.log}).Register(mux) // /ui/
 	}
 	healthy := func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")

@@ -2,6 +2,7 @@ package server
 
 import (
 	"net/http"
+	"time"
 
 	"github.com/nixfarm/nixfarm/internal/apiauth"
 	"github.com/nixfarm/nixfarm/internal/scheduler"
@@ -13,11 +14,15 @@ import (
 // queued build's position, reason and estimate, with the derivation and
 // account of its own; an admin's everything.
 
-func (f *Farm) queueAPI(mux *http.ServeMux, auth *apiauth.Authenticator) {
+// queueAPI adds the route, and returns the listing it shares with the
+// dashboard (queue_cache.go).
+func (f *Farm) queueAPI(mux *http.ServeMux, auth *apiauth.Authenticator) *queueSnapshot {
+	queue := &queueSnapshot{queue: f.sched.Queue, now: time.Now}
 	mux.Handle("GET /api/v1/queue", auth.AllowAnonymous(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Cache-Control", "no-store")
-		writeJSON(w, visibleQueue(f.sched.Queue(), apiauth.FromContext(r.Context())))
+		writeJSON(w, visibleQueue(queue.get(), apiauth.FromContext(r.Context())))
 	})))
+	return queue
 }
 
 // queueClass is one class in the queue listing; Builds is left out for
