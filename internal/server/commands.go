@@ -177,13 +177,14 @@ func splitWords(s string) ([]string, error) {
 
 // execHandler routes SSH exec requests to the protocol servers.
 type execHandler struct {
-	serve    *serveproto.Server
-	daemon   *daemonproto.Server
-	accounts *account.Service
-	keys     *account.SigningKeys // nil: none shown
-	sched    *scheduler.Scheduler
-	records  *records.Service // nil: no builds command
-	log      *slog.Logger
+	serve     *serveproto.Server
+	daemon    *daemonproto.Server
+	accounts  *account.Service
+	keys      *account.SigningKeys // nil: none shown
+	sched     *scheduler.Scheduler
+	queueList *queueSnapshot   // nil: sched.Queue, unshared
+	records   *records.Service // nil: no builds command
+	log       *slog.Logger
 	// watchInterval is how often nixfarm queue --watch looks again
 	// (0: scheduler.WatchEvery); tests shorten it.
 	watchInterval time.Duration

@@ -2,7 +2,6 @@ package server
 
 import (
 	"net/http"
-	"time"
 
 	"github.com/nixfarm/nixfarm/internal/apiauth"
 	"github.com/nixfarm/nixfarm/internal/scheduler"
@@ -17,7 +16,7 @@ import (
 // queueAPI adds the route, and returns the listing it shares with the
 // dashboard (queue_cache.go).
 func (f *Farm) queueAPI(mux *http.ServeMux, auth *apiauth.Authenticator) *queueSnapshot {
-	queue := &queueSnapshot{queue: f.sched.Queue, now: time.Now}
+	queue := f.sharedQueue()
 	mux.Handle("GET /api/v1/queue", auth.AllowAnonymous(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Cache-Control", "no-store")
 		writeJSON(w, visibleQueue(queue.get(), apiauth.FromContext(r.Context())))

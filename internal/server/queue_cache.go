@@ -35,6 +35,16 @@ func (q *queueSnapshot) get() []scheduler.ClassQueue {
 	return q.last
 }
 
+// sharedQueue is the farm's one queueSnapshot (nil without a scheduler).
+func (f *Farm) sharedQueue() *queueSnapshot {
+	f.queueOnce.Do(func() {
+		if f.sched != nil {
+			f.queue = &queueSnapshot{queue: f.sched.Queue, now: time.Now}
+		}
+	})
+	return f.queue
+}
+
 // snapshotFarm is the scheduler as the dashboard reads it, the queue from
 // a queueSnapshot.
 type snapshotFarm struct {

@@ -34,7 +34,11 @@ Flags:
 
 // accountQueue is the session's account's view of the queue.
 func (h *execHandler) accountQueue(account string) scheduler.QueueView {
-	return scheduler.NewQueueView(h.sched.Queue(), h.sched.Workers(), account)
+	list := h.sched.Queue
+	if h.queueList != nil {
+		list = h.queueList.get
+	}
+	return scheduler.NewQueueView(list(), h.sched.Workers(), account)
 }
 
 func (h *execHandler) queue(ctx context.Context, s *sshd.Session, args []string) error {

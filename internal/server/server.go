@@ -142,15 +142,19 @@ type Farm struct {
 	outputs  *account.Views
 	sched    *scheduler.Scheduler
 	coord    *coordinator.Coordinator
-	records  *records.Service
-	ssh      *sshd.Server
-	ln       net.Listener
-	agents   *agent.Server
-	agentLn  net.Listener
-	httpSrv  *http.Server
-	httpLn   net.Listener
-	log      *slog.Logger
-	hostKey  ssh.PublicKey
+	// queue is the scheduler's queue listing shared by /api/v1/queue, the
+	// dashboard and `nixfarm queue` over SSH (queue_cache.go).
+	queueOnce sync.Once
+	queue     *queueSnapshot
+	records   *records.Service
+	ssh       *sshd.Server
+	ln        net.Listener
+	agents    *agent.Server
+	agentLn   net.Listener
+	httpSrv   *http.Server
+	httpLn    net.Listener
+	log       *slog.Logger
+	hostKey   ssh.PublicKey
 	// executors are the built-in and static workers' executors, whose
 	// warm sessions end with the farm.
 	executors []*worker.Executor
@@ -300,7 +304,7 @@ func (f *Farm) init(ctx context.Context) error {
 		Ciphers:            cfg.SSHCiphers,
 		Limits:             cfg.SSHLimits,
 		Metrics:            f.metrics,
-		Handler:            &execHandler{serve: serve, daemon: daemon, accounts: f.accounts, keys: f.accountKeys, sched: f.sched, records: f.records, log: f.log},
+		Handler:            &execHandler{serve: serve, daemon: daemon, accounts: f.accounts, keys: f.accountKeys, sched: f.sched, queueList: f.sharedQueue(), records: f.records, log: f.log},
 		Log:                f.log,
 	})
 	if err != nil {
