@@ -319,9 +319,13 @@ func writeError(w http.ResponseWriter, code int, reason, msg string) {
 }
 
 // Cookie returns the cookie that carries token for a browser: HttpOnly,
-// SameSite=Strict, Secure when r came over TLS, for maxAge (0: the
-// browser session).
+// SameSite=Strict, for maxAge (0: the browser session), and Secure when r
+// came over TLS, to the farm or to a proxy in front of it that says so
+// with X-Forwarded-Proto. That header is believed from anyone: it can
+// only make the cookie stricter (a browser that is not on https then
+// does not send it back, and its user logs in again).
 func Cookie(r *http.Request, token string, maxAge time.Duration) *http.Cookie {
+	secure := r.TLS != nil || strings.EqualFold(strings.TrimSpace(r.Header.Get("X-Forwarded-Proto")), "https")
 	return &http.Cookie{Name: CookieName, Value: token, Path: "/", HttpOnly: true, SameSite: http.SameSiteStrictMode,
-		Secure: r.TLS != nil, MaxAge: int(maxAge / time.Second)}
+		Secure: secure, MaxAge: int(maxAge / time.Second)}
 }

@@ -227,6 +227,15 @@ func TestCookie(t *testing.T) {
 	if c.Name != "nixfarm_token" || !c.HttpOnly || c.SameSite != http.SameSiteStrictMode || c.Secure || c.MaxAge != 3600 || c.Path != "/" {
 		t.Fatalf("%+v", c)
 	}
+	behindProxy := httptest.NewRequest("GET", "/", nil)
+	behindProxy.Header.Set("X-Forwarded-Proto", "https")
+	if c := apiauth.Cookie(behindProxy, "tok", 0); !c.Secure {
+		t.Errorf("behind a TLS proxy: %+v", c)
+	}
+	overTLS := httptest.NewRequest("GET", "https://farm/", nil)
+	if c := apiauth.Cookie(overTLS, "tok", 0); !c.Secure {
+		t.Errorf("over TLS: %+v", c)
+	}
 }
 
 func TestViewer(t *testing.T) {
