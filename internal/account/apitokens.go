@@ -147,6 +147,9 @@ func (s *Service) CreateAPIToken(ctx context.Context, name string, scope Scope, 
 	if err := checkLiveAPITokens(ctx, tx, name, now); err != nil {
 		return APIToken{}, "", err
 	}
+	if err := pruneDeadAPITokens(ctx, tx, name, now); err != nil {
+		return APIToken{}, "", err
+	}
 	err = tx.QueryRowContext(ctx, `INSERT INTO api_tokens (hash, account, scope, name, created, expires) VALUES (?, ?, ?, ?, ?, ?) RETURNING id`,
 		credentials.Hash(secret), name, string(scope), label, t.Created.Unix(), expires).Scan(&t.ID)
 	if err != nil {

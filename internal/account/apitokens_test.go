@@ -3,6 +3,7 @@ package account_test
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -180,5 +181,63 @@ func TestParseExpiry(t *testing.T) {
 		if _, err := account.ParseExpiry(in); err == nil {
 			t.Errorf("ParseExpiry(%q) accepted", in)
 		}
+	}
+}
+
+// Tokens made and revoked (or left to expire) over and over do not pile
+// up without end: an account keeps its newest MaxDeadAPITokens dead
+// ones, and another account's are not touched.
+func TestDeadAPITokensBounded(t *testing.T) {
+	ctx := context.Background()
+	_, d, _ := testutil.Store(t)
+	s := account.New(d, account.DefaultValues(), nil)
+	clk := &clock{t: time.Unix(1_800_000_000, 0)}
+	account.SetClock(s, clk.Now)
+	for _, name := range []string{"alice", "bob"} {
+		if err := s.Add(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bobs, _, err := s.CreateAPIToken(ctx, "bob", account.ScopeRead, "", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.RevokeOwnAPIToken(ctx, "bob", "1"); err != nil {
+		t.Fatal(err)
+	}
+	var last account.APIToken
+	for i := 0; i < account.MaxDeadAPITokens+30; i++ {
+		tok, _, err := s.CreateAPIToken(ctx, "alice", account.ScopeRead, "", time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i%2 == 0 {
+			if _, err := s.RevokeOwnAPIToken(ctx, "alice", strconv.FormatInt(tok.ID, 10)); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			clk.Add(2 * time.Hour) // it expires
+		}
+		last = tok
+	}
+	if _, _, err := s.CreateAPIToken(ctx, "alice", account.ScopeRead, "", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	list, err := s.APITokens(ctx, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) > account.MaxDeadAPITokens+1 {
+		t.Errorf("alice holds %d tokens, most of them dead", len(list))
+	}
+	found := false
+	for _, tok := range list {
+		found = found || tok.ID == last.ID
+	}
+	if !found {
+		t.Errorf("the newest dead token %d was removed", last.ID)
+	}
+	if list, _ := s.APITokens(ctx, "bob"); len(list) != 1 || list[0].ID != bobs.ID {
+		t.Errorf("bob's tokens: %+v", list)
 	}
 }

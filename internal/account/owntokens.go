@@ -17,6 +17,12 @@ import (
 // revoked nor expired.
 const MaxLiveAPITokens = 20
 
+// MaxDeadAPITokens bounds the revoked or expired tokens of one account
+// that are kept (for the listing); older ones are deleted when a token is
+// made, so that making and revoking tokens over and over cannot grow the
+// database without end.
+const MaxDeadAPITokens = 100
+
 // ErrTooManyAPITokens is returned when an account holds
 // MaxLiveAPITokens live tokens already.
 var ErrTooManyAPITokens = errors.New("too many live API tokens")
@@ -34,6 +40,18 @@ func checkLiveAPITokens(ctx context.Context, q querier, name string, now time.Ti
 	if n >= MaxLiveAPITokens {
 		return fmt.Errorf("%w: account %s has %d, the most an account may hold; revoke one first (nixfarm tokens list, nixfarm tokens revoke ID)",
 			ErrTooManyAPITokens, name, n)
+	}
+	return nil
+}
+
+// pruneDeadAPITokens deletes the revoked or expired tokens of account
+// name but the newest MaxDeadAPITokens.
+func pruneDeadAPITokens(ctx context.Context, q *sql.Tx, name string, now time.Time) error {
+	const dead = `account = ? AND (revoked != 0 OR (expires != 0 AND expires <= ?))`
+	_, err := q.ExecContext(ctx, `DELETE FROM api_tokens WHERE `+dead+` AND id NOT IN (SELECT id FROM api_tokens WHERE `+dead+` ORDER BY id DESC LIMIT ?)`,
+		name, now.Unix(), name, now.Unix(), MaxDeadAPITokens)
+	if err != nil {
+		return fmt.Errorf("deleting the old API tokens of %s: %w", name, err)
 	}
 	return nil
 }

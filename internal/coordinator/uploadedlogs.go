@@ -8,8 +8,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"github.com/nixfarm/nixfarm/internal/buildlog"
+	"github.com/nixfarm/nixfarm/internal/publicerr"
 	"github.com/nixfarm/nixfarm/internal/store"
 	"github.com/nixfarm/nixfarm/internal/storepath"
 )
@@ -19,9 +21,12 @@ import (
 //
 // Each is kept per account, at logs/uploaded/<account>/<drv base name>,
 // compressed like the logs of farm builds (package buildlog) and cut at
-// the account's log limit (max-log-size) like them. An account's upload
-// replaces only its own earlier upload of the same derivation: it never
-// overwrites or shadows another account's, nor a log the farm built.
+// the account's log limit (max-log-size) like them; an account keeps at
+// most maxUploadedLogs of them, in maxUploadedLogBytes (uploads need not
+// name a derivation the farm has, so nothing else bounds them). An
+// account's upload replaces only its own earlier upload of the same
+// derivation: it never overwrites or shadows another account's, nor a
+// log the farm built.
 //
 // OpenLog, what the binary cache's /log/ serves, follows the cache's rule
 // for logs (an account reads the logs of its own builds only) and prefers
@@ -76,6 +81,13 @@ func (c *Coordinator) AddBuildLog(ctx context.Context, drvPath storepath.Path, a
 	if err := w.Close(); err != nil {
 		return fmt.Errorf("saving the build log of %s: %w", drvPath, err)
 	}
+	// The caps are checked and the file put in place under one lock, so
+	// that uploads racing each other cannot pass them together.
+	uploadMu.Lock()
+	defer uploadMu.Unlock()
+	if err := checkUploadCaps(dir, drvPath.Base(), tmpPath); err != nil {
+		return fmt.Errorf("the build log of %s is not kept: %w", drvPath, err)
+	}
 	if err := os.Rename(tmpPath, filepath.Join(dir, drvPath.Base())); err != nil {
 		return fmt.Errorf("saving the build log of %s: %w", drvPath, err)
 	}
@@ -103,4 +115,49 @@ func (c *Coordinator) OpenLog(ctx context.Context, account string, drvPath store
 		return nil, fmt.Errorf("opening the uploaded build log of %s: %w", drvPath, uerr)
 	}
 	return up, nil
+}
+
+// Caps on one account's uploaded logs, as kept (compressed): an upload
+// that would pass either is refused (its replacement of the account's
+// own upload of the same derivation counts as a replacement).
+var (
+	maxUploadedLogs           = 1000
+	maxUploadedLogBytes int64 = 1 << 30
+)
+
+// uploadMu is held while an upload's caps are checked and it is put in
+// place.
+var uploadMu sync.Mutex
+
+// checkUploadCaps says whether the upload at tmpPath may be kept in dir
+// (an account's) as base: the account's other uploads and it stay within
+// maxUploadedLogs and maxUploadedLogBytes.
+func checkUploadCaps(dir, base, tmpPath string) error {
+	st, err := os.Stat(tmpPath)
+	if err != nil {
+		return err
+	}
+	count, size := 1, st.Size()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), ".") || e.Name() == base || !e.Type().IsRegular() {
+			continue // temporary files, the upload it replaces
+		}
+		info, err := e.Info()
+		if err != nil {
+			continue // gone meanwhile
+		}
+		count++
+		size += info.Size()
+	}
+	if count > maxUploadedLogs {
+		return publicerr.New("the account keeps %d uploaded logs already, the most it may", count-1)
+	}
+	if size > maxUploadedLogBytes {
+		return publicerr.New("the account's uploaded logs would take %d bytes, more than the %d it may keep", size, maxUploadedLogBytes)
+	}
+	return nil
 }

@@ -3,7 +3,9 @@ package coordinator_test
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -13,6 +15,7 @@ import (
 	"github.com/nixfarm/nixfarm/internal/account"
 	"github.com/nixfarm/nixfarm/internal/build"
 	"github.com/nixfarm/nixfarm/internal/coordinator"
+	"github.com/nixfarm/nixfarm/internal/publicerr"
 	"github.com/nixfarm/nixfarm/internal/store"
 	"github.com/nixfarm/nixfarm/internal/storepath"
 	"github.com/nixfarm/nixfarm/internal/testutil"
@@ -141,5 +144,51 @@ func TestBuiltLogWinsOverUpload(t *testing.T) {
 	// Bob has no farm build of it: his own upload, never alice's log.
 	if got, err := openLog(t, c, "bob", drvPath); err != nil || got != "a client's story\n" {
 		t.Errorf("bob reads %q (%v)", got, err)
+	}
+}
+
+// An account's uploads are bounded in number and in bytes on disk, so
+// that uploads of logs for made-up derivations cannot fill the farm's
+// disk; replacing its own upload at the cap still works, and another
+// account is not held by it.
+func TestUploadedLogsBounded(t *testing.T) {
+	defer coordinator.SetUploadCaps(3, 1<<20)()
+	st, database, dir := testutil.Store(t)
+	c, err := coordinator.New(st, testutil.Scheduler(t, &fakeBuilder{st: st, fail: map[string]bool{}}), database, filepath.Join(dir, "logs"), coordinator.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	drv := func(i int) storepath.Path {
+		return storepath.Path(fmt.Sprintf("/nix/store/%s-made-up-%d.drv", strings.Repeat(string(rune('a'+i)), 32), i))
+	}
+	for i := 0; i < 3; i++ {
+		if err := c.AddBuildLog(ctx, drv(i), "alice", []byte("line\n")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.AddBuildLog(ctx, drv(3), "alice", []byte("line\n")); err == nil || !strings.Contains(err.Error(), "3 uploaded logs") || !publicerr.Is(err) {
+		t.Errorf("a 4th upload under a cap of 3: %v", err)
+	}
+	if _, err := openLog(t, c, "alice", drv(3)); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("the refused upload is kept: %v", err)
+	}
+	if err := c.AddBuildLog(ctx, drv(1), "alice", []byte("replaced\n")); err != nil {
+		t.Errorf("replacing an upload at the cap: %v", err)
+	}
+	if err := c.AddBuildLog(ctx, drv(3), "bob", []byte("line\n")); err != nil {
+		t.Errorf("bob held by alice's cap: %v", err)
+	}
+	// Bytes: incompressible uploads past the account's byte cap.
+	random := make([]byte, 600<<10)
+	rand.Read(random)
+	if err := c.AddBuildLog(ctx, drv(4), "bob", random); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.AddBuildLog(ctx, drv(5), "bob", random); err == nil || !strings.Contains(err.Error(), "bytes") {
+		t.Errorf("uploads past the byte cap: %v", err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, "logs", "uploaded", "*", ".upload-*")); len(left) > 0 {
+		t.Errorf("temporary files left: %v", left)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"github.com/nixfarm/nixfarm/internal/build"
 	"github.com/nixfarm/nixfarm/internal/storepath"
@@ -140,7 +141,7 @@ func (v QueueView) WriteText(w io.Writer) error {
 			if v.Account == "" {
 				row += b.Account + "\t"
 			}
-			fmt.Fprintf(tw, "%s%s\t%s\t%s\t%s\n", row, drvName(b.DrvPath), b.Reason, start, waited)
+			fmt.Fprintf(tw, "%s%s\t%s\t%s\t%s\n", row, drvName(b.DrvPath), printable(b.Reason), start, waited)
 		}
 		if err := tw.Flush(); err != nil {
 			return err
@@ -161,6 +162,18 @@ func drvName(p storepath.Path) string {
 		return string(p)
 	}
 	return p.Name()
+}
+
+// printable is s with what is not printable (terminal escapes, tabs,
+// line ends) as '?': reasons name classes, whose system and features
+// are the client's to choose.
+func printable(s string) string {
+	return strings.Map(func(r rune) rune {
+		if unicode.IsPrint(r) {
+			return r
+		}
+		return '?'
+	}, s)
 }
 
 func upperFirst(s string) string {

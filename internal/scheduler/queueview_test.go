@@ -82,3 +82,22 @@ func TestWatch(t *testing.T) {
 		t.Errorf("on a terminal: %v\n%q", err, buf.String())
 	}
 }
+
+// A derivation's system and features are the client's to choose and
+// reach reasons ("no worker offers ..."): the operator's table of every
+// account's builds shows them without terminal escapes, tabs or line
+// ends.
+func TestQueueViewHostileReason(t *testing.T) {
+	evil := "x86_64-linux\x1b]52;c;cm0gLXJmIH4K\a\x1b[2J\tfake\ncolumn"
+	classes := []scheduler.ClassQueue{{Class: evil, System: evil, Builds: []scheduler.QueuedBuild{
+		{DrvPath: "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-evil.drv", Account: "mallory", Position: 1, Reason: "no worker offers " + evil},
+	}}}
+	var buf bytes.Buffer
+	if err := scheduler.NewQueueView(classes, nil, "").WriteText(&buf); err != nil {
+		t.Fatal(err)
+	}
+	out := buf.String()
+	if strings.ContainsAny(out, "\x1b\a\t") || strings.Count(out, "\n") != 3 || !strings.Contains(out, "no worker offers x86_64-linux?]52;c;") {
+		t.Errorf("the operator's table:\n%q", out)
+	}
+}
