@@ -353,7 +353,11 @@ func (c *Cache) serveLog(ctx context.Context, w http.ResponseWriter, r *http.Req
 		return
 	}
 	defer rc.Close()
+	// A log is the builder's bytes: a browser must never take it for
+	// HTML or script, whatever it looks like.
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header().Set("Cache-Control", "private, no-store")
 	if r.Method == http.MethodHead {
 		return
 	}

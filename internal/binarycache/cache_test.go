@@ -389,8 +389,9 @@ func TestLog(t *testing.T) {
 	drv := storepath.Path(storepath.Dir + "/" + strings.Repeat("1", 32) + "-hello.drv")
 	f.logs["alice "+string(drv)] = "building hello\ndone\n"
 	resp, body := f.do(t, req{path: "/log/" + drv.Base(), token: f.aliceTok})
-	if resp.StatusCode != 200 || string(body) != "building hello\ndone\n" || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/plain") {
-		t.Errorf("log: %s %q %s", resp.Status, body, resp.Header.Get("Content-Type"))
+	if resp.StatusCode != 200 || string(body) != "building hello\ndone\n" || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/plain") ||
+		resp.Header.Get("X-Content-Type-Options") != "nosniff" || resp.Header.Get("Cache-Control") != "private, no-store" {
+		t.Errorf("log: %s %q %v", resp.Status, body, resp.Header)
 	}
 	if resp, _ := f.do(t, req{path: "/log/" + drv.Base(), token: f.bobTok}); resp.StatusCode != 404 {
 		t.Errorf("bob reads alice's log: %s", resp.Status)
