@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -93,6 +94,24 @@ func TestAPITokens(t *testing.T) {
 		if saw[who] != want {
 			t.Errorf("%s saw alice's running build: %v, want %v", who, saw[who], want)
 		}
+	}
+
+	// alice's build and its log: hers and the admin's to read, 403 for
+	// bob, 401 for nobody.
+	id := strconv.FormatInt(recordOf(t, f, "tokened").ID, 10)
+	for _, path := range []string{"/api/v1/builds/" + id, "/api/v1/builds/" + id + "/log", "/api/v1/builds?account=alice"} {
+		for who, want := range map[string]int{"alice": 200, "admin": 200, "farm": 200, "bob": 403, "anonymous": 401} {
+			code, body := f.apiGet(path, viewers[who])
+			if code != want {
+				t.Errorf("%s GET %s: %d, want %d: %s", who, path, code, want, body)
+			}
+			if leaked := code != 200 && strings.Contains(body, "tokened"); leaked || (code == 200 && !strings.Contains(body, "tokened") && !strings.HasSuffix(path, "/log")) {
+				t.Errorf("%s GET %s: %d %s", who, path, code, body)
+			}
+		}
+	}
+	if code, body := f.apiGet("/api/v1/builds", bob); code != 200 || strings.Contains(body, "tokened") {
+		t.Errorf("bob's list of builds: %d %s", code, body)
 	}
 
 	// Revoked: refused once the verdict cached before is gone (10 s).

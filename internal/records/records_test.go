@@ -24,7 +24,7 @@ type row struct {
 
 // newDB returns a state database holding rows (ids from 1, in order),
 // and the log directory, with a log file for each.
-func newDB(t *testing.T, rows []row) (*sql.DB, string) {
+func newDB(t testing.TB, rows []row) (*sql.DB, string) {
 	t.Helper()
 	dir := t.TempDir()
 	d, err := db.Open(context.Background(), filepath.Join(dir, "nixfarm.db"))
