@@ -5,6 +5,7 @@ import (
 	"context"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -78,9 +79,28 @@ func TestBuildUsage(t *testing.T) {
 	if res.Status.Success() || !res.UsageMeasured || res.CPUTime != 2*time.Second {
 		t.Errorf("failed build's result: %+v", res)
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if want := []string{"1reset", "1sample", "1close", "2reset", "2sample", "2close"}; !slices.Equal(m.events, want) {
-		t.Errorf("probes were asked %v, want %v", m.events, want)
+	// A probe is closed in the background, after its sample.
+	events := func() []string {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		return slices.Clone(m.events)
+	}
+	for deadline := time.Now().Add(10 * time.Second); len(events()) < 6 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	got := events()
+	for _, n := range []string{"1", "2"} {
+		var mine []string
+		for _, e := range got {
+			if what, ok := strings.CutPrefix(e, n); ok {
+				mine = append(mine, what)
+			}
+		}
+		if want := []string{"reset", "sample", "close"}; !slices.Equal(mine, want) {
+			t.Errorf("probe %s was asked %v, want %v (all: %v)", n, mine, want, got)
+		}
+	}
+	if i := slices.Index(got, "2reset"); i < 0 || slices.Index(got, "1sample") > i {
+		t.Errorf("the second build started before the first was sampled: %v", got)
 	}
 }
