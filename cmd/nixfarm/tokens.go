@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"strconv"
-	"text/tabwriter"
 	"time"
 
 	"github.com/nixfarm/nixfarm/internal/account"
@@ -150,22 +149,5 @@ func listTokens(ctx context.Context, svc *account.Service, name string, asJSON b
 	if asJSON {
 		return writeJSON(stdout, list)
 	}
-	now := time.Now()
-	when := func(t *time.Time, none string) string {
-		if t == nil {
-			return none
-		}
-		return t.UTC().Format("2006-01-02 15:04")
-	}
-	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tACCOUNT\tSCOPE\tNAME\tSTATE\tCREATED\tEXPIRES\tLAST USED")
-	for _, t := range list {
-		label := t.Name
-		if label == "" {
-			label = "-"
-		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.Account, t.Scope, label, t.State(now),
-			when(&t.Created, ""), when(t.Expires, "never"), when(t.LastUsed, "never"))
-	}
-	return tw.Flush()
+	return account.WriteAPITokenTable(stdout, list, time.Now(), true)
 }

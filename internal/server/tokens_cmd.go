@@ -6,8 +6,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
-	"text/tabwriter"
 	"time"
 
 	"github.com/nixfarm/nixfarm/internal/account"
@@ -180,27 +178,7 @@ func (h *execHandler) listTokens(ctx context.Context, s *sshd.Session, asJSON bo
 		enc.SetIndent("", "  ")
 		return enc.Encode(list)
 	}
-	return writeTokenTable(s.Stdout, list, time.Now())
-}
-
-func writeTokenTable(w io.Writer, list []account.APIToken, now time.Time) error {
-	when := func(t *time.Time, none string) string {
-		if t == nil {
-			return none
-		}
-		return t.UTC().Format("2006-01-02 15:04")
-	}
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tSCOPE\tNAME\tSTATE\tCREATED\tEXPIRES\tLAST USED")
-	for _, t := range list {
-		label := t.Name
-		if label == "" {
-			label = "-"
-		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.Scope, label, t.State(now),
-			when(&t.Created, ""), when(t.Expires, "never"), when(t.LastUsed, "never"))
-	}
-	return tw.Flush()
+	return account.WriteAPITokenTable(s.Stdout, list, time.Now(), false)
 }
 
 func (h *execHandler) revokeToken(ctx context.Context, s *sshd.Session, ref string) error {
