@@ -60,6 +60,24 @@ func writeFile(path, s string) error {
 	return nil
 }
 
+// uncharge asks the kernel to reclaim the memory a group is still charged
+// for, before the group is removed: mostly page cache of the files the
+// build wrote (its outputs). A group removed while charged lingers in the
+// kernel as a dying group until that cache is reclaimed some day, so a
+// farm's thousands of builds leave thousands of them (1,200 on a test
+// machine after a day of test runs), which the kernel walks in its
+// memory accounting; emptied first, it goes at once. Best effort: file is
+// the version's control file (v1 memory.force_empty, v2 memory.reclaim,
+// Linux 5.19 and later), and a kernel without it keeps the old behaviour.
+func uncharge(file, amount string) {
+	f, err := os.OpenFile(file, os.O_WRONLY, 0)
+	if err != nil {
+		return
+	}
+	f.WriteString(amount) // v2 answers EAGAIN if it reclaimed less
+	f.Close()
+}
+
 // readInt reads a control file holding one integer.
 func readInt(path string) (int64, error) {
 	data, err := os.ReadFile(path)

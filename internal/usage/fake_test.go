@@ -113,6 +113,16 @@ func TestV1TwoBuildsInOneSession(t *testing.T) {
 	if want := (Usage{CPU: 500 * time.Millisecond, PeakMemory: 7000, Measured: true}); u != want {
 		t.Errorf("second build: %+v, want %+v", u, want)
 	}
+	// The memory group is emptied before it is removed (uncharge).
+	write(t, mg+"/memory.force_empty", "")
+	p.(*v1Probe).fs.rmdir = func(d string) error {
+		if d == mg {
+			if got := read(t, d+"/memory.force_empty"); got != "0" {
+				t.Errorf("the memory group was removed without being emptied first: memory.force_empty %q", got)
+			}
+		}
+		return os.RemoveAll(d)
+	}
 	if err := p.Close(); err != nil {
 		t.Fatal(err)
 	}

@@ -98,5 +98,6 @@ func (p *v1Probe) Sample() (Usage, error) {
 }
 
 func (p *v1Probe) Close() error {
+	uncharge(filepath.Join(p.mem, "memory.force_empty"), "0")
 	return errors.Join(p.fs.removeTree(p.cpu), p.fs.removeTree(p.mem))
 }

@@ -144,4 +144,11 @@ func (p *v2Probe) Sample() (Usage, error) {
 	return u, nil
 }
 
-func (p *v2Probe) Close() error { return p.fs.removeTree(p.dir) }
+func (p *v2Probe) Close() error {
+	if p.memory {
+		if n, err := readInt(filepath.Join(p.dir, "memory.current")); err == nil && n > 0 {
+			uncharge(filepath.Join(p.dir, "memory.reclaim"), strconv.FormatInt(n, 10))
+		}
+	}
+	return p.fs.removeTree(p.dir)
+}
