@@ -76,15 +76,25 @@ func (f *Farm) listBuilds(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, records.Page{Builds: list, NextCursor: next})
 }
 
-func (f *Farm) getBuild(w http.ResponseWriter, r *http.Request) {
+// buildRequest reads who asks about one build and its {id}; if either is
+// wrong it answers the request (401, 400) and returns false.
+func (f *Farm) buildRequest(w http.ResponseWriter, r *http.Request) (records.Viewer, int64, bool) {
 	v, ok := f.buildsViewer(r)
 	if !ok {
 		unauthorized(w)
-		return
+		return v, 0, false
 	}
 	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
 	if err != nil || id <= 0 {
 		apiError(w, http.StatusBadRequest, fmt.Sprintf("invalid build id %q", r.PathValue("id")))
+		return v, 0, false
+	}
+	return v, id, true
+}
+
+func (f *Farm) getBuild(w http.ResponseWriter, r *http.Request) {
+	v, id, ok := f.buildRequest(w, r)
+	if !ok {
 		return
 	}
 	rec, err := f.records.Get(r.Context(), v, id)

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strconv"
 
 	"github.com/nixfarm/nixfarm/internal/publicerr"
 	"github.com/nixfarm/nixfarm/internal/records"
@@ -22,14 +21,8 @@ import (
 // text, streamed as it is written until the build ends (?follow=0: what
 // exists now only; ?offset=N: what follows N, see logs_offset.go).
 func (f *Farm) getBuildLog(w http.ResponseWriter, r *http.Request) {
-	v, ok := f.buildsViewer(r)
+	v, id, ok := f.buildRequest(w, r)
 	if !ok {
-		unauthorized(w)
-		return
-	}
-	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
-	if err != nil || id <= 0 {
-		apiError(w, http.StatusBadRequest, fmt.Sprintf("invalid build id %q", r.PathValue("id")))
 		return
 	}
 	if r.URL.Query().Has("offset") {
